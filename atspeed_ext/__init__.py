@@ -1,0 +1,21 @@
+"""atspeed_ext: fast trie-constrained (speculative) beam search for LLM-based generative recommendation.
+
+Hot paths are C++ (CPU) and CUDA kernels registered as ``torch.ops.atspeed_ext.*``; each has a
+pure-PyTorch twin in :mod:`atspeed_ext.reference`.
+"""
+
+import torch  # noqa: F401  (the extension links against the loaded torch)
+
+from . import _C
+from ._ops import trie_beam_step
+from .decoder import BeamSearchDecoder, BeamSearchOutput
+from .trie import ItemTrie
+
+__version__ = "0.1.0"
+
+__all__ = ["ItemTrie", "BeamSearchDecoder", "BeamSearchOutput", "trie_beam_step", "built_with_cuda"]
+
+
+def built_with_cuda() -> bool:
+    """Whether this build of the extension contains the CUDA kernels."""
+    return _C.built_with_cuda()

@@ -1,0 +1,110 @@
+"""Validation and normalisation of decoder inputs (prompts, models, tries) with clear errors."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from .trie import ItemTrie
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def model_vocab_sizes(model: torch.nn.Module) -> tuple[int, int]:
+    """(input vocabulary size, output logits size) of a Hugging Face causal LM."""
+    emb = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    n_in = emb.num_embeddings if hasattr(emb, "num_embeddings") else emb.weight.shape[0]
+    n_out = head.out_features if hasattr(head, "out_features") else head.weight.shape[0]
+    return int(n_in), int(n_out)
+
+
+def check_model_and_trie(model: torch.nn.Module, trie: ItemTrie, name: str = "model") -> None:
+    if not isinstance(trie, ItemTrie):
+        raise TypeError(f"trie must be an atspeed_ext.ItemTrie, got {type(trie).__name__}")
+    if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
+        raise TypeError(f"{name} must be a Hugging Face causal LM (…ForCausalLM), got {type(model).__name__}")
+    _, n_out = model_vocab_sizes(model)
+    if trie.vocab_size > n_out:
+        raise ValueError(
+            f"vocabulary mismatch: the trie uses token ids up to {trie.vocab_size - 1} but {name} "
+            f"({type(model).__name__}) only scores {n_out} tokens"
+        )
+
+
+def supports_logits_to_keep(model: torch.nn.Module) -> bool:
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def normalise_prompts(
+    input_ids, attention_mask, device: torch.device, vocab_size: int, pad_token_id: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return left-padded ``(input_ids [B, T] int64, attention_mask [B, T] int64)`` on ``device``.
+
+    Accepts a left-padded tensor (with an optional 0/1 attention mask; without one every position is a
+    prompt token) or a list of 1-D token lists/tensors of different lengths.
+    """
+    if isinstance(input_ids, (list, tuple)):
+        if attention_mask is not None:
+            raise ValueError("attention_mask must be None when input_ids is a list of prompts")
+        if len(input_ids) == 0:
+            raise ValueError("input_ids is an empty list: pass at least one prompt")
+        rows = []
+        for i, p in enumerate(input_ids):
+            if isinstance(p, torch.Tensor):
+                if p.dim() != 1 or p.dtype.is_floating_point or p.dtype == torch.bool:
+                    raise ValueError(f"prompt {i} must be a 1-D integer tensor, got {p.dtype} shape {tuple(p.shape)}")
+                p = p.tolist()
+            p = list(p)
+            if len(p) == 0:
+                raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
+            if not all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+                raise ValueError(f"prompt {i} must contain integer token ids")
+            rows.append(p)
+        T = max(len(p) for p in rows)
+        ids = torch.full((len(rows), T), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), T), dtype=torch.long)
+        for i, p in enumerate(rows):
+            ids[i, T - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, T - len(p):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+    elif isinstance(input_ids, torch.Tensor):
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be a 2-D [batch, length] tensor, got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids must be int64 (or int32), got {input_ids.dtype}")
+        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be non-empty, got shape {tuple(input_ids.shape)}")
+        if input_ids.device != device:
+            raise ValueError(f"input_ids is on {input_ids.device} but the model is on {device}")
+        ids = input_ids.long()
+        if attention_mask is None:
+            mask = torch.ones_like(ids)
+        else:
+            if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+                raise ValueError(
+                    f"attention_mask must be a tensor of the shape of input_ids {tuple(input_ids.shape)}, got "
+                    f"{tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)}"
+                )
+            if attention_mask.device != device:
+                raise ValueError(f"attention_mask is on {attention_mask.device} but the model is on {device}")
+            if attention_mask.dtype.is_floating_point:
+                raise ValueError(f"attention_mask must be an integer or bool 0/1 tensor, got {attention_mask.dtype}")
+            mask = attention_mask.long()
+            if bool(((mask != 0) & (mask != 1)).any()):
+                raise ValueError("attention_mask must contain only 0 and 1")
+            if bool((mask[:, 1:] < mask[:, :-1]).any()):
+                raise ValueError("prompts must be left-padded: in every row of attention_mask the 0s come before the 1s")
+            if bool((mask.sum(1) == 0).any()):
+                raise ValueError("every prompt needs at least one token (a row of attention_mask is all 0)")
+    else:
+        raise TypeError(f"input_ids must be a [B, T] tensor or a list of token lists, got {type(input_ids).__name__}")
+    real = ids[mask.bool()]
+    if real.numel() and (int(real.min()) < 0 or int(real.max()) >= vocab_size):
+        bad = int(real.min()) if int(real.min()) < 0 else int(real.max())
+        raise ValueError(f"input_ids contains token id {bad}, outside the model's vocabulary [0, {vocab_size})")
+    ids = ids.masked_fill(mask == 0, pad_token_id if 0 <= pad_token_id < vocab_size else 0)
+    return ids, mask

@@ -1,0 +1,60 @@
+"""Thin wrappers over ``torch.ops.atspeed_ext.*`` and the fake (meta) kernel of every op.
+
+The C++ extension (``atspeed_ext._C``) declares the schemas and registers the CPU and CUDA kernels; this
+module registers the fake kernels so the ops work under ``torch.compile`` and ``FakeTensorMode``, and gives
+each op a documented Python signature. The pure-PyTorch twins in :mod:`atspeed_ext.reference` are the
+readable specification.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _C  # noqa: F401  (loads the schemas and the device kernels)
+
+__all__ = ["trie_beam_step", "OP_NAMES"]
+
+#: Every dispatcher op of the extension (the tests check that each has a CPU kernel, a fake kernel and,
+#: in a CUDA build, a CUDA kernel).
+OP_NAMES = ("trie_beam_step",)
+
+
+def trie_beam_step(
+    logits: torch.Tensor,
+    beam_scores: torch.Tensor,
+    beam_nodes: torch.Tensor,
+    beam_live: torch.Tensor,
+    child_offsets: torch.Tensor,
+    child_tokens: torch.Tensor,
+    num_out: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One trie-constrained beam step for ``B`` requests of ``W`` beams each.
+
+    Args:
+        logits: ``[B, W, V]`` next-token logits (float32, float16, bfloat16 or float64).
+        beam_scores: ``[B, W]`` float32 cumulative log-probabilities of the beams.
+        beam_nodes: ``[B, W]`` int64 trie node of each beam.
+        beam_live: ``[B, W]`` bool; dead beams produce no candidates.
+        child_offsets, child_tokens: the trie (:attr:`ItemTrie.child_offsets`, :attr:`ItemTrie.child_tokens`).
+        num_out: how many candidates to keep per request (``W_out >= 1``).
+
+    Returns:
+        ``(scores, parents, tokens, nodes)``, each ``[B, W_out]``, best first: the candidate's score
+        ``beam_score + log_softmax(logits)[token]`` (float32, full-vocabulary softmax), its parent beam
+        index, its token and its child trie node (int64). Order: higher score first, ties to the lower
+        parent beam, then the lower token. Slots without a candidate have score ``-inf`` and ``-1``
+        elsewhere (``parents >= 0`` is the validity mask).
+    """
+    return torch.ops.atspeed_ext.trie_beam_step.default(
+        logits, beam_scores, beam_nodes, beam_live, child_offsets, child_tokens, num_out
+    )
+
+
+@torch.library.register_fake("atspeed_ext::trie_beam_step")
+def _trie_beam_step_fake(logits, beam_scores, beam_nodes, beam_live, child_offsets, child_tokens, num_out):
+    torch._check(logits.dim() == 3, lambda: f"logits must be [B, W, V], got {tuple(logits.shape)}")
+    torch._check(num_out >= 1, lambda: f"num_out must be >= 1, got {num_out}")
+    batch = logits.shape[0]
+    scores = beam_scores.new_empty((batch, num_out))
+    parents = beam_nodes.new_empty((batch, num_out))
+    return scores, parents, torch.empty_like(parents), torch.empty_like(parents)

@@ -1,0 +1,61 @@
+"""Hugging Face ``generate`` with the trie as ``prefix_allowed_tokens_fn``: the reference decoder that
+BeamSearchDecoder must equal, and the baseline of the benchmarks."""
+
+from __future__ import annotations
+
+import torch
+
+from .decoder import BeamSearchOutput
+from .trie import ItemTrie
+
+__all__ = ["prefix_allowed_tokens_fn", "hf_constrained_beam_search"]
+
+
+def prefix_allowed_tokens_fn(trie: ItemTrie, prompt_length: int):
+    """A ``prefix_allowed_tokens_fn`` for ``generate``: the trie children of the generated prefix.
+
+    Beams that already left the trie (only possible for -inf "padding" beams when fewer than K identifiers
+    exist) get one arbitrary token, since Hugging Face refuses an empty list; their score stays -inf.
+    """
+    fallback = [trie.eos_token_id if trie.eos_token_id is not None else 0]
+
+    def allowed(batch_id: int, input_ids: torch.Tensor) -> list[int]:
+        return trie.children(input_ids[prompt_length:].tolist()) or fallback
+
+    return allowed
+
+
+@torch.inference_mode()
+def hf_constrained_beam_search(model, trie: ItemTrie, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                               num_beams: int) -> BeamSearchOutput:
+    """Run ``model.generate(num_beams=K, num_return_sequences=K, do_sample=False, prefix_allowed_tokens_fn)``.
+
+    Scores are the summed log-probabilities (``length_penalty=0``), so they compare directly with
+    BeamSearchDecoder's. Sequences whose score is -inf are marked invalid.
+    """
+    B, T = input_ids.shape
+    K = num_beams
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        num_beams=K,
+        num_return_sequences=K,
+        do_sample=False,
+        max_new_tokens=trie.depth,
+        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn(trie, T),
+        eos_token_id=trie.eos_token_id,
+        pad_token_id=0,
+        length_penalty=0.0,
+        early_stopping=True,
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
+    seqs = out.sequences[:, T:]
+    if seqs.shape[1] < trie.depth:
+        seqs = torch.cat([seqs, seqs.new_full((seqs.shape[0], trie.depth - seqs.shape[1]), -1)], 1)
+    seqs = seqs.reshape(B, K, trie.depth)
+    scores = out.sequences_scores.float().reshape(B, K)
+    valid = scores > float("-inf")
+    seqs = torch.where(valid.unsqueeze(-1), seqs, -1)
+    item_ids = [[trie.items_of(seqs[b, k].tolist()) if valid[b, k] else [] for k in range(K)] for b in range(B)]
+    return BeamSearchOutput(sequences=seqs, scores=scores, valid=valid, item_ids=item_ids)

@@ -1,0 +1,9 @@
+"""Pure-PyTorch twins of every atspeed_ext op: the readable specification and the tests' oracle.
+
+Each function here takes the same arguments and returns the same values as ``torch.ops.atspeed_ext.<op>``
+(integer outputs exactly, float outputs to rounding).
+"""
+
+from .beam_step import row_logsumexp, trie_beam_step
+
+__all__ = ["row_logsumexp", "trie_beam_step"]

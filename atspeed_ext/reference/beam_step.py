@@ -1,0 +1,73 @@
+"""Reference trie-constrained beam step (spec of ``torch.ops.atspeed_ext.trie_beam_step``)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def row_logsumexp(logits: torch.Tensor) -> torch.Tensor:
+    """log-sum-exp over the last dim, as every twin computes it.
+
+    ``max + log(sum(exp(x - max)))`` with the logits first rounded to float32, the exponentials, sum and
+    log in float64, and the result rounded to float32 once: implementations whose float64 exp or summation
+    order differ still agree on the float32 result. A NaN logit makes the row NaN.
+    """
+    x = logits.float()
+    m = x.amax(-1)
+    has_nan = torch.isnan(x).any(-1)
+    m = torch.where(has_nan, torch.full_like(m, float("nan")), m)
+    total = torch.exp(x.double() - m.double().unsqueeze(-1)).sum(-1)
+    return (m.double() + torch.log(total)).float()
+
+
+def trie_beam_step(
+    logits: torch.Tensor,
+    beam_scores: torch.Tensor,
+    beam_nodes: torch.Tensor,
+    beam_live: torch.Tensor,
+    child_offsets: torch.Tensor,
+    child_tokens: torch.Tensor,
+    num_out: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``num_out`` best (beam, child token) candidates of each request.
+
+    A candidate is a trie child ``t`` of a live beam ``w``; its score is
+    ``beam_scores[b, w] + (logits[b, w, t] - logsumexp(logits[b, w]))`` in float32 (log-softmax over the
+    full vocabulary). Scores of -inf or NaN are not candidates. Candidates are ranked by score, higher
+    first; equal scores go to the lower beam index, then the lower token. Missing candidates come out as
+    score -inf, parent/token/node -1. Edge ``e`` of the trie leads to node ``e + 1``.
+    """
+    B, W, V = logits.shape
+    device = logits.device
+    lse = row_logsumexp(logits)
+    scores = beam_scores.float().unsqueeze(-1) + (logits.float() - lse.unsqueeze(-1))  # [B, W, V]
+
+    # Dense [B, W, V] masks: allowed[b, w, t] iff t is a child of the live beam's node; edge_of gives its edge.
+    allowed = torch.zeros(B, W, V, dtype=torch.bool, device=device)
+    edge_of = torch.full((B, W, V), -1, dtype=torch.long, device=device)
+    offsets = child_offsets.tolist()
+    for b in range(B):
+        for w in range(W):
+            if not bool(beam_live[b, w]):
+                continue
+            node = int(beam_nodes[b, w])
+            edges = torch.arange(offsets[node], offsets[node + 1], device=device)
+            allowed[b, w, child_tokens[edges]] = True
+            edge_of[b, w, child_tokens[edges]] = edges
+    candidate = allowed & (scores > float("-inf"))  # also drops NaN
+    flat = torch.where(candidate, scores, torch.full_like(scores, float("-inf"))).reshape(B, W * V)
+
+    # Stable sort keeps equal scores in flat order (beam-major, then token): exactly the tie-break rule.
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :num_out]
+    k = order.shape[1]
+    out_scores = torch.full((B, num_out), float("-inf"), dtype=torch.float32, device=device)
+    out_parents = torch.full((B, num_out), -1, dtype=torch.long, device=device)
+    out_tokens, out_nodes = out_parents.clone(), out_parents.clone()
+    valid = candidate.reshape(B, W * V).gather(1, order)
+    parent, token = order // V, order % V
+    edge = edge_of.reshape(B, W * V).gather(1, order)
+    out_scores[:, :k] = torch.where(valid, flat.gather(1, order), out_scores[:, :k])
+    out_parents[:, :k] = torch.where(valid, parent, -1)
+    out_tokens[:, :k] = torch.where(valid, token, -1)
+    out_nodes[:, :k] = torch.where(valid, edge + 1, -1)
+    return out_scores, out_parents, out_tokens, out_nodes

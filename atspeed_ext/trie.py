@@ -1,0 +1,214 @@
+"""ItemTrie: the prefix trie of the catalogue's item identifiers, in a compact layout kernels can read."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+
+import torch
+
+from . import _C
+
+__all__ = ["ItemTrie"]
+
+
+class ItemTrie:
+    """Prefix trie over equal-length item identifiers (token-id sequences).
+
+    Layout (CSR, breadth-first node numbering, root = 0), the same on CPU and GPU:
+
+    * ``child_offsets`` ``[num_nodes + 1]``: the children of node ``n`` are the edges
+      ``child_offsets[n] .. child_offsets[n + 1] - 1``, sorted by token, so finding the child range of a
+      node is one lookup and finding one child a binary search over at most ``max_children`` tokens;
+    * ``child_tokens`` ``[num_nodes - 1]``: the token of each edge; edge ``e`` leads to node ``e + 1``;
+    * ``node_parent`` ``[num_nodes]`` (root: -1) and ``level_offsets`` ``[depth + 2]`` (nodes of depth
+      ``d`` are ``level_offsets[d] .. level_offsets[d + 1] - 1``);
+    * ``leaf_item_offsets`` / ``leaf_items``: the item ids of each leaf (several items may share one
+      identifier; all are kept, in increasing order).
+
+    Args:
+        sequences: ``[num_items, L]`` token ids, a list of lists or an integer tensor; row ``i`` is the
+            identifier of item ``i``.
+        eos_token_id: if given, every identifier is ended with this token (then ``depth == L + 1``).
+        vocab_size: if given, every token must be below it.
+
+    Raises:
+        ValueError: empty input, rows of different lengths, non-integer, negative or too large ids.
+    """
+
+    def __init__(
+        self,
+        sequences: Sequence[Sequence[int]] | torch.Tensor,
+        eos_token_id: int | None = None,
+        vocab_size: int | None = None,
+    ):
+        table = _as_identifier_table(sequences)
+        if eos_token_id is not None:
+            if isinstance(eos_token_id, bool) or not isinstance(eos_token_id, int) or eos_token_id < 0:
+                raise ValueError(f"eos_token_id must be a non-negative int or None, got {eos_token_id!r}")
+            if bool((table == eos_token_id).any()):
+                raise ValueError(
+                    f"eos_token_id={eos_token_id} also occurs inside an identifier; it must only end them"
+                )
+            table = torch.cat([table, torch.full((table.shape[0], 1), eos_token_id, dtype=torch.long)], 1)
+        max_token = int(table.max())
+        if vocab_size is not None:
+            if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+                raise ValueError(f"vocab_size must be a positive int or None, got {vocab_size!r}")
+            if max_token >= vocab_size:
+                row = int((table >= vocab_size).any(1).nonzero()[0])
+                raise ValueError(
+                    f"token id {max_token} is outside the vocabulary of size {vocab_size} "
+                    f"(first offending identifier: row {row}, {table[row].tolist()})"
+                )
+        arrays = _C.build_trie(table)
+        self._init_from(arrays, eos_token_id, vocab_size if vocab_size is not None else max_token + 1)
+
+    def _init_from(self, arrays, eos_token_id, vocab_size):
+        (self.child_offsets, self.child_tokens, self.node_parent, self.level_offsets,
+         self.leaf_item_offsets, self.leaf_items) = arrays
+        self.eos_token_id = eos_token_id
+        self.vocab_size = vocab_size
+        self.depth = self.level_offsets.numel() - 2
+        self.num_items = self.leaf_items.numel()
+        self.num_nodes = self.node_parent.numel()
+        # Host-side copies for the Python queries (prefix lookups stay cheap whatever the device).
+        self._offsets = self.child_offsets.tolist() if self.child_offsets.device.type == "cpu" else None
+        if self._offsets is None:
+            self._host = self.to("cpu")
+        else:
+            self._host = self
+            self._tokens = self.child_tokens.tolist()
+            self._first_leaf = int(self.level_offsets[self.depth])
+            self._item_offsets = self.leaf_item_offsets.tolist()
+            self._items = self.leaf_items.tolist()
+            self.max_children = max(b - a for a, b in zip(self._offsets[:-1], self._offsets[1:]))
+
+    # ------------------------------------------------------------------ device
+    @property
+    def device(self) -> torch.device:
+        return self.child_offsets.device
+
+    def to(self, device: torch.device | str) -> "ItemTrie":
+        """A copy of the trie whose arrays live on ``device`` (self if already there)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        new = ItemTrie.__new__(ItemTrie)
+        arrays = [t.to(device) for t in (self.child_offsets, self.child_tokens, self.node_parent,
+                                         self.level_offsets, self.leaf_item_offsets, self.leaf_items)]
+        host = self._host
+        new._init_from(arrays, self.eos_token_id, self.vocab_size)
+        if device.type != "cpu":
+            new._host = host
+            new.max_children = host.max_children
+        return new
+
+    # ------------------------------------------------------------------ queries
+    def node_of(self, prefix: Sequence[int]) -> int:
+        """The trie node reached by ``prefix`` (root for ``[]``), or -1 if no identifier starts with it."""
+        h = self._host
+        node = 0
+        for token in _as_token_list(prefix):
+            lo, hi = h._offsets[node], h._offsets[node + 1]
+            e = bisect.bisect_left(h._tokens, token, lo, hi)
+            if e == hi or h._tokens[e] != token:
+                return -1
+            node = e + 1
+        return node
+
+    def children(self, prefix: Sequence[int]) -> list[int]:
+        """The tokens that may follow ``prefix`` (sorted); empty for a complete or unknown prefix."""
+        node = self.node_of(prefix)
+        if node < 0:
+            return []
+        h = self._host
+        return h._tokens[h._offsets[node]:h._offsets[node + 1]]
+
+    def _full(self, sequence: Sequence[int]) -> list[int]:
+        seq = _as_token_list(sequence)
+        if self.eos_token_id is not None and len(seq) == self.depth - 1:
+            seq = seq + [self.eos_token_id]
+        return seq
+
+    def contains(self, sequence: Sequence[int]) -> bool:
+        """Whether ``sequence`` is a complete identifier (the trailing EOS may be left out)."""
+        seq = self._full(sequence)
+        return len(seq) == self.depth and self.node_of(seq) >= 0
+
+    def __contains__(self, sequence) -> bool:
+        return self.contains(sequence)
+
+    def items_of(self, sequence: Sequence[int]) -> list[int]:
+        """Item ids whose identifier is ``sequence`` (increasing; empty if none)."""
+        seq = self._full(sequence)
+        if len(seq) != self.depth:
+            return []
+        node = self.node_of(seq)
+        return self.items_of_leaf(node) if node >= 0 else []
+
+    def items_of_leaf(self, node: int) -> list[int]:
+        """Item ids of the leaf ``node`` (a node of depth ``depth``)."""
+        h = self._host
+        leaf = node - h._first_leaf
+        if not 0 <= leaf < len(h._item_offsets) - 1:
+            raise ValueError(f"node {node} is not a leaf (leaves are {h._first_leaf}..{h.num_nodes - 1})")
+        return h._items[h._item_offsets[leaf]:h._item_offsets[leaf + 1]]
+
+    def sequences_of_nodes(self, nodes: torch.Tensor) -> torch.Tensor:
+        """Token paths ``[..., depth]`` from the root to the given leaf nodes (-1 for nodes < 0)."""
+        nodes = nodes.to(self.device)
+        out = torch.empty((*nodes.shape, self.depth), dtype=torch.long, device=self.device)
+        cur = nodes.clone()
+        for d in range(self.depth - 1, -1, -1):
+            valid = cur > 0
+            out[..., d] = torch.where(valid, self.child_tokens[(cur - 1).clamp(min=0)], -1)
+            cur = torch.where(valid, self.node_parent[cur.clamp(min=0)], -1)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"ItemTrie(num_items={self.num_items}, depth={self.depth}, num_nodes={self.num_nodes}, "
+                f"eos_token_id={self.eos_token_id}, vocab_size={self.vocab_size}, device={self.device})")
+
+
+def _as_token_list(seq) -> list[int]:
+    if isinstance(seq, torch.Tensor):
+        return [int(t) for t in seq.reshape(-1).tolist()]
+    return [int(t) for t in seq]
+
+
+def _as_identifier_table(sequences) -> torch.Tensor:
+    """Validate identifiers and return them as a contiguous CPU int64 ``[N, L]`` tensor."""
+    if isinstance(sequences, torch.Tensor):
+        if sequences.dtype.is_floating_point or sequences.dtype.is_complex or sequences.dtype == torch.bool:
+            raise ValueError(f"sequences must be an integer tensor, got dtype {sequences.dtype}")
+        if sequences.dim() != 2:
+            raise ValueError(f"sequences must be a 2-D [num_items, L] tensor, got shape {tuple(sequences.shape)}")
+        table = sequences.detach().to("cpu", torch.long).contiguous()
+    else:
+        rows = list(sequences)
+        if not rows:
+            raise ValueError("sequences is empty: an ItemTrie needs at least one identifier")
+        length = None
+        for i, row in enumerate(rows):
+            if isinstance(row, (str, bytes)) or not hasattr(row, "__len__"):
+                raise ValueError(f"sequences[{i}] must be a sequence of token ids, got {row!r}")
+            if length is None:
+                length = len(row)
+            elif len(row) != length:
+                raise ValueError(
+                    f"identifiers must all have the same length: sequences[0] has {length} tokens, "
+                    f"sequences[{i}] has {len(row)}"
+                )
+            for t in row:
+                if isinstance(t, bool) or not isinstance(t, int) and not (
+                        isinstance(t, torch.Tensor) and t.numel() == 1 and not t.dtype.is_floating_point):
+                    if not hasattr(t, "__index__"):
+                        raise ValueError(f"sequences[{i}] contains {t!r}; token ids must be integers")
+        table = torch.tensor([[int(t) for t in row] for row in rows], dtype=torch.long)
+    if table.shape[0] == 0 or table.shape[1] == 0:
+        raise ValueError(f"sequences must be non-empty [num_items >= 1, L >= 1], got shape {tuple(table.shape)}")
+    if bool((table < 0).any()):
+        row = int((table < 0).any(1).nonzero()[0])
+        raise ValueError(f"token ids must be non-negative; identifier {row} is {table[row].tolist()}")
+    return table

@@ -1,0 +1,68 @@
+// CUDA glue of the trie-constrained beam step: validate, guard the device, launch on the current stream.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <type_traits>
+
+#include "../cpu/beam_step_common.h"
+#include "beam_step.cuh"
+
+namespace atspeed_ext {
+
+namespace {
+// The torch-free kernels use CUDA's own half types; c10's are layout-compatible.
+template <typename T> struct cuda_type { using type = T; };
+template <> struct cuda_type<c10::Half> { using type = __half; };
+template <> struct cuda_type<c10::BFloat16> { using type = __nv_bfloat16; };
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> trie_beam_step_cuda(
+    const at::Tensor& logits, const at::Tensor& beam_scores, const at::Tensor& beam_nodes,
+    const at::Tensor& beam_live, const at::Tensor& child_offsets, const at::Tensor& child_tokens,
+    int64_t num_out) {
+  check_beam_step_args(logits, beam_scores, beam_nodes, beam_live, child_offsets, child_tokens, num_out);
+  TORCH_CHECK(logits.is_cuda(), "logits must be a CUDA tensor, got ", logits.device());
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t B = logits.size(0), W = logits.size(1), V = logits.size(2);
+  TORCH_CHECK(W <= 4096, "trie_beam_step supports at most 4096 beams per request on CUDA, got ", W);
+  TORCH_CHECK(num_out <= (1 << 30), "num_out is too large: ", num_out);
+  const at::Tensor x = logits.contiguous(), sc = beam_scores.contiguous(), nd = beam_nodes.contiguous(),
+                   lv = beam_live.contiguous(), co = child_offsets.contiguous(), ct = child_tokens.contiguous();
+  auto opts = beam_scores.options();
+  at::Tensor scores = at::empty({B, num_out}, opts);
+  at::Tensor parents = at::empty({B, num_out}, opts.dtype(at::kLong));
+  at::Tensor tokens = at::empty_like(parents), nodes = at::empty_like(parents);
+  if (B == 0) return {scores, parents, tokens, nodes};
+  at::Tensor lse = at::empty({B, W}, opts);
+
+  // Shared memory: the per-beam prefix counts, then as many cached scores as fit in 40 KiB.
+  const int64_t smem_budget = 40 * 1024;
+  const int64_t prefix_bytes = (W + 1) * static_cast<int64_t>(sizeof(int64_t));
+  const int cache_cap = static_cast<int>((smem_budget - prefix_bytes) / static_cast<int64_t>(sizeof(float)));
+  const size_t smem = static_cast<size_t>(prefix_bytes) + static_cast<size_t>(cache_cap) * sizeof(float);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "trie_beam_step_cuda", [&] {
+    using T = typename cuda_type<scalar_t>::type;
+    const T* xp = reinterpret_cast<const T*>(x.data_ptr<scalar_t>());
+    cuda::row_logsumexp_kernel<T><<<B * W, cuda::kBeamStepThreads, 0, stream>>>(xp, lv.data_ptr<bool>(),
+                                                                                  lse.data_ptr<float>(), V);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::select_candidates_kernel<T><<<B, cuda::kBeamStepThreads, smem, stream>>>(
+        xp, sc.data_ptr<float>(), nd.data_ptr<int64_t>(), lv.data_ptr<bool>(), co.data_ptr<int64_t>(),
+        ct.data_ptr<int64_t>(), lse.data_ptr<float>(), static_cast<int>(W), V, static_cast<int>(num_out), cache_cap,
+        scores.data_ptr<float>(), parents.data_ptr<int64_t>(), tokens.data_ptr<int64_t>(), nodes.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {scores, parents, tokens, nodes};
+}
+
+TORCH_LIBRARY_IMPL(atspeed_ext, CUDA, m) { m.impl("trie_beam_step", &trie_beam_step_cuda); }
+
+}  // namespace atspeed_ext

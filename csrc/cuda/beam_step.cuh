@@ -1,0 +1,171 @@
+// CUDA kernels of the trie-constrained beam step, on raw pointers (no torch). Semantics in ../ops.h; they
+// mirror the CPU kernel (../cpu/beam_step.cpp) decision for decision.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace atspeed_ext::cuda {
+
+constexpr int kBeamStepThreads = 256;
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(double x) { return static_cast<float>(x); }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+__device__ __forceinline__ float nan_max(float m, float x) { return (x > m || x != x) ? x : m; }
+
+__device__ __forceinline__ float candidate_score(float beam_score, float logit, float lse) {
+  return __fadd_rn(beam_score, __fsub_rn(logit, lse));  // no FMA contraction: same rounding as the CPU
+}
+
+__device__ __forceinline__ bool is_candidate(float s) { return s > -INFINITY; }
+
+// Candidate order of the op: higher score first, then lower flat index (beam-major, token-sorted edges).
+__device__ __forceinline__ bool better(float sa, int64_t ia, float sb, int64_t ib) {
+  return sa > sb || (sa == sb && ia < ib);
+}
+
+// One block per (request, beam) row: logsumexp over the full vocabulary, sum and log in double, rounded
+// to float once (see finish_logsumexp in ../cpu/beam_step_common.h).
+template <typename T>
+__global__ void row_logsumexp_kernel(const T* __restrict__ logits, const bool* __restrict__ live,
+                                     float* __restrict__ lse, int64_t V) {
+  const int64_t row = blockIdx.x;
+  if (!live[row]) return;
+  const T* x = logits + row * V;
+  __shared__ float smax[32];
+  __shared__ double ssum[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+
+  float m = -INFINITY;
+  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) m = nan_max(m, to_float(x[v]));
+  for (int o = 16; o > 0; o /= 2) m = nan_max(m, __shfl_xor_sync(0xffffffff, m, o));
+  if (lane == 0) smax[warp] = m;
+  __syncthreads();
+  m = smax[0];
+  for (int w = 1; w < nwarps; ++w) m = nan_max(m, smax[w]);
+
+  double s = 0.0;
+  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) s += exp(static_cast<double>(to_float(x[v])) - m);
+  for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffff, s, o);
+  if (lane == 0) ssum[warp] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < nwarps; ++w) total += ssum[w];
+    lse[row] = static_cast<float>(static_cast<double>(m) + log(total));
+  }
+}
+
+// One block per request. Candidates are numbered beam-major (flat index c); each of the num_out rounds
+// finds, by a block-wide arg-max, the best candidate strictly after the previous pick in the op's order,
+// so no candidate is ever taken twice and no sort buffer is needed. Scores are cached in shared memory
+// when they fit and recomputed from the logits otherwise (same formula, same result).
+template <typename T>
+__global__ void select_candidates_kernel(const T* __restrict__ logits, const float* __restrict__ beam_scores,
+                                         const int64_t* __restrict__ beam_nodes, const bool* __restrict__ beam_live,
+                                         const int64_t* __restrict__ child_offsets,
+                                         const int64_t* __restrict__ child_tokens, const float* __restrict__ lse,
+                                         int W, int64_t V, int num_out, int score_cache_cap,
+                                         float* __restrict__ out_scores, int64_t* __restrict__ out_parents,
+                                         int64_t* __restrict__ out_tokens, int64_t* __restrict__ out_nodes) {
+  extern __shared__ unsigned char smem_raw[];
+  int64_t* prefix = reinterpret_cast<int64_t*>(smem_raw);                 // [W + 1] candidates before beam w
+  float* cached = reinterpret_cast<float*>(prefix + W + 1);               // [score_cache_cap]
+  __shared__ float red_s[32];
+  __shared__ int64_t red_i[32];
+  __shared__ float pick_s;
+  __shared__ int64_t pick_i;
+
+  const int b = blockIdx.x;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  const int64_t row0 = static_cast<int64_t>(b) * W;
+  if (threadIdx.x == 0) {
+    prefix[0] = 0;
+    for (int w = 0; w < W; ++w) {
+      const int64_t n = beam_live[row0 + w] ? child_offsets[beam_nodes[row0 + w] + 1] -
+                                                  child_offsets[beam_nodes[row0 + w]]
+                                            : 0;
+      prefix[w + 1] = prefix[w] + n;
+    }
+  }
+  __syncthreads();
+  const int64_t C = prefix[W];
+  const bool use_cache = C <= score_cache_cap;
+
+  // Beam of flat candidate c: the last w with prefix[w] <= c (binary search; W is small).
+  auto beam_of = [&](int64_t c) {
+    int lo = 0, hi = W - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (prefix[mid] <= c) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+  };
+  auto edge_of = [&](int64_t c, int w) { return child_offsets[beam_nodes[row0 + w]] + (c - prefix[w]); };
+  auto score_of = [&](int64_t c) {
+    const int w = beam_of(c);
+    const int64_t row = row0 + w;
+    return candidate_score(beam_scores[row], to_float(logits[row * V + child_tokens[edge_of(c, w)]]), lse[row]);
+  };
+
+  if (use_cache) {
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) cached[c] = score_of(c);
+    __syncthreads();
+  }
+
+  float last_s = INFINITY;
+  int64_t last_i = -1;
+  int j = 0;
+  for (; j < num_out; ++j) {
+    float best_s = -INFINITY;
+    int64_t best_i = -1;
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+      const float s = use_cache ? cached[c] : score_of(c);
+      if (!is_candidate(s) || !better(last_s, last_i, s, c)) continue;
+      if (best_i < 0 || better(s, c, best_s, best_i)) { best_s = s; best_i = c; }
+    }
+    for (int o = 16; o > 0; o /= 2) {
+      const float os = __shfl_xor_sync(0xffffffff, best_s, o);
+      const int64_t oi = __shfl_xor_sync(0xffffffff, best_i, o);
+      if (oi >= 0 && (best_i < 0 || better(os, oi, best_s, best_i))) { best_s = os; best_i = oi; }
+    }
+    if (lane == 0) { red_s[warp] = best_s; red_i[warp] = best_i; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float s = red_s[0];
+      int64_t i = red_i[0];
+      for (int w = 1; w < nwarps; ++w) {
+        if (red_i[w] >= 0 && (i < 0 || better(red_s[w], red_i[w], s, i))) { s = red_s[w]; i = red_i[w]; }
+      }
+      pick_s = s;
+      pick_i = i;
+      const int64_t o = static_cast<int64_t>(b) * num_out + j;
+      if (i >= 0) {
+        const int w = beam_of(i);
+        const int64_t e = edge_of(i, w);
+        out_scores[o] = s;
+        out_parents[o] = w;
+        out_tokens[o] = child_tokens[e];
+        out_nodes[o] = e + 1;
+      }
+    }
+    __syncthreads();
+    last_s = pick_s;
+    last_i = pick_i;
+    if (last_i < 0) break;
+  }
+  // Slots without a candidate.
+  for (int jj = j + threadIdx.x; jj < num_out; jj += blockDim.x) {
+    const int64_t o = static_cast<int64_t>(b) * num_out + jj;
+    out_scores[o] = -INFINITY;
+    out_parents[o] = out_tokens[o] = out_nodes[o] = -1;
+  }
+}
+
+}  // namespace atspeed_ext::cuda

@@ -1,0 +1,40 @@
+// Host entry points of the atspeed_ext ops. Each op's schema lives in registration.cpp; each device
+// implementation registers itself in the file that implements it (cpu/<family>.cpp, cuda/<family>.cu).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <tuple>
+
+namespace atspeed_ext {
+
+// Trie layout shared by every kernel (see atspeed_ext/trie.py):
+//   nodes are numbered breadth-first, root = 0; the children of node n are the edges
+//   child_offsets[n] .. child_offsets[n + 1] - 1, sorted by token; edge e carries token child_tokens[e]
+//   and leads to node e + 1.
+
+// Trie-constrained beam step.
+//   logits        [B, W, V] float32/float16/bfloat16/float64  next-token logits of W beams per request
+//   beam_scores   [B, W]    float32                           cumulative log-probs of the beams
+//   beam_nodes    [B, W]    int64                             trie node of each beam
+//   beam_live     [B, W]    bool                              dead beams produce no candidates
+//   child_offsets [num_nodes + 1] int64, child_tokens [num_nodes - 1] int64: the trie
+//   num_out       W_out >= 1
+// Returns, per request, the W_out best candidates (beam, child token), best first:
+//   scores [B, W_out] float32   beam_score + (logit - logsumexp over the full vocabulary)
+//   parents, tokens, nodes [B, W_out] int64   beam index, token and child trie node
+// Order: higher score first; ties go to the lower beam index, then the lower token. Candidates whose
+// score is -inf or NaN are not candidates. Slots without a candidate get score -inf and -1 elsewhere.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> trie_beam_step_cpu(
+    const at::Tensor& logits, const at::Tensor& beam_scores, const at::Tensor& beam_nodes,
+    const at::Tensor& beam_live, const at::Tensor& child_offsets, const at::Tensor& child_tokens,
+    int64_t num_out);
+
+// Host-only trie construction (not a dispatcher op: it has data-dependent output sizes and runs once).
+//   sequences [N, D] int64, every row one identifier (validated by the Python caller).
+// Returns (child_offsets [M+1], child_tokens [M-1], node_parent [M], level_offsets [D+2],
+//          leaf_item_offsets [num_leaves+1], leaf_items [N]) where M is the number of nodes.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> build_trie(
+    const at::Tensor& sequences);
+
+}  // namespace atspeed_ext

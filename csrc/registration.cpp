@@ -1,0 +1,25 @@
+// The one place that declares the atspeed_ext op schemas and the Python module. Device kernels register
+// themselves next to their code (cpu/*.cpp, cuda/*.cu); fake kernels are registered in atspeed_ext/_ops.py.
+#include <torch/extension.h>
+
+#include "ops.h"
+
+TORCH_LIBRARY(atspeed_ext, m) {
+  // One trie-constrained beam step over W beams per request: the best W_out (beam, child token) candidates
+  // by beam score + full-vocabulary log-softmax. See ops.h for shapes, order and tie-breaking.
+  m.def(
+      "trie_beam_step(Tensor logits, Tensor beam_scores, Tensor beam_nodes, Tensor beam_live, "
+      "Tensor child_offsets, Tensor child_tokens, int num_out) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "atspeed_ext kernels: ops live in torch.ops.atspeed_ext; this module holds host helpers.";
+  m.def("build_trie", &atspeed_ext::build_trie, "Build the CSR item trie from an int64 [N, D] tensor");
+  m.def("built_with_cuda", []() {
+#ifdef ATSPEED_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  }, "Whether the CUDA kernels were compiled into this build");
+}
