@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from .trie import ItemTrie
@@ -33,10 +31,6 @@ def check_model_and_trie(model: torch.nn.Module, trie: ItemTrie, name: str = "mo
             f"vocabulary mismatch: the trie uses token ids up to {trie.vocab_size - 1} but {name} "
             f"({type(model).__name__}) only scores {n_out} tokens"
         )
-
-
-def supports_logits_to_keep(model: torch.nn.Module) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def normalise_prompts(

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from . import _ops
-from ._inputs import check_model_and_trie, model_device, model_vocab_sizes, normalise_prompts, supports_logits_to_keep
+from ._hf_compat import ForwardSignature
+from ._inputs import check_model_and_trie, model_device, model_vocab_sizes, normalise_prompts
 from .trie import ItemTrie
 
 __all__ = ["BeamSearchDecoder", "BeamSearchOutput"]
@@ -54,7 +55,7 @@ class BeamSearchDecoder:
         self.trie = trie
         self.num_beams = num_beams
         self._vocab_in, _ = model_vocab_sizes(model)
-        self._logits_to_keep = supports_logits_to_keep(model)
+        self._forward = ForwardSignature(model)
         pad = getattr(getattr(model, "config", None), "pad_token_id", None)
         self._pad_token_id = pad if isinstance(pad, int) else 0
 
@@ -75,9 +76,9 @@ class BeamSearchDecoder:
 
         # Prefill: every prompt once; only the last position's logits are needed.
         position_ids = (mask.cumsum(1) - 1).clamp(min=0)
-        kwargs = {"logits_to_keep": 1} if self._logits_to_keep else {}
+        kwargs = {"logits_to_keep": 1} if self._forward.has_logits_to_keep else {}
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **kwargs)
-        cache = out.past_key_values
+        cache = self._forward.cache_of(out)  # grows in place; the beams of every step append to it
         logits = out.logits[:, -1:, :]
 
         visible = mask.bool().unsqueeze(1)                      # [B, beams, kv]: what each beam may attend to
@@ -100,10 +101,9 @@ class BeamSearchDecoder:
                 input_ids=tokens.clamp(min=0),
                 position_ids=(prompt_lengths + step).unsqueeze(1).expand(B, K),
                 attention_mask=attn.unsqueeze(1),
-                past_key_values=cache,
                 use_cache=True,
+                **{self._forward.cache_arg: cache},
             )
-            cache = out.past_key_values
             logits = out.logits
 
         sequences = trie.sequences_of_nodes(nodes)

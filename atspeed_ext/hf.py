@@ -28,10 +28,13 @@ def prefix_allowed_tokens_fn(trie: ItemTrie, prompt_length: int):
 @torch.inference_mode()
 def hf_constrained_beam_search(model, trie: ItemTrie, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                                num_beams: int) -> BeamSearchOutput:
-    """Run ``model.generate(num_beams=K, num_return_sequences=K, do_sample=False, prefix_allowed_tokens_fn)``.
+    """Run ``model.generate(num_beams=K, num_return_sequences=K, do_sample=False, prefix_allowed_tokens_fn)``
+    with Hugging Face's defaults otherwise, and return its beams as a :class:`BeamSearchOutput`.
 
-    Scores are the summed log-probabilities (``length_penalty=0``), so they compare directly with
-    BeamSearchDecoder's. Sequences whose score is -inf are marked invalid.
+    Scores are summed log-probabilities like BeamSearchDecoder's: for K > 1 Hugging Face reports them
+    divided by the generated length (``length_penalty=1``), which is the same for every identifier; for
+    K = 1 (greedy) they are summed from the raw logits. Missing beams (scored -inf or -1e9 by Hugging
+    Face) are marked invalid.
     """
     B, T = input_ids.shape
     K = num_beams
@@ -45,17 +48,22 @@ def hf_constrained_beam_search(model, trie: ItemTrie, input_ids: torch.Tensor, a
         prefix_allowed_tokens_fn=prefix_allowed_tokens_fn(trie, T),
         eos_token_id=trie.eos_token_id,
         pad_token_id=0,
-        length_penalty=0.0,
-        early_stopping=True,
         return_dict_in_generate=True,
-        output_scores=True,
+        output_scores=K > 1,
+        output_logits=K == 1,
     )
     seqs = out.sequences[:, T:]
-    if seqs.shape[1] < trie.depth:
-        seqs = torch.cat([seqs, seqs.new_full((seqs.shape[0], trie.depth - seqs.shape[1]), -1)], 1)
-    seqs = seqs.reshape(B, K, trie.depth)
-    scores = out.sequences_scores.float().reshape(B, K)
-    valid = scores > float("-inf")
+    if seqs.shape[1] < trie.depth:  # every beam finished early: cannot happen with a trie of fixed depth
+        raise RuntimeError(f"generate returned {seqs.shape[1]} tokens, expected {trie.depth}")
+    if K > 1:
+        scores = out.sequences_scores.float() * trie.depth
+    else:
+        logp = torch.stack([torch.log_softmax(step.float(), -1) for step in out.logits], 1)
+        scores = logp.gather(-1, seqs.unsqueeze(-1)).squeeze(-1).sum(-1)
+    seqs, scores = seqs.reshape(B, K, trie.depth), scores.reshape(B, K)
+    # Hugging Face fills missing beams with copies scored -inf or its -1e9 sentinel: those are invalid.
+    valid = scores > -1e8
+    scores = torch.where(valid, scores, float("-inf"))
     seqs = torch.where(valid.unsqueeze(-1), seqs, -1)
     item_ids = [[trie.items_of(seqs[b, k].tolist()) if valid[b, k] else [] for k in range(K)] for b in range(B)]
     return BeamSearchOutput(sequences=seqs, scores=scores, valid=valid, item_ids=item_ids)

@@ -1,0 +1,45 @@
+"""The build: every op has its schema, CPU kernel, fake kernel and (in a CUDA build) CUDA kernel."""
+
+import os
+
+import pytest
+import torch
+
+import atspeed_ext
+from atspeed_ext import _ops
+
+
+def _registered_ops() -> list[str]:
+    return sorted(n.split("::")[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("atspeed_ext::"))
+
+
+def test_op_list_matches_the_library():
+    assert _registered_ops() == sorted(_ops.OP_NAMES)
+
+
+@pytest.mark.parametrize("name", _ops.OP_NAMES)
+def test_every_op_has_a_cpu_kernel(name):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"atspeed_ext::{name}", "CPU")
+
+
+@pytest.mark.parametrize("name", _ops.OP_NAMES)
+def test_every_op_has_a_fake_kernel(name):
+    from torch._library.simple_registry import singleton
+
+    assert singleton.find(f"atspeed_ext::{name}").fake_impl.kernel is not None
+
+
+@pytest.mark.parametrize("name", _ops.OP_NAMES)
+def test_cuda_build_has_a_cuda_kernel_for_every_op(name):
+    if not atspeed_ext.built_with_cuda():
+        pytest.skip("CPU-only build")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"atspeed_ext::{name}", "CUDA"), (
+        f"atspeed_ext::{name} has no CUDA kernel although the extension was built with CUDA")
+
+
+def test_cuda_kernels_were_built_when_required():
+    # CI sets ATSPEED_REQUIRE_CUDA=1 with a CUDA build of torch: a build that silently dropped the .cu files fails.
+    if os.environ.get("ATSPEED_REQUIRE_CUDA") != "1":
+        pytest.skip("ATSPEED_REQUIRE_CUDA is not set")
+    assert torch.version.cuda, "ATSPEED_REQUIRE_CUDA=1 but torch is not a CUDA build"
+    assert atspeed_ext.built_with_cuda()
