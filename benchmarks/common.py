@@ -1,0 +1,92 @@
+"""Shared pieces of the benchmarks: the timed model, catalogue and prompts, timing and the machine line."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+SPECIAL = 3  # token ids 0..2 are special; codes start at 3
+
+
+def llama(layers: int = 8, hidden: int = 512, vocab_size: int = 3 + 4 * 256, seed: int = 0, dtype=torch.float32):
+    """A random LLaMA of the benchmark size (random weights are fine for timing)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 64 * 64 + 64,
+                      num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
+                      num_key_value_heads=max(1, hidden // 64), max_position_embeddings=1024,
+                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    return LlamaForCausalLM(cfg).to(dtype).eval()
+
+
+def catalogue(num_items: int = 12000, depth: int = 4, codes: int = 256, seed: int = 0) -> torch.Tensor:
+    """Random semantic identifiers: level l uses tokens SPECIAL + l*codes .. SPECIAL + (l+1)*codes - 1."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([SPECIAL + lvl * codes + torch.randint(0, codes, (num_items,), generator=g)
+                        for lvl in range(depth)], 1)
+
+
+def prompts(batch: int, length: int, vocab_size: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(SPECIAL, vocab_size, (batch, length), generator=g)
+
+
+def median_ms(fn, reps: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in milliseconds (CUDA-synchronised where a GPU is in use)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} torch threads"
+
+
+def write_results(name: str, header: dict, rows: list[dict], columns: list[str]) -> Path:
+    """Write ``benchmarks/results/<name>.json`` and a Markdown table next to it; return the .md path."""
+    out_dir = Path(__file__).resolve().parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    header = {"date": date.today().isoformat(), "machine": machine(), "torch": torch.__version__, **header}
+    try:
+        header["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                          cwd=out_dir).stdout.strip()
+    except OSError:
+        pass
+    (out_dir / f"{name}.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
+    lines = [f"# {name}", ""] + [f"- {k}: {v}" for k, v in header.items()] + ["",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r[c]) for c in columns) + " |")
+    md = out_dir / f"{name}.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md
+
+
+def _fmt(v) -> str:
+    return f"{v:.2f}" if isinstance(v, float) else str(v)
