@@ -20,9 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="trie-constrained beam search on a synthetic catalogue and a small model "
                                        "(no downloads): BeamSearchDecoder vs Hugging Face generate")
-    demo.add_argument("--items", type=_positive, default=5000, help="catalogue size (default 5000)")
-    demo.add_argument("--codes", type=_positive, default=64, help="codes per identifier level (default 64)")
-    demo.add_argument("--requests", type=_positive, default=32, help="number of prompts (default 32)")
+    demo.add_argument("--items", type=_positive, default=12000, help="catalogue size (default 12000)")
+    demo.add_argument("--codes", type=_positive, default=256, help="codes per identifier level (default 256)")
+    demo.add_argument("--requests", type=_positive, default=64, help="number of prompts (default 64)")
     demo.add_argument("--batch-size", type=_positive, default=8, help="prompts per batch (default 8)")
     demo.add_argument("--num-beams", type=_positive, default=10, help="K, the beams and items returned (default 10)")
     demo.add_argument("--layers", type=_positive, default=4, help="model layers (default 4)")

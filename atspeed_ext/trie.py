@@ -64,7 +64,7 @@ class ItemTrie:
         arrays = _C.build_trie(table)
         self._init_from(arrays, eos_token_id, vocab_size if vocab_size is not None else max_token + 1)
 
-    def _init_from(self, arrays, eos_token_id, vocab_size):
+    def _init_from(self, arrays, eos_token_id, vocab_size, host: "ItemTrie | None" = None):
         (self.child_offsets, self.child_tokens, self.node_parent, self.level_offsets,
          self.leaf_item_offsets, self.leaf_items) = arrays
         self.eos_token_id = eos_token_id
@@ -72,17 +72,19 @@ class ItemTrie:
         self.depth = self.level_offsets.numel() - 2
         self.num_items = self.leaf_items.numel()
         self.num_nodes = self.node_parent.numel()
-        # Host-side copies for the Python queries (prefix lookups stay cheap whatever the device).
-        self._offsets = self.child_offsets.tolist() if self.child_offsets.device.type == "cpu" else None
-        if self._offsets is None:
-            self._host = self.to("cpu")
-        else:
-            self._host = self
-            self._tokens = self.child_tokens.tolist()
-            self._first_leaf = int(self.level_offsets[self.depth])
-            self._item_offsets = self.leaf_item_offsets.tolist()
-            self._items = self.leaf_items.tolist()
-            self.max_children = max(b - a for a, b in zip(self._offsets[:-1], self._offsets[1:]))
+        self._copies = {}  # device -> ItemTrie, so repeated .to(device) calls copy once
+        if host is not None:  # a device copy answers Python queries through its CPU twin
+            self._host = host
+            self.max_children = host.max_children
+            return
+        # Python lists for the host-side queries (prefix lookups stay cheap whatever the device).
+        self._host = self
+        self._offsets = self.child_offsets.tolist()
+        self._tokens = self.child_tokens.tolist()
+        self._first_leaf = int(self.level_offsets[self.depth])
+        self._item_offsets = self.leaf_item_offsets.tolist()
+        self._items = self.leaf_items.tolist()
+        self.max_children = max(b - a for a, b in zip(self._offsets[:-1], self._offsets[1:]))
 
     # ------------------------------------------------------------------ device
     @property
@@ -90,19 +92,22 @@ class ItemTrie:
         return self.child_offsets.device
 
     def to(self, device: torch.device | str) -> "ItemTrie":
-        """A copy of the trie whose arrays live on ``device`` (self if already there)."""
+        """The trie with its arrays on ``device`` (self if already there; copies are made once and kept)."""
         device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         if device == self.device:
             return self
-        new = ItemTrie.__new__(ItemTrie)
-        arrays = [t.to(device) for t in (self.child_offsets, self.child_tokens, self.node_parent,
-                                         self.level_offsets, self.leaf_item_offsets, self.leaf_items)]
         host = self._host
-        new._init_from(arrays, self.eos_token_id, self.vocab_size)
-        if device.type != "cpu":
-            new._host = host
-            new.max_children = host.max_children
-        return new
+        if device.type == "cpu":
+            return host
+        if device not in host._copies:
+            new = ItemTrie.__new__(ItemTrie)
+            arrays = [t.to(device) for t in (host.child_offsets, host.child_tokens, host.node_parent,
+                                             host.level_offsets, host.leaf_item_offsets, host.leaf_items)]
+            new._init_from(arrays, host.eos_token_id, host.vocab_size, host=host)
+            host._copies[device] = new
+        return host._copies[device]
 
     # ------------------------------------------------------------------ queries
     def node_of(self, prefix: Sequence[int]) -> int:
