@@ -6,13 +6,16 @@ pure-PyTorch twin in :mod:`atspeed_ext.reference`.
 
 import torch  # noqa: F401  (the extension links against the loaded torch)
 
+from ._build_check import check_torch_matches_build
+
+check_torch_matches_build()
+
 try:
     from . import _C
 except ImportError as exc:  # pragma: no cover - only on a broken install
     raise ImportError(
-        "atspeed_ext's compiled extension (atspeed_ext._C) could not be loaded. Build it with "
-        "`pip install --no-build-isolation .` (torch must be installed first); if you did, you may be importing "
-        f"the source tree from the repository root instead of the installed package. Cause: {exc}"
+        "atspeed_ext's compiled extension (atspeed_ext._C) could not be loaded; rebuild it with "
+        f"`pip install --no-build-isolation .` against the installed torch. Cause: {exc}"
     ) from exc
 from ._ops import trie_beam_step
 from .decoder import BeamSearchDecoder, BeamSearchOutput

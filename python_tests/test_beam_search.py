@@ -23,7 +23,7 @@ def assert_same_beams(ours, hf):
 @pytest.mark.parametrize("num_beams", [1, 3, 5, 10, 20])
 @pytest.mark.parametrize("eos", [None, EOS])
 def test_identical_to_hf_generate(family, num_beams, eos):
-    for seed in range(3):
+    for seed in range(6):
         model = tiny_model(family, VOCAB, seed=seed)
         trie = ItemTrie(random_identifiers(120, 3, 6, seed=seed, shared=4), eos_token_id=eos)
         ids, mask = left_pad(random_prompts([7, 3, 12, 1], VOCAB, seed=seed))

@@ -43,3 +43,12 @@ def test_cuda_kernels_were_built_when_required():
         pytest.skip("ATSPEED_REQUIRE_CUDA is not set")
     assert torch.version.cuda, "ATSPEED_REQUIRE_CUDA=1 but torch is not a CUDA build"
     assert atspeed_ext.built_with_cuda()
+
+
+def test_import_refuses_a_torch_other_than_the_builds(monkeypatch):
+    from atspeed_ext import _build_check, _build_info
+
+    _build_check.check_torch_matches_build()  # the installed torch is the build's
+    monkeypatch.setattr(_build_info, "TORCH_VERSION", "1.0.0")
+    with pytest.raises(ImportError, match="built against torch 1.0.0"):
+        _build_check.check_torch_matches_build()
