@@ -93,9 +93,9 @@ class BeamSearchDecoder:
             live = parents >= 0
             if step == depth - 1:
                 break
-            # Tree attention: a new beam sees what its parent saw, plus itself.
-            visible = torch.cat([visible.gather(1, parents.clamp(min=0).unsqueeze(-1).expand(-1, -1, visible.shape[-1])),
-                                 own_slot], dim=-1)
+            # Tree attention: a new beam sees what its parent saw, plus its own slot (appended to the cache).
+            parent_rows = parents.clamp(min=0).unsqueeze(-1).expand(-1, -1, visible.shape[-1])
+            visible = torch.cat([visible.gather(1, parent_rows), own_slot], dim=-1)
             attn = torch.zeros(visible.shape, dtype=self.model.dtype, device=device).masked_fill_(~visible, min_value)
             out = self.model(
                 input_ids=tokens.clamp(min=0),
