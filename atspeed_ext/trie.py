@@ -191,26 +191,24 @@ def _as_identifier_table(sequences) -> torch.Tensor:
             raise ValueError(f"sequences must be a 2-D [num_items, L] tensor, got shape {tuple(sequences.shape)}")
         table = sequences.detach().to("cpu", torch.long).contiguous()
     else:
-        rows = list(sequences)
+        rows = [list(row) if isinstance(row, (list, tuple, torch.Tensor)) else row for row in sequences]
         if not rows:
             raise ValueError("sequences is empty: an ItemTrie needs at least one identifier")
-        length = None
         for i, row in enumerate(rows):
-            if isinstance(row, (str, bytes)) or not hasattr(row, "__len__"):
+            if not isinstance(row, list):
                 raise ValueError(f"sequences[{i}] must be a sequence of token ids, got {row!r}")
-            if length is None:
-                length = len(row)
-            elif len(row) != length:
-                raise ValueError(
-                    f"identifiers must all have the same length: sequences[0] has {length} tokens, "
-                    f"sequences[{i}] has {len(row)}"
-                )
-            for t in row:
-                if isinstance(t, bool) or not isinstance(t, int) and not (
-                        isinstance(t, torch.Tensor) and t.numel() == 1 and not t.dtype.is_floating_point):
-                    if not hasattr(t, "__index__"):
-                        raise ValueError(f"sequences[{i}] contains {t!r}; token ids must be integers")
-        table = torch.tensor([[int(t) for t in row] for row in rows], dtype=torch.long)
+            if len(row) != len(rows[0]):
+                raise ValueError(f"identifiers must all have the same length: sequences[0] has {len(rows[0])} "
+                                 f"tokens, sequences[{i}] has {len(row)}")
+        if len(rows[0]) == 0:
+            raise ValueError("sequences must be non-empty [num_items >= 1, L >= 1], got identifiers of length 0")
+        try:
+            table = torch.tensor(rows)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"sequences must contain integer token ids only ({exc})") from exc
+        if table.dtype.is_floating_point or table.dtype.is_complex or table.dtype == torch.bool:
+            raise ValueError(f"sequences must contain integer token ids only, got values of dtype {table.dtype}")
+        table = table.reshape(len(rows), -1).long()
     if table.shape[0] == 0 or table.shape[1] == 0:
         raise ValueError(f"sequences must be non-empty [num_items >= 1, L >= 1], got shape {tuple(table.shape)}")
     if bool((table < 0).any()):
