@@ -74,10 +74,13 @@ class BeamSearchDecoder:
         B, K, depth = ids.shape[0], self.num_beams, trie.depth
         prompt_lengths = mask.sum(1)
 
-        # Prefill: every prompt once; only the last position's logits are needed.
+        # Prefill: every prompt once; only the last position's logits are needed. Without padding the model
+        # can take its plain causal path (no mask tensor to build).
         position_ids = (mask.cumsum(1) - 1).clamp(min=0)
         kwargs = {"logits_to_keep": 1} if self._forward.has_logits_to_keep else {}
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **kwargs)
+        prefill_mask = None if bool(mask.all()) else mask
+        out = self.model(input_ids=ids, attention_mask=prefill_mask, position_ids=position_ids, use_cache=True,
+                         **kwargs)
         cache = self._forward.cache_of(out)  # grows in place; the beams of every step append to it
         logits = out.logits[:, -1:, :]
 
