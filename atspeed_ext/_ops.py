@@ -12,11 +12,11 @@ import torch
 
 from . import _C  # noqa: F401  (loads the schemas and the device kernels)
 
-__all__ = ["trie_beam_step", "OP_NAMES"]
+__all__ = ["trie_beam_step", "tree_attention_mask", "OP_NAMES"]
 
 #: Every dispatcher op of the extension (the tests check that each has a CPU kernel, a fake kernel and,
 #: in a CUDA build, a CUDA kernel).
-OP_NAMES = ("trie_beam_step",)
+OP_NAMES = ("trie_beam_step", "tree_attention_mask")
 
 
 def trie_beam_step(
@@ -58,3 +58,28 @@ def _trie_beam_step_fake(logits, beam_scores, beam_nodes, beam_live, child_offse
     scores = beam_scores.new_empty((batch, num_out))
     parents = beam_nodes.new_empty((batch, num_out))
     return scores, parents, torch.empty_like(parents), torch.empty_like(parents)
+
+
+def tree_attention_mask(slot_parents: torch.Tensor, prompt_visible: torch.Tensor,
+                        num_queries: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention mask and position ids of the last ``num_queries`` slots of a tree-shaped KV cache.
+
+    Args:
+        slot_parents: ``[B, S]`` int64; for each cache slot the slot of its parent (an earlier tree slot),
+            ``-1`` for a tree slot hanging directly off the prompt, ``-2`` for prompt and padding slots.
+        prompt_visible: ``[B, P]`` bool, the real (not padding) prompt tokens among the first ``P`` slots.
+        num_queries: how many trailing slots to build rows for (``P + num_queries <= S``).
+
+    Returns:
+        ``(mask [B, num_queries, S] bool, positions [B, num_queries] int64)``: a query sees the real prompt
+        tokens and its chain (itself and its ancestors) and sits at position ``prompt_length + depth - 1``;
+        a padding query (``-2``) sees only itself, at position 0. Spec: :mod:`atspeed_ext.reference.tree_mask`.
+    """
+    return torch.ops.atspeed_ext.tree_attention_mask.default(slot_parents, prompt_visible, num_queries)
+
+
+@torch.library.register_fake("atspeed_ext::tree_attention_mask")
+def _tree_attention_mask_fake(slot_parents, prompt_visible, num_queries):
+    batch, slots = slot_parents.shape
+    mask = slot_parents.new_empty((batch, num_queries, slots), dtype=torch.bool)
+    return mask, slot_parents.new_empty((batch, num_queries))

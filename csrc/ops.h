@@ -30,6 +30,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> trie_beam_step_cpu(
     const at::Tensor& beam_live, const at::Tensor& child_offsets, const at::Tensor& child_tokens,
     int64_t num_out);
 
+// Tree attention mask and position ids of the last num_queries slots of a tree-shaped cache.
+//   slot_parents   [B, S] int64: parent slot of each tree slot, -1 (ROOT: hangs off the prompt) or
+//                  -2 (NOT_TREE: prompt and padding slots)
+//   prompt_visible [B, P] bool: real prompt tokens among the first P slots
+// Returns mask [B, num_queries, S] bool and positions [B, num_queries] int64 (spec: reference/tree_mask.py).
+std::tuple<at::Tensor, at::Tensor> tree_attention_mask_cpu(const at::Tensor& slot_parents,
+                                                           const at::Tensor& prompt_visible, int64_t num_queries);
+
 // Host-only trie construction (not a dispatcher op: it has data-dependent output sizes and runs once).
 //   sequences [N, D] int64, every row one identifier (validated by the Python caller).
 // Returns (child_offsets [M+1], child_tokens [M-1], node_parent [M], level_offsets [D+2],

@@ -10,6 +10,9 @@ TORCH_LIBRARY(atspeed_ext, m) {
   m.def(
       "trie_beam_step(Tensor logits, Tensor beam_scores, Tensor beam_nodes, Tensor beam_live, "
       "Tensor child_offsets, Tensor child_tokens, int num_out) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Tree attention for a KV cache whose slots carry parent pointers: the bool mask [B, Q, S] and position ids
+  // [B, Q] of the last Q slots (each sees the visible prompt and its own chain of ancestors).
+  m.def("tree_attention_mask(Tensor slot_parents, Tensor prompt_visible, int num_queries) -> (Tensor, Tensor)");
 }
 
 PYBIND11_MODULE(_C, m) {

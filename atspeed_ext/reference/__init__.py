@@ -5,5 +5,6 @@ Each function here takes the same arguments and returns the same values as ``tor
 """
 
 from .beam_step import row_logsumexp, trie_beam_step
+from .tree_mask import NOT_TREE, ROOT, tree_attention_mask
 
-__all__ = ["row_logsumexp", "trie_beam_step"]
+__all__ = ["row_logsumexp", "trie_beam_step", "tree_attention_mask", "ROOT", "NOT_TREE"]
