@@ -19,11 +19,12 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
     ) from exc
 from ._ops import trie_beam_step
 from .decoder import BeamSearchDecoder, BeamSearchOutput
+from .spec_decoder import SpecBeamDecoder, SpecBeamOutput, SpecStats
 from .trie import ItemTrie
 
 __version__ = "0.1.0"
 
-__all__ = ["ItemTrie", "BeamSearchDecoder", "BeamSearchOutput", "trie_beam_step", "built_with_cuda"]
+__all__ = ["ItemTrie", "BeamSearchDecoder", "BeamSearchOutput", "SpecBeamDecoder", "SpecBeamOutput", "SpecStats", "trie_beam_step", "built_with_cuda"]
 
 
 def built_with_cuda() -> bool:

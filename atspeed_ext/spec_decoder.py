@@ -1,0 +1,325 @@
+"""SpecBeamDecoder: speculative trie-constrained beam search with strict top-K verification (lossless).
+
+Per round and request (beams at depth t, ``g = min(gamma, depth - t - 1)``):
+
+1. the draft expands a tree of ``g`` levels of at most N nodes from the K target beams (one batched draft
+   call per level);
+2. the target scores every tree node in one call (tree attention; the first round fuses the prompt prefill);
+3. verification walks the levels: level j is accepted iff every one of the target's own top-K candidates
+   there is a drafted node (same parent, same token); with n accepted levels the target's top-K at level
+   n + 1 (the "bonus") is taken from the same call, so each round advances n + 1 tokens.
+
+The result is identical to :class:`BeamSearchDecoder` whatever the draft. Requests of a batch progress
+independently; finished requests leave the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from . import _ops
+from ._inputs import check_model_and_trie, model_device, model_vocab_sizes, normalise_prompts
+from .decoder import BeamSearchOutput
+from .tree_kv import NOT_TREE, ROOT, TreeKV
+from .trie import ItemTrie
+
+__all__ = ["SpecBeamDecoder", "SpecBeamOutput", "SpecStats"]
+
+NOT_FED = -3  # a tree node the draft has not processed (the last drafted level)
+POLICIES = ("beam", "anchored")
+
+
+@dataclass
+class SpecStats:
+    """Per-request cost of a speculative decode."""
+
+    target_calls: list[int]
+    draft_calls: list[int]
+    accepted_levels: list[list[int]] = field(default_factory=list)  # per request, per round
+
+    @property
+    def mean_target_calls(self) -> float:
+        return sum(self.target_calls) / max(1, len(self.target_calls))
+
+    @property
+    def mean_draft_calls(self) -> float:
+        return sum(self.draft_calls) / max(1, len(self.draft_calls))
+
+    @property
+    def mean_accepted_levels(self) -> float:
+        rounds = [n for per_request in self.accepted_levels for n in per_request]
+        return sum(rounds) / max(1, len(rounds))
+
+
+@dataclass
+class SpecBeamOutput(BeamSearchOutput):
+    stats: SpecStats | None = None
+
+
+@dataclass
+class _Level:
+    """Drafted nodes of one tree level, ``[B, N]`` each."""
+
+    parent: torch.Tensor  # index into the previous level (level 1: beam index)
+    token: torch.Tensor
+    node: torch.Tensor
+    live: torch.Tensor
+    target_row: torch.Tensor | None = None   # row of the target logits of this node
+    target_slot: torch.Tensor | None = None  # its slot in the target cache
+    draft_slot: torch.Tensor | None = None   # its slot in the draft cache, or NOT_FED
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[b, index[b, i]]`` for ``x`` [B, W] or [B, W, V]; negative indices read entry 0."""
+    index = index.clamp(min=0)
+    if x.dim() == 2:
+        return x.gather(1, index)
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+class SpecBeamDecoder:
+    """Speculative constrained beam search: same output as :class:`BeamSearchDecoder`, fewer target calls.
+
+    Args:
+        target, draft: Hugging Face causal LMs on the same device with the same vocabulary.
+        trie: the item trie.
+        num_beams: K >= 1.
+        draft_beams: N >= K, the width of each drafted level.
+        gamma: drafted levels per round (>= 1).
+        verification: ``"strict"`` (lossless top-K verification).
+        draft_policy: ``"beam"`` (the paper: the draft's own width-N beam search) or ``"anchored"`` (each level
+            first keeps the draft's top-K among the children of the previous level's K anchored nodes, i.e.
+            what the target keeps if it agrees with the draft, then fills up to N with the best others).
+    """
+
+    def __init__(self, target: torch.nn.Module, draft: torch.nn.Module, trie: ItemTrie, num_beams: int,
+                 draft_beams: int, gamma: int = 3, verification: str = "strict", draft_policy: str = "beam"):
+        for name, value in (("num_beams", num_beams), ("draft_beams", draft_beams), ("gamma", gamma)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if draft_beams < num_beams:
+            raise ValueError(f"draft_beams (N = {draft_beams}) must be >= num_beams (K = {num_beams})")
+        if verification != "strict":
+            raise ValueError(f"verification must be 'strict' (the only rule implemented so far), got {verification!r}")
+        if draft_policy not in POLICIES:
+            raise ValueError(f"draft_policy must be one of {POLICIES}, got {draft_policy!r}")
+        check_model_and_trie(target, trie, "target")
+        check_model_and_trie(draft, trie, "draft")
+        t_in, t_out = model_vocab_sizes(target)
+        d_in, d_out = model_vocab_sizes(draft)
+        if (t_in, t_out) != (d_in, d_out):
+            raise ValueError(f"vocabulary mismatch: target has {t_in} input / {t_out} output tokens, draft has "
+                             f"{d_in} / {d_out}; they must share one vocabulary")
+        if model_device(target) != model_device(draft):
+            raise ValueError(f"target is on {model_device(target)} but draft is on {model_device(draft)}")
+        self.target, self.draft, self.trie = target, draft, trie
+        self.num_beams, self.draft_beams, self.gamma = num_beams, draft_beams, gamma
+        self.verification, self.draft_policy = verification, draft_policy
+        self._vocab_in = t_in
+        pad = getattr(getattr(target, "config", None), "pad_token_id", None)
+        self._pad_token_id = pad if isinstance(pad, int) else 0
+
+    # ------------------------------------------------------------------ drafting
+    def _draft_level(self, logits, scores, nodes, live, trie, anchored_width):
+        """One drafted level from the previous level's nodes (``anchored_width`` = how many lead the level)."""
+        N, K = self.draft_beams, self.num_beams
+        co, ct = trie.child_offsets, trie.child_tokens
+        best = _ops.trie_beam_step(logits, scores, nodes, live, co, ct, N)
+        if self.draft_policy == "beam" or anchored_width >= logits.shape[1] or N == K:
+            return best
+        # Anchored: the top-K children of the first K (anchored) nodes, then the best others up to N.
+        W = anchored_width
+        anchor = _ops.trie_beam_step(logits[:, :W].contiguous(), scores[:, :W].contiguous(),
+                                     nodes[:, :W].contiguous(), live[:, :W].contiguous(), co, ct, K)
+        same = ((best[1].unsqueeze(2) == anchor[1].unsqueeze(1)) & (best[2].unsqueeze(2) == anchor[2].unsqueeze(1))
+                & (anchor[1] >= 0).unsqueeze(1)).any(2)                              # [B, N]: already anchored
+        order = torch.sort(same.to(torch.int8), dim=1, stable=True).indices[:, :N - K]
+        rest = [x.gather(1, order) for x in best]
+        rest_scores = torch.where(rest[1] >= 0, rest[0], float("-inf"))
+        return (torch.cat([anchor[0], rest_scores], 1), torch.cat([anchor[1], rest[1]], 1),
+                torch.cat([anchor[2], rest[2]], 1), torch.cat([anchor[3], rest[3]], 1))
+
+    # ------------------------------------------------------------------ decode
+    @torch.inference_mode()
+    def generate(self, input_ids, attention_mask: torch.Tensor | None = None) -> SpecBeamOutput:
+        """Decode the top-K identifiers of each prompt (inputs as :meth:`BeamSearchDecoder.generate`)."""
+        device = model_device(self.target)
+        ids, mask = normalise_prompts(input_ids, attention_mask, device, self._vocab_in, self._pad_token_id)
+        trie = self.trie.to(device)
+        B, K, N, depth = ids.shape[0], self.num_beams, self.draft_beams, trie.depth
+        long = dict(dtype=torch.long, device=device)
+
+        # Results, indexed by original request.
+        out_scores = torch.full((B, K), float("-inf"), device=device)
+        out_nodes = torch.full((B, K), -1, **long)
+        stats = SpecStats(target_calls=[0] * B, draft_calls=[0] * B, accepted_levels=[[] for _ in range(B)])
+
+        # State of the active requests (rows of every tensor below; `active` maps rows to requests).
+        active = list(range(B))
+        t = [0] * B                                            # depth reached, per active row
+        scores = torch.zeros(B, K, device=device)
+        nodes = torch.zeros(B, K, **long)
+        live = torch.zeros(B, K, dtype=torch.bool, device=device)
+        live[:, 0] = True                                      # one beam, the root
+        arange_k = torch.arange(K, device=device)
+        tgt, dft = TreeKV(self.target), TreeKV(self.draft)
+        tgt_pending = torch.full((B, K), -1, **long)            # last token of each beam, not yet in the target cache
+        tgt_anchor = torch.full((B, K), ROOT, **long)           # target slot of the pending token's parent
+        dft_pending = torch.full((B, K, 2), -1, **long)         # up to two tokens not yet in the draft cache
+        dft_anchor = torch.full((B, K), ROOT, **long)
+        first_round = True
+
+        while active:
+            rows = len(active)
+            g = [min(self.gamma, depth - t[r] - 1) for r in range(rows)]
+            G = max(g)
+            g_dev = torch.tensor(g, device=device)
+
+            # ---- 1. draft expansion -------------------------------------------------------------
+            levels: list[_Level] = []
+            if G >= 1:
+                if first_round:
+                    beam_logits = dft.prefill(ids, mask)[:, -1:].expand(rows, K, -1)
+                else:
+                    beam_logits, dft_anchor = self._feed_pending(dft, dft_pending, dft_anchor,
+                                                                 live & (g_dev >= 1).unsqueeze(1))
+                prev_logits, prev_scores, prev_nodes = beam_logits, scores, nodes
+                prev_live, prev_dslot, width = live, dft_anchor, K
+                for j in range(1, G + 1):
+                    lvl_scores, parent, token, node = self._draft_level(
+                        prev_logits, prev_scores, prev_nodes, prev_live & (g_dev >= j).unsqueeze(1), trie, width)
+                    level = _Level(parent=parent, token=token, node=node, live=parent >= 0)
+                    if j < G:  # feed this level to the draft for the next one
+                        parents = torch.where(level.live, _gather(prev_dslot, parent), NOT_TREE)
+                        first = dft.num_slots
+                        prev_logits = dft.feed(torch.where(level.live, token, 0), parents)
+                        level.draft_slot = torch.where(level.live, first + torch.arange(N, device=device), NOT_TREE)
+                        prev_dslot = level.draft_slot
+                    else:
+                        level.draft_slot = torch.full_like(parent, NOT_FED)
+                    levels.append(level)
+                    prev_scores, prev_nodes, prev_live, width = lvl_scores, node, level.live, K
+                for r in range(rows):
+                    stats.draft_calls[active[r]] += g[r]
+
+            # ---- 2. one target call over the whole tree ------------------------------------------
+            tokens, parents = [], []
+            base = 0 if first_round else tgt.num_slots
+            if first_round:
+                beam_slot = torch.full((rows, K), ROOT, **long)
+                base = ids.shape[1]
+            else:
+                tokens.append(torch.where(live, tgt_pending, 0))
+                parents.append(torch.where(live, tgt_anchor, NOT_TREE))
+                beam_slot = torch.where(live, base + arange_k, NOT_TREE)
+            offset = base + (0 if first_round else K)
+            prev_slot = beam_slot
+            for level in levels:
+                level.target_slot = torch.where(level.live, offset + torch.arange(N, device=device), NOT_TREE)
+                tokens.append(torch.where(level.live, level.token, 0))
+                parents.append(torch.where(level.live, _gather(prev_slot, level.parent), NOT_TREE))
+                prev_slot, offset = level.target_slot, offset + N
+            if first_round:
+                tree_tokens = torch.cat(tokens, 1) if tokens else ids.new_zeros(rows, 0)
+                tree_parents = torch.cat(parents, 1) if parents else ids.new_zeros(rows, 0)
+                logits = tgt.prefill(ids, mask, tree_tokens, tree_parents)   # rows: last prompt, then the tree
+                row_of_slot = lambda s: (s - base + 1).clamp(min=0)          # noqa: E731  ROOT -> the prompt row
+            else:
+                logits = tgt.feed(torch.cat(tokens, 1), torch.cat(parents, 1))
+                row_of_slot = lambda s: (s - base).clamp(min=0)              # noqa: E731
+            for r in range(rows):
+                stats.target_calls[active[r]] += 1
+
+            # ---- 3. strict verification, all levels on the device -------------------------------
+            cur_logits = _gather(logits, row_of_slot(beam_slot))
+            cur_scores, cur_nodes, cur_live = scores, nodes, live
+            cur_index = arange_k.expand(rows, K)                  # index of each current node in its level
+            cur_tslot, cur_dslot = beam_slot, (dft_anchor if G >= 1 else torch.full_like(beam_slot, NOT_FED))
+            cur_dparent = torch.full_like(beam_slot, NOT_FED)
+            cur_token = torch.full_like(beam_slot, -1)
+            verifying = torch.ones(rows, dtype=torch.bool, device=device)
+            accepted = torch.zeros(rows, **long)
+            new = {k: None for k in ("scores", "nodes", "tokens", "tslot", "dslot", "dparent", "ptoken")}
+            for j in range(1, G + 2):
+                y_scores, y_parent, y_token, y_node = _ops.trie_beam_step(
+                    cur_logits, cur_scores, cur_nodes, cur_live, trie.child_offsets, trie.child_tokens, K)
+                y_valid = y_parent >= 0
+                if j <= G:
+                    level = levels[j - 1]
+                    match = ((level.parent.unsqueeze(1) == _gather(cur_index, y_parent).unsqueeze(2))
+                             & (level.token.unsqueeze(1) == y_token.unsqueeze(2)) & level.live.unsqueeze(1))
+                    found = match.any(2)
+                    ok = (found | ~y_valid).all(1) & (g_dev >= j)
+                else:
+                    ok = torch.zeros_like(verifying)
+                stop = verifying & ~ok
+                take = {"scores": y_scores, "nodes": y_node, "tokens": y_token,
+                        "tslot": _gather(cur_tslot, y_parent), "dslot": _gather(cur_dslot, y_parent),
+                        "dparent": _gather(cur_dparent, y_parent), "ptoken": _gather(cur_token, y_parent)}
+                for k, v in take.items():
+                    new[k] = v if new[k] is None else torch.where(stop.unsqueeze(1), v, new[k])
+                accepted = torch.where(stop, j - 1, accepted)
+                verifying = verifying & ok
+                if j > G:
+                    break
+                # Walk into the accepted level (rows that stopped carry on harmlessly).
+                index = match.to(torch.int8).argmax(2)
+                cur_logits = _gather(logits, row_of_slot(_gather(level.target_slot, index)))
+                cur_scores, cur_nodes, cur_live = y_scores, y_node, y_valid
+                cur_tslot, cur_dparent = _gather(level.target_slot, index), _gather(cur_dslot, y_parent)
+                cur_dslot, cur_token, cur_index = _gather(level.draft_slot, index), y_token, index
+
+            # ---- 4. advance: the bonus level becomes the new beams -----------------------------
+            n_accepted = accepted.tolist()                            # the one host sync of the round
+            scores, nodes = new["scores"], new["nodes"]
+            live = new["scores"] > float("-inf")
+            tgt_pending, tgt_anchor = new["tokens"], new["tslot"]
+            fed = new["dslot"] != NOT_FED
+            dft_anchor = torch.where(fed, new["dslot"], new["dparent"])
+            dft_pending = torch.stack([torch.where(fed, new["tokens"], new["ptoken"]),
+                                       torch.where(fed, -1, new["tokens"])], 2)
+            finished = []
+            for r in range(rows):
+                stats.accepted_levels[active[r]].append(n_accepted[r])
+                t[r] += n_accepted[r] + 1
+                if t[r] >= depth:
+                    finished.append(r)
+            for r in finished:
+                out_scores[active[r]] = scores[r]
+                out_nodes[active[r]] = nodes[r]
+            first_round = False
+            if finished:
+                keep = [r for r in range(rows) if t[r] < depth]
+                if not keep:
+                    break
+                sel = torch.tensor(keep, device=device)
+                active, t = [active[r] for r in keep], [t[r] for r in keep]
+                scores, nodes, live = scores[sel], nodes[sel], live[sel]
+                tgt_pending, tgt_anchor = tgt_pending[sel], tgt_anchor[sel]
+                dft_pending, dft_anchor = dft_pending[sel], dft_anchor[sel]
+                tgt.select(sel)
+                if dft.cache is not None:
+                    dft.select(sel)
+
+        valid = out_nodes >= 0
+        sequences = trie.sequences_of_nodes(out_nodes)
+        item_ids = [[trie.items_of_leaf(n) if n >= 0 else [] for n in row] for row in out_nodes.tolist()]
+        return SpecBeamOutput(sequences=sequences, scores=out_scores, valid=valid, item_ids=item_ids, stats=stats)
+
+    def _feed_pending(self, kv: TreeKV, pending: torch.Tensor, anchor: torch.Tensor, live: torch.Tensor):
+        """Feed each beam's pending draft tokens (a chain of 1 or 2); return the logits after each chain and
+        the draft slot of each beam's last token."""
+        B, K, _ = pending.shape
+        first = kv.num_slots
+        device = pending.device
+        has = (pending >= 0) & live.unsqueeze(2)                  # [B, K, 2]
+        slot = first + torch.arange(2 * K, device=device).view(1, K, 2).expand(B, K, 2)
+        parent0 = torch.where(has[..., 0], anchor, NOT_TREE)
+        parent1 = torch.where(has[..., 1], slot[..., 0], NOT_TREE)
+        parents = torch.stack([parent0, parent1], 2).reshape(B, 2 * K)
+        logits = kv.feed(torch.where(has, pending, 0).reshape(B, 2 * K), parents).view(B, K, 2, -1)
+        last = torch.where(has[..., 1], 1, 0)
+        new_anchor = torch.where(has[..., 1], slot[..., 1], torch.where(has[..., 0], slot[..., 0], anchor))
+        return logits.gather(2, last.view(B, K, 1, 1).expand(-1, -1, 1, logits.shape[-1])).squeeze(2), new_anchor

@@ -1,0 +1,86 @@
+"""A Hugging Face model's KV cache used as a tree: every cache slot carries a parent pointer.
+
+Each request's cache row holds its prompt (left-padded, ``P`` slots) and then tree slots appended by
+:meth:`TreeKV.feed`; a fed token attends to the real prompt tokens and to its chain of ancestors (the
+``tree_attention_mask`` op), at position ``prompt_length + depth - 1``. Prompts are stored once, whatever
+the number of beams.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _ops
+from ._hf_compat import ForwardSignature
+from .reference.tree_mask import NOT_TREE, ROOT
+
+__all__ = ["TreeKV", "ROOT", "NOT_TREE"]
+
+
+class TreeKV:
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self._sig = ForwardSignature(model)
+        self.cache = None
+        self.slot_parents: torch.Tensor | None = None   # [B, S]
+        self.prompt_visible: torch.Tensor | None = None  # [B, P]
+
+    @property
+    def num_slots(self) -> int:
+        return self.slot_parents.shape[1]
+
+    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
+        dtype = self.model.dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+            ~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, tree_tokens: torch.Tensor | None = None,
+                tree_parents: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed the prompts (and optionally a first layer of tree slots in the same call).
+
+        Returns the logits of the last prompt position followed by those of the tree slots:
+        ``[B, 1 + M, V]``.
+        """
+        B, P = ids.shape
+        self.prompt_visible = mask.bool()
+        self.slot_parents = torch.full((B, P), NOT_TREE, dtype=torch.long, device=ids.device)
+        prompt_pos = (mask.cumsum(1) - 1).clamp(min=0)
+        M = 0 if tree_tokens is None else tree_tokens.shape[1]
+        kwargs = {}
+        if self._sig.has_logits_to_keep:
+            kwargs["logits_to_keep"] = M + 1
+        if M == 0:
+            attn = None if bool(mask.all()) else mask
+            out = self.model(input_ids=ids, attention_mask=attn, position_ids=prompt_pos, use_cache=True, **kwargs)
+        else:
+            self.slot_parents = torch.cat([self.slot_parents, tree_parents], 1)
+            tree_mask, tree_pos = _ops.tree_attention_mask(self.slot_parents, self.prompt_visible, M)
+            # Prompt rows: causal over real prompt tokens (a padding row sees itself only), blind to the tree.
+            causal = torch.ones(P, P, dtype=torch.bool, device=ids.device).tril()
+            prompt_rows = causal.unsqueeze(0) & self.prompt_visible.unsqueeze(1)
+            prompt_rows |= torch.eye(P, dtype=torch.bool, device=ids.device).unsqueeze(0)
+            prompt_rows = torch.cat([prompt_rows, prompt_rows.new_zeros(B, P, M)], 2)
+            allowed = torch.cat([prompt_rows, tree_mask], 1)
+            out = self.model(input_ids=torch.cat([ids, tree_tokens.clamp(min=0)], 1),
+                             attention_mask=self._additive(allowed),
+                             position_ids=torch.cat([prompt_pos, tree_pos], 1), use_cache=True, **kwargs)
+        self.cache = self._sig.cache_of(out)
+        logits = out.logits
+        return logits[:, -(M + 1):, :] if logits.shape[1] != M + 1 else logits
+
+    def feed(self, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+        """Append ``M`` slots per request (``tokens``, ``parents`` ``[B, M]``; padding: parent NOT_TREE) and
+        return their logits ``[B, M, V]``. Parents are absolute slot indices (existing or earlier in this feed),
+        ROOT for slots hanging off the prompt."""
+        M = tokens.shape[1]
+        self.slot_parents = torch.cat([self.slot_parents, parents], 1)
+        allowed, positions = _ops.tree_attention_mask(self.slot_parents, self.prompt_visible, M)
+        out = self.model(input_ids=tokens.clamp(min=0), attention_mask=self._additive(allowed), position_ids=positions,
+                         use_cache=True, **{self._sig.cache_arg: self.cache})
+        return out.logits
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only the given requests (batch rows)."""
+        self.cache.batch_select_indices(rows)
+        self.slot_parents = self.slot_parents[rows]
+        self.prompt_visible = self.prompt_visible[rows]
