@@ -1,0 +1,122 @@
+"""SpecBeamDecoder is lossless: identical to BeamSearchDecoder for any draft; costs and errors."""
+
+import pytest
+import torch
+
+from atspeed_ext import BeamSearchDecoder, ItemTrie, SpecBeamDecoder
+from conftest import left_pad, random_identifiers, random_prompts, requires_cuda, tiny_model
+
+VOCAB = 64
+EOS = 2
+
+
+def assert_identical(spec, ref):
+    assert torch.equal(spec.valid, ref.valid)
+    assert torch.equal(spec.sequences, ref.sequences)
+    torch.testing.assert_close(spec.scores[ref.valid], ref.scores[ref.valid], atol=1e-5, rtol=0)
+    assert spec.item_ids == ref.item_ids
+
+
+def assert_stats_consistent(out, depth, num_requests):
+    s = out.stats
+    assert len(s.target_calls) == len(s.accepted_levels) == num_requests
+    for calls, levels in zip(s.target_calls, s.accepted_levels):
+        assert calls == len(levels) >= 1
+        assert sum(n + 1 for n in levels) == depth  # every round advances accepted + 1 (bonus) tokens
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("num_beams", [1, 3, 5, 10, 20])
+@pytest.mark.parametrize("gamma", [1, 2, 3])
+def test_lossless_against_beam_search(family, num_beams, gamma):
+    for seed in range(2):
+        target = tiny_model(family, VOCAB, seed=seed)
+        draft = tiny_model(family, VOCAB, seed=seed + 50, layers=1)
+        for eos in (None, EOS):
+            trie = ItemTrie(random_identifiers(150, 4, 5, seed=seed, shared=3), eos_token_id=eos)
+            prompts = random_prompts([7, 3, 12, 1], VOCAB, seed=seed)
+            ref = BeamSearchDecoder(target, trie, num_beams).generate(prompts)
+            for N in sorted({num_beams, 2 * num_beams, 40}):
+                for policy in ("beam", "anchored"):
+                    out = SpecBeamDecoder(target, draft, trie, num_beams, N, gamma, draft_policy=policy).generate(prompts)
+                    assert_identical(out, ref)
+                    assert_stats_consistent(out, trie.depth, 4)
+
+
+def test_self_draft_with_n_equal_k_costs_one_target_call():
+    target = tiny_model("llama", VOCAB, seed=3)
+    trie = ItemTrie(random_identifiers(200, 4, 5, seed=3))                    # L = 4, no EOS
+    prompts = random_prompts([5, 9, 2], VOCAB, seed=3)
+    for K in (1, 5, 10):
+        out = SpecBeamDecoder(target, target, trie, K, K, gamma=3).generate(prompts)
+        assert out.stats.target_calls == [1, 1, 1]
+        assert out.stats.accepted_levels == [[3], [3], [3]]
+        assert out.stats.draft_calls == [3, 3, 3]
+        assert_identical(out, BeamSearchDecoder(target, trie, K).generate(prompts))
+
+
+def test_anchored_policy_accepts_everything_with_a_perfect_draft():
+    # With N > K the paper's policy may miss at level 2 even with draft == target; the anchored one cannot.
+    target = tiny_model("qwen2", VOCAB, seed=4)
+    trie = ItemTrie(random_identifiers(300, 4, 6, seed=4))
+    prompts = random_prompts([6, 10, 4, 8], VOCAB, seed=4)
+    out = SpecBeamDecoder(target, target, trie, 5, 12, gamma=3, draft_policy="anchored").generate(prompts)
+    assert out.stats.target_calls == [1] * 4
+
+
+def test_unrelated_draft_still_identical_and_requests_progress_independently():
+    target = tiny_model("llama", VOCAB, seed=5)
+    draft = tiny_model("qwen2", VOCAB, seed=99, layers=1)                      # another family, another seed
+    trie = ItemTrie(random_identifiers(120, 4, 5, seed=5, shared=2), eos_token_id=EOS)
+    ids, mask = left_pad(random_prompts([4, 11, 7, 2, 9], VOCAB, seed=5))
+    out = SpecBeamDecoder(target, draft, trie, 5, 10, gamma=2).generate(ids, mask)
+    assert_identical(out, BeamSearchDecoder(target, trie, 5).generate(ids, mask))
+    assert_stats_consistent(out, trie.depth, 5)
+    assert out.stats.mean_target_calls >= 1 and out.stats.mean_accepted_levels >= 0
+
+
+def test_fewer_identifiers_than_beams():
+    target = tiny_model("llama", VOCAB, seed=6)
+    draft = tiny_model("llama", VOCAB, seed=7, layers=1)
+    trie = ItemTrie([[3, 10, 20], [3, 10, 21], [4, 11, 22], [4, 11, 22]])
+    prompts = random_prompts([5, 8], VOCAB, seed=6)
+    out = SpecBeamDecoder(target, draft, trie, 5, 8, gamma=2).generate(prompts)
+    assert_identical(out, BeamSearchDecoder(target, trie, 5).generate(prompts))
+    assert out.valid.sum(1).tolist() == [3, 3]
+
+
+def test_bad_input_raises_clear_errors():
+    target = tiny_model("llama", VOCAB, seed=0)
+    draft = tiny_model("llama", VOCAB, seed=1, layers=1)
+    trie = ItemTrie(random_identifiers(30, 3, 4, seed=0))
+    with pytest.raises(ValueError, match=r"draft_beams \(N = 2\) must be >= num_beams \(K = 3\)"):
+        SpecBeamDecoder(target, draft, trie, 3, 2)
+    with pytest.raises(ValueError, match="gamma must be an int >= 1"):
+        SpecBeamDecoder(target, draft, trie, 3, 3, gamma=0)
+    with pytest.raises(ValueError, match="num_beams"):
+        SpecBeamDecoder(target, draft, trie, 0, 3)
+    with pytest.raises(ValueError, match="verification must be"):
+        SpecBeamDecoder(target, draft, trie, 3, 3, verification="fuzzy")
+    with pytest.raises(ValueError, match="draft_policy"):
+        SpecBeamDecoder(target, draft, trie, 3, 3, draft_policy="greedy")
+    with pytest.raises(ValueError, match="vocabulary mismatch"):
+        SpecBeamDecoder(target, tiny_model("llama", VOCAB + 8, seed=2, layers=1), trie, 3, 3)
+    with pytest.raises(ValueError, match="vocabulary mismatch"):
+        SpecBeamDecoder(target, draft, ItemTrie([[3, 70]]), 3, 3)
+    dec = SpecBeamDecoder(target, draft, trie, 3, 4)
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        dec.generate([[5, 64]])
+    with pytest.raises(ValueError, match="int64"):
+        dec.generate(torch.ones(2, 3))
+
+
+@requires_cuda
+def test_gpu_lossless_and_matches_cpu():
+    target = tiny_model("llama", VOCAB, seed=8)
+    draft = tiny_model("qwen2", VOCAB, seed=9, layers=1)
+    trie = ItemTrie(random_identifiers(150, 4, 5, seed=8, shared=3), eos_token_id=EOS)
+    prompts = random_prompts([3, 10, 6], VOCAB, seed=8)
+    cpu = SpecBeamDecoder(target, draft, trie, 10, 20, 3).generate(prompts)
+    gpu = SpecBeamDecoder(target.cuda(), draft.cuda(), trie, 10, 20, 3).generate(prompts)
+    assert torch.equal(cpu.sequences, gpu.sequences.cpu()) and cpu.stats.target_calls == gpu.stats.target_calls
+    assert_identical(gpu, BeamSearchDecoder(target, trie, 10).generate(prompts))
