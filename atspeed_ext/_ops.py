@@ -12,11 +12,11 @@ import torch
 
 from . import _C  # noqa: F401  (loads the schemas and the device kernels)
 
-__all__ = ["trie_beam_step", "tree_attention_mask", "OP_NAMES"]
+__all__ = ["trie_beam_step", "tree_attention_mask", "compact_kv", "OP_NAMES"]
 
 #: Every dispatcher op of the extension (the tests check that each has a CPU kernel, a fake kernel and,
 #: in a CUDA build, a CUDA kernel).
-OP_NAMES = ("trie_beam_step", "tree_attention_mask")
+OP_NAMES = ("trie_beam_step", "tree_attention_mask", "compact_kv")
 
 
 def trie_beam_step(
@@ -83,3 +83,14 @@ def _tree_attention_mask_fake(slot_parents, prompt_visible, num_queries):
     batch, slots = slot_parents.shape
     mask = slot_parents.new_empty((batch, num_queries, slots), dtype=torch.bool)
     return mask, slot_parents.new_empty((batch, num_queries))
+
+
+def compact_kv(caches: list[torch.Tensor], keep: torch.Tensor) -> list[torch.Tensor]:
+    """Keep, per request, the cache slots ``keep [B, S_new]`` (-1: zero padding) of every ``[B, H, S, D]``
+    tensor in ``caches`` (all layers' keys and values at once). Spec: :mod:`atspeed_ext.reference.compact_kv`."""
+    return torch.ops.atspeed_ext.compact_kv.default(caches, keep)
+
+
+@torch.library.register_fake("atspeed_ext::compact_kv")
+def _compact_kv_fake(caches, keep):
+    return [c.new_empty((c.shape[0], c.shape[1], keep.shape[1], c.shape[3])) for c in caches]

@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <tuple>
+#include <vector>
 
 namespace atspeed_ext {
 
@@ -37,6 +38,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> trie_beam_step_cpu(
 // Returns mask [B, num_queries, S] bool and positions [B, num_queries] int64 (spec: reference/tree_mask.py).
 std::tuple<at::Tensor, at::Tensor> tree_attention_mask_cpu(const at::Tensor& slot_parents,
                                                            const at::Tensor& prompt_visible, int64_t num_queries);
+
+// KV-cache compaction of every layer in one call: out[t][b, :, i] = caches[t][b, :, keep[b, i]] (zeros for -1).
+//   caches [B, H, S, D] (one shape and dtype), keep [B, S_new] int64 (spec: reference/compact_kv.py).
+std::vector<at::Tensor> compact_kv_cpu(const std::vector<at::Tensor>& caches, const at::Tensor& keep);
 
 // Host-only trie construction (not a dispatcher op: it has data-dependent output sizes and runs once).
 //   sequences [N, D] int64, every row one identifier (validated by the Python caller).

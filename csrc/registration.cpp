@@ -13,6 +13,8 @@ TORCH_LIBRARY(atspeed_ext, m) {
   // Tree attention for a KV cache whose slots carry parent pointers: the bool mask [B, Q, S] and position ids
   // [B, Q] of the last Q slots (each sees the visible prompt and its own chain of ancestors).
   m.def("tree_attention_mask(Tensor slot_parents, Tensor prompt_visible, int num_queries) -> (Tensor, Tensor)");
+  // KV-cache compaction: keep the listed slots [B, S_new] (-1 = zero padding) of every [B, H, S, D] tensor.
+  m.def("compact_kv(Tensor[] caches, Tensor keep) -> Tensor[]");
 }
 
 PYBIND11_MODULE(_C, m) {
