@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import _ops
+from ._nvtx import nvtx_range
 from ._inputs import check_model_and_trie, model_device, model_vocab_sizes, normalise_prompts
 from .decoder import BeamSearchOutput
 from .tree_kv import NOT_TREE, ROOT, TreeKV
@@ -77,6 +78,52 @@ def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     if x.dim() == 2:
         return x.gather(1, index)
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def _remap(new_slot: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """Slot references after a compaction (ROOT / NOT_TREE / NOT_FED codes unchanged)."""
+    return torch.where(slots >= 0, new_slot.gather(1, slots.clamp(min=0)), slots)
+
+
+@dataclass
+class _BeamState:
+    """The K beams of each active request, ``[B, K]`` each, and where their tokens are in the two caches."""
+
+    scores: torch.Tensor
+    nodes: torch.Tensor
+    live: torch.Tensor
+    tgt_pending: torch.Tensor   # each beam's last token, not yet in the target cache
+    tgt_anchor: torch.Tensor    # target slot of that token's parent (ROOT: the prompt)
+    dft_pending: torch.Tensor   # [B, K, 2] up to two tokens not yet in the draft cache (-1: none)
+    dft_anchor: torch.Tensor    # draft slot of the first pending token's parent
+    beam_tslot: torch.Tensor | None = None  # target slot of each beam's token during a round
+
+    @staticmethod
+    def start(B: int, K: int, device) -> "_BeamState":
+        full = lambda *shape, v: torch.full(shape, v, dtype=torch.long, device=device)  # noqa: E731
+        live = torch.zeros(B, K, dtype=torch.bool, device=device)
+        live[:, 0] = True  # one beam: the root
+        return _BeamState(scores=torch.zeros(B, K, device=device), nodes=full(B, K, v=0), live=live,
+                          tgt_pending=full(B, K, v=-1), tgt_anchor=full(B, K, v=ROOT),
+                          dft_pending=full(B, K, 2, v=-1), dft_anchor=full(B, K, v=ROOT))
+
+    def advance(self, new: dict[str, torch.Tensor]) -> None:
+        """The verified beams become the current ones; a parent the draft never processed (the last drafted
+        level) is fed to the draft together with the new token next round."""
+        self.scores, self.nodes = new["scores"], new["nodes"]
+        self.live = new["scores"] > float("-inf")
+        self.tgt_pending, self.tgt_anchor = new["tokens"], new["tslot"]
+        fed = new["dslot"] != NOT_FED
+        self.dft_anchor = torch.where(fed, new["dslot"], new["dparent"])
+        self.dft_pending = torch.stack([torch.where(fed, new["tokens"], new["ptoken"]),
+                                        torch.where(fed, -1, new["tokens"])], 2)
+
+    def live_slots(self, slots: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.live, slots, NOT_TREE)
+
+    def select(self, rows: torch.Tensor) -> None:
+        for name in ("scores", "nodes", "live", "tgt_pending", "tgt_anchor", "dft_pending", "dft_anchor"):
+            setattr(self, name, getattr(self, name)[rows])
 
 
 class SpecBeamDecoder:
@@ -148,165 +195,167 @@ class SpecBeamDecoder:
         device = model_device(self.target)
         ids, mask = normalise_prompts(input_ids, attention_mask, device, self._vocab_in, self._pad_token_id)
         trie = self.trie.to(device)
-        B, K, N, depth = ids.shape[0], self.num_beams, self.draft_beams, trie.depth
-        long = dict(dtype=torch.long, device=device)
+        B, K, depth = ids.shape[0], self.num_beams, trie.depth
 
         # Results, indexed by original request.
         out_scores = torch.full((B, K), float("-inf"), device=device)
-        out_nodes = torch.full((B, K), -1, **long)
+        out_nodes = torch.full((B, K), -1, dtype=torch.long, device=device)
         stats = SpecStats(target_calls=[0] * B, draft_calls=[0] * B, accepted_levels=[[] for _ in range(B)])
 
-        # State of the active requests (rows of every tensor below; `active` maps rows to requests).
-        active = list(range(B))
-        t = [0] * B                                            # depth reached, per active row
-        scores = torch.zeros(B, K, device=device)
-        nodes = torch.zeros(B, K, **long)
-        live = torch.zeros(B, K, dtype=torch.bool, device=device)
-        live[:, 0] = True                                      # one beam, the root
-        arange_k = torch.arange(K, device=device)
+        state = _BeamState.start(B, K, device)
+        active = list(range(B))   # request of each state row
+        t = [0] * B               # depth reached, per state row
         tgt, dft = TreeKV(self.target), TreeKV(self.draft)
-        tgt_pending = torch.full((B, K), -1, **long)            # last token of each beam, not yet in the target cache
-        tgt_anchor = torch.full((B, K), ROOT, **long)           # target slot of the pending token's parent
-        dft_pending = torch.full((B, K, 2), -1, **long)         # up to two tokens not yet in the draft cache
-        dft_anchor = torch.full((B, K), ROOT, **long)
         first_round = True
-
         while active:
             rows = len(active)
             g = [min(self.gamma, depth - t[r] - 1) for r in range(rows)]
-            G = max(g)
             g_dev = torch.tensor(g, device=device)
-
-            # ---- 1. draft expansion -------------------------------------------------------------
-            levels: list[_Level] = []
-            if G >= 1:
-                if first_round:
-                    beam_logits = dft.prefill(ids, mask)[:, -1:].expand(rows, K, -1)
-                else:
-                    beam_logits, dft_anchor = self._feed_pending(dft, dft_pending, dft_anchor,
-                                                                 live & (g_dev >= 1).unsqueeze(1))
-                prev_logits, prev_scores, prev_nodes = beam_logits, scores, nodes
-                prev_live, prev_dslot, width = live, dft_anchor, K
-                for j in range(1, G + 1):
-                    lvl_scores, parent, token, node = self._draft_level(
-                        prev_logits, prev_scores, prev_nodes, prev_live & (g_dev >= j).unsqueeze(1), trie, width)
-                    level = _Level(parent=parent, token=token, node=node, live=parent >= 0)
-                    if j < G:  # feed this level to the draft for the next one
-                        parents = torch.where(level.live, _gather(prev_dslot, parent), NOT_TREE)
-                        first = dft.num_slots
-                        prev_logits = dft.feed(torch.where(level.live, token, 0), parents)
-                        level.draft_slot = torch.where(level.live, first + torch.arange(N, device=device), NOT_TREE)
-                        prev_dslot = level.draft_slot
-                    else:
-                        level.draft_slot = torch.full_like(parent, NOT_FED)
-                    levels.append(level)
-                    prev_scores, prev_nodes, prev_live, width = lvl_scores, node, level.live, K
-                for r in range(rows):
-                    stats.draft_calls[active[r]] += g[r]
-
-            # ---- 2. one target call over the whole tree ------------------------------------------
-            tokens, parents = [], []
-            base = 0 if first_round else tgt.num_slots
-            if first_round:
-                beam_slot = torch.full((rows, K), ROOT, **long)
-                base = ids.shape[1]
-            else:
-                tokens.append(torch.where(live, tgt_pending, 0))
-                parents.append(torch.where(live, tgt_anchor, NOT_TREE))
-                beam_slot = torch.where(live, base + arange_k, NOT_TREE)
-            offset = base + (0 if first_round else K)
-            prev_slot = beam_slot
-            for level in levels:
-                level.target_slot = torch.where(level.live, offset + torch.arange(N, device=device), NOT_TREE)
-                tokens.append(torch.where(level.live, level.token, 0))
-                parents.append(torch.where(level.live, _gather(prev_slot, level.parent), NOT_TREE))
-                prev_slot, offset = level.target_slot, offset + N
-            if first_round:
-                tree_tokens = torch.cat(tokens, 1) if tokens else ids.new_zeros(rows, 0)
-                tree_parents = torch.cat(parents, 1) if parents else ids.new_zeros(rows, 0)
-                logits = tgt.prefill(ids, mask, tree_tokens, tree_parents)   # rows: last prompt, then the tree
-                row_of_slot = lambda s: (s - base + 1).clamp(min=0)          # noqa: E731  ROOT -> the prompt row
-            else:
-                logits = tgt.feed(torch.cat(tokens, 1), torch.cat(parents, 1))
-                row_of_slot = lambda s: (s - base).clamp(min=0)              # noqa: E731
-            for r in range(rows):
-                stats.target_calls[active[r]] += 1
-
-            # ---- 3. strict verification, all levels on the device -------------------------------
-            cur_logits = _gather(logits, row_of_slot(beam_slot))
-            cur_scores, cur_nodes, cur_live = scores, nodes, live
-            cur_index = arange_k.expand(rows, K)                  # index of each current node in its level
-            cur_tslot, cur_dslot = beam_slot, (dft_anchor if G >= 1 else torch.full_like(beam_slot, NOT_FED))
-            cur_dparent = torch.full_like(beam_slot, NOT_FED)
-            cur_token = torch.full_like(beam_slot, -1)
-            verifying = torch.ones(rows, dtype=torch.bool, device=device)
-            accepted = torch.zeros(rows, **long)
-            new = {k: None for k in ("scores", "nodes", "tokens", "tslot", "dslot", "dparent", "ptoken")}
-            for j in range(1, G + 2):
-                y_scores, y_parent, y_token, y_node = _ops.trie_beam_step(
-                    cur_logits, cur_scores, cur_nodes, cur_live, trie.child_offsets, trie.child_tokens, K)
-                y_valid = y_parent >= 0
-                if j <= G:
-                    level = levels[j - 1]
-                    match = ((level.parent.unsqueeze(1) == _gather(cur_index, y_parent).unsqueeze(2))
-                             & (level.token.unsqueeze(1) == y_token.unsqueeze(2)) & level.live.unsqueeze(1))
-                    found = match.any(2)
-                    ok = (found | ~y_valid).all(1) & (g_dev >= j)
-                else:
-                    ok = torch.zeros_like(verifying)
-                stop = verifying & ~ok
-                take = {"scores": y_scores, "nodes": y_node, "tokens": y_token,
-                        "tslot": _gather(cur_tslot, y_parent), "dslot": _gather(cur_dslot, y_parent),
-                        "dparent": _gather(cur_dparent, y_parent), "ptoken": _gather(cur_token, y_parent)}
-                for k, v in take.items():
-                    new[k] = v if new[k] is None else torch.where(stop.unsqueeze(1), v, new[k])
-                accepted = torch.where(stop, j - 1, accepted)
-                verifying = verifying & ok
-                if j > G:
-                    break
-                # Walk into the accepted level (rows that stopped carry on harmlessly).
-                index = match.to(torch.int8).argmax(2)
-                cur_logits = _gather(logits, row_of_slot(_gather(level.target_slot, index)))
-                cur_scores, cur_nodes, cur_live = y_scores, y_node, y_valid
-                cur_tslot, cur_dparent = _gather(level.target_slot, index), _gather(cur_dslot, y_parent)
-                cur_dslot, cur_token, cur_index = _gather(level.draft_slot, index), y_token, index
-
-            # ---- 4. advance: the bonus level becomes the new beams -----------------------------
-            n_accepted = accepted.tolist()                            # the one host sync of the round
-            scores, nodes = new["scores"], new["nodes"]
-            live = new["scores"] > float("-inf")
-            tgt_pending, tgt_anchor = new["tokens"], new["tslot"]
-            fed = new["dslot"] != NOT_FED
-            dft_anchor = torch.where(fed, new["dslot"], new["dparent"])
-            dft_pending = torch.stack([torch.where(fed, new["tokens"], new["ptoken"]),
-                                       torch.where(fed, -1, new["tokens"])], 2)
+            with nvtx_range("atspeed/draft", device):
+                levels = self._draft(state, dft, g_dev, max(g), first_round, ids, mask, trie)
+            with nvtx_range("atspeed/target", device):
+                logits, beam_rows = self._score_tree(state, tgt, levels, first_round, ids, mask)
+            with nvtx_range("atspeed/verify", device):
+                accepted, new = self._verify(state, levels, logits, beam_rows, g_dev, trie)
+                n_accepted = accepted.tolist()                    # the one host sync of the round
+            state.advance(new)
             finished = []
             for r in range(rows):
+                stats.target_calls[active[r]] += 1
+                stats.draft_calls[active[r]] += g[r]
                 stats.accepted_levels[active[r]].append(n_accepted[r])
                 t[r] += n_accepted[r] + 1
                 if t[r] >= depth:
                     finished.append(r)
-            for r in finished:
-                out_scores[active[r]] = scores[r]
-                out_nodes[active[r]] = nodes[r]
+                    out_scores[active[r]] = state.scores[r]
+                    out_nodes[active[r]] = state.nodes[r]
             first_round = False
-            if finished:
+            if len(finished) == rows:
+                break
+            with nvtx_range("atspeed/compact", device):
+                # Keep the prompt and the ancestors of the surviving beams, in both caches.
+                state.tgt_anchor = _remap(tgt.compact(state.live_slots(state.tgt_anchor), depth + 1), state.tgt_anchor)
+                if dft.cache is not None:
+                    state.dft_anchor = _remap(dft.compact(state.live_slots(state.dft_anchor), depth + 1),
+                                              state.dft_anchor)
+            if finished:  # finished requests leave the batch
                 keep = [r for r in range(rows) if t[r] < depth]
-                if not keep:
-                    break
                 sel = torch.tensor(keep, device=device)
                 active, t = [active[r] for r in keep], [t[r] for r in keep]
-                scores, nodes, live = scores[sel], nodes[sel], live[sel]
-                tgt_pending, tgt_anchor = tgt_pending[sel], tgt_anchor[sel]
-                dft_pending, dft_anchor = dft_pending[sel], dft_anchor[sel]
+                state.select(sel)
                 tgt.select(sel)
                 if dft.cache is not None:
                     dft.select(sel)
 
-        valid = out_nodes >= 0
         sequences = trie.sequences_of_nodes(out_nodes)
         item_ids = [[trie.items_of_leaf(n) if n >= 0 else [] for n in row] for row in out_nodes.tolist()]
-        return SpecBeamOutput(sequences=sequences, scores=out_scores, valid=valid, item_ids=item_ids, stats=stats)
+        return SpecBeamOutput(sequences=sequences, scores=out_scores, valid=out_nodes >= 0, item_ids=item_ids,
+                              stats=stats)
+
+    def _draft(self, state: "_BeamState", dft: TreeKV, g_dev: torch.Tensor, G: int, first_round: bool,
+               ids: torch.Tensor, mask: torch.Tensor, trie: ItemTrie) -> list[_Level]:
+        """Draft G levels from the current beams: one batched draft call per level (level G is not fed)."""
+        if G < 1:
+            return []
+        rows, K = state.scores.shape
+        N, device = self.draft_beams, state.scores.device
+        if first_round:
+            prev_logits = dft.prefill(ids, mask)[:, -1:].expand(rows, K, -1)
+        else:
+            prev_logits, state.dft_anchor = self._feed_pending(dft, state.dft_pending, state.dft_anchor,
+                                                               state.live & (g_dev >= 1).unsqueeze(1))
+        prev_scores, prev_nodes, prev_live, prev_dslot, width = state.scores, state.nodes, state.live, state.dft_anchor, K
+        levels = []
+        for j in range(1, G + 1):
+            lvl_scores, parent, token, node = self._draft_level(
+                prev_logits, prev_scores, prev_nodes, prev_live & (g_dev >= j).unsqueeze(1), trie, width)
+            level = _Level(parent=parent, token=token, node=node, live=parent >= 0)
+            if j < G:  # feed this level to the draft for the next one
+                first = dft.num_slots
+                prev_logits = dft.feed(torch.where(level.live, token, 0),
+                                       torch.where(level.live, _gather(prev_dslot, parent), NOT_TREE))
+                level.draft_slot = torch.where(level.live, first + torch.arange(N, device=device), NOT_TREE)
+                prev_dslot = level.draft_slot
+            else:
+                level.draft_slot = torch.full_like(parent, NOT_FED)
+            levels.append(level)
+            prev_scores, prev_nodes, prev_live, width = lvl_scores, node, level.live, K
+        return levels
+
+    def _score_tree(self, state: "_BeamState", tgt: TreeKV, levels: list[_Level], first_round: bool,
+                    ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One target call over the pending beam tokens and every drafted node (fused with the prefill in the
+        first round). Sets each level's ``target_slot`` / ``target_row``; returns the logits and the logits
+        row of each current beam."""
+        rows, K = state.scores.shape
+        N, device = self.draft_beams, state.scores.device
+        tokens, parents = [], []
+        if first_round:  # the beam is the root: its logits are the last prompt position's (row 0)
+            base, row_shift = ids.shape[1], 1
+            beam_slot = torch.full((rows, K), ROOT, dtype=torch.long, device=device)
+        else:
+            base, row_shift = tgt.num_slots, 0
+            tokens.append(torch.where(state.live, state.tgt_pending, 0))
+            parents.append(torch.where(state.live, state.tgt_anchor, NOT_TREE))
+            beam_slot = torch.where(state.live, base + torch.arange(K, device=device), NOT_TREE)
+        state.beam_tslot = beam_slot
+        offset, prev_slot = base + len(tokens) * K, beam_slot
+        for level in levels:
+            level.target_slot = torch.where(level.live, offset + torch.arange(N, device=device), NOT_TREE)
+            level.target_row = (level.target_slot - base + row_shift).clamp(min=0)
+            tokens.append(torch.where(level.live, level.token, 0))
+            parents.append(torch.where(level.live, _gather(prev_slot, level.parent), NOT_TREE))
+            prev_slot, offset = level.target_slot, offset + N
+        beam_rows = (beam_slot - base + row_shift).clamp(min=0)
+        if first_round:
+            empty = ids.new_zeros(rows, 0)
+            logits = tgt.prefill(ids, mask, torch.cat(tokens, 1) if tokens else empty,
+                                 torch.cat(parents, 1) if parents else empty)
+        else:
+            logits = tgt.feed(torch.cat(tokens, 1), torch.cat(parents, 1))
+        return logits, beam_rows
+
+    def _verify(self, state: "_BeamState", levels: list[_Level], logits: torch.Tensor, beam_rows: torch.Tensor,
+                g_dev: torch.Tensor, trie: ItemTrie) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Strict verification of every level of every request on the device. Returns the accepted level count
+        per request and the new beams (the target's top-K at the first rejected level, or the bonus level)."""
+        rows, K = state.scores.shape
+        device = state.scores.device
+        cur = {"logits": _gather(logits, beam_rows), "scores": state.scores, "nodes": state.nodes,
+               "live": state.live, "index": torch.arange(K, device=device).expand(rows, K),
+               "tslot": state.beam_tslot, "dslot": state.dft_anchor if levels else torch.full_like(state.nodes, NOT_FED),
+               "dparent": torch.full_like(state.nodes, NOT_FED), "token": torch.full_like(state.nodes, -1)}
+        verifying = torch.ones(rows, dtype=torch.bool, device=device)
+        accepted = torch.zeros(rows, dtype=torch.long, device=device)
+        new: dict[str, torch.Tensor] = {}
+        for j in range(1, len(levels) + 2):
+            y_scores, y_parent, y_token, y_node = _ops.trie_beam_step(
+                cur["logits"], cur["scores"], cur["nodes"], cur["live"], trie.child_offsets, trie.child_tokens, K)
+            y_valid = y_parent >= 0
+            if j <= len(levels):
+                # Level j passes iff each of the target's top-K is a drafted node (same parent, same token).
+                level = levels[j - 1]
+                match = ((level.parent.unsqueeze(1) == _gather(cur["index"], y_parent).unsqueeze(2))
+                         & (level.token.unsqueeze(1) == y_token.unsqueeze(2)) & level.live.unsqueeze(1))
+                ok = (match.any(2) | ~y_valid).all(1) & (g_dev >= j)
+            else:
+                ok = torch.zeros_like(verifying)  # the bonus level ends every round
+            stop = verifying & ~ok
+            take = {"scores": y_scores, "nodes": y_node, "tokens": y_token,
+                    "tslot": _gather(cur["tslot"], y_parent), "dslot": _gather(cur["dslot"], y_parent),
+                    "dparent": _gather(cur["dparent"], y_parent), "ptoken": _gather(cur["token"], y_parent)}
+            new = {k: torch.where(stop.unsqueeze(1), v, new[k]) if new else v for k, v in take.items()}
+            accepted = torch.where(stop, j - 1, accepted)
+            verifying = verifying & ok
+            if j > len(levels):
+                break
+            # Walk into the accepted level (rows that stopped carry on harmlessly).
+            index = match.to(torch.int8).argmax(2)
+            cur = {"logits": _gather(logits, _gather(level.target_row, index)), "scores": y_scores, "nodes": y_node,
+                   "live": y_valid, "index": index, "tslot": _gather(level.target_slot, index),
+                   "dslot": _gather(level.draft_slot, index), "dparent": _gather(cur["dslot"], y_parent),
+                   "token": y_token}
+        return accepted, new
 
     def _feed_pending(self, kv: TreeKV, pending: torch.Tensor, anchor: torch.Tensor, live: torch.Tensor):
         """Feed each beam's pending draft tokens (a chain of 1 or 2); return the logits after each chain and

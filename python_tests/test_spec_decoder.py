@@ -120,3 +120,32 @@ def test_gpu_lossless_and_matches_cpu():
     gpu = SpecBeamDecoder(target.cuda(), draft.cuda(), trie, 10, 20, 3).generate(prompts)
     assert torch.equal(cpu.sequences, gpu.sequences.cpu()) and cpu.stats.target_calls == gpu.stats.target_calls
     assert_identical(gpu, BeamSearchDecoder(target, trie, 10).generate(prompts))
+
+
+def test_caches_are_compacted_to_the_ancestors_of_the_beams():
+    target = tiny_model("llama", VOCAB, seed=10)
+    draft = tiny_model("llama", VOCAB, seed=11, layers=1)
+    trie = ItemTrie(random_identifiers(300, 4, 6, seed=10), eos_token_id=EOS)   # depth 5
+    ids, mask = left_pad(random_prompts([12, 5], VOCAB, seed=10))
+    K, N = 5, 40
+    seen = {"target": [], "draft": []}
+
+    def recorder(name):
+        def hook(module, args, kwargs):
+            cache = kwargs.get("cache") or kwargs.get("past_key_values")
+            seen[name].append(cache.get_seq_length() if cache is not None else 0)
+        return hook
+
+    hooks = [target.model.register_forward_pre_hook(recorder("target"), with_kwargs=True),
+             draft.model.register_forward_pre_hook(recorder("draft"), with_kwargs=True)]
+    try:
+        out = SpecBeamDecoder(target, draft, trie, K, N, gamma=1).generate(ids, mask)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert_identical(out, BeamSearchDecoder(target, trie, K).generate(ids, mask))
+    assert len(seen["target"]) >= 3
+    # Before each call a cache holds the prompt plus at most the K beams' paths (and, for the draft, one
+    # drafted level), not every node ever drafted (which would grow by K + N per round).
+    assert max(seen["target"]) <= 12 + K * trie.depth
+    assert max(seen["draft"]) <= 12 + K * trie.depth + N
