@@ -12,11 +12,11 @@ import torch
 
 from . import _C  # noqa: F401  (loads the schemas and the device kernels)
 
-__all__ = ["trie_beam_step", "tree_attention_mask", "compact_kv", "OP_NAMES"]
+__all__ = ["trie_beam_step", "tree_attention_mask", "compact_kv", "strict_verify", "OP_NAMES"]
 
 #: Every dispatcher op of the extension (the tests check that each has a CPU kernel, a fake kernel and,
 #: in a CUDA build, a CUDA kernel).
-OP_NAMES = ("trie_beam_step", "tree_attention_mask", "compact_kv")
+OP_NAMES = ("trie_beam_step", "tree_attention_mask", "compact_kv", "strict_verify")
 
 
 def trie_beam_step(
@@ -94,3 +94,34 @@ def compact_kv(caches: list[torch.Tensor], keep: torch.Tensor) -> list[torch.Ten
 @torch.library.register_fake("atspeed_ext::compact_kv")
 def _compact_kv_fake(caches, keep):
     return [c.new_empty((c.shape[0], c.shape[1], keep.shape[1], c.shape[3])) for c in caches]
+
+
+def strict_verify(logits, beam_rows, beam_scores, beam_nodes, beam_live, level_parent, level_token, level_row,
+                  num_levels, child_offsets, child_tokens):
+    """Strict top-K verification of every drafted level of every request, on the device.
+
+    Args:
+        logits: ``[B, R, V]`` target logits of the fed rows.
+        beam_rows, beam_scores, beam_nodes, beam_live: ``[B, K]`` the current beams (logits row, float32 score,
+            trie node, liveness).
+        level_parent, level_token, level_row: ``[B, G, N]`` drafted levels: each node's parent index in the
+            previous level (level 1: beam index; -1 for an empty slot), token and logits row.
+        num_levels: ``[B]`` levels drafted per request (<= G).
+        child_offsets, child_tokens: the trie.
+
+    Returns:
+        ``(accepted [B], scores, parents, tokens, nodes [B, K])``: accepted levels n and the new beams (the
+        target's top-K at level n + 1), ``parents`` indexing level n (level 0: the beams).
+        Spec: :mod:`atspeed_ext.reference.strict_verify`.
+    """
+    return torch.ops.atspeed_ext.strict_verify.default(logits, beam_rows, beam_scores, beam_nodes, beam_live,
+                                                       level_parent, level_token, level_row, num_levels,
+                                                       child_offsets, child_tokens)
+
+
+@torch.library.register_fake("atspeed_ext::strict_verify")
+def _strict_verify_fake(logits, beam_rows, beam_scores, beam_nodes, beam_live, level_parent, level_token, level_row,
+                        num_levels, child_offsets, child_tokens):
+    batch, k = beam_rows.shape
+    return (num_levels.new_empty((batch,)), beam_scores.new_empty((batch, k)), beam_rows.new_empty((batch, k)),
+            beam_rows.new_empty((batch, k)), beam_rows.new_empty((batch, k)))

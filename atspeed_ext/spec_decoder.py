@@ -317,44 +317,41 @@ class SpecBeamDecoder:
 
     def _verify(self, state: "_BeamState", levels: list[_Level], logits: torch.Tensor, beam_rows: torch.Tensor,
                 g_dev: torch.Tensor, trie: ItemTrie) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Strict verification of every level of every request on the device. Returns the accepted level count
-        per request and the new beams (the target's top-K at the first rejected level, or the bonus level)."""
+        """Strict verification of every level of every request on the device (the ``strict_verify`` op).
+        Returns the accepted level count per request and the new beams with, for each, where its parent
+        sits in the two caches."""
         rows, K = state.scores.shape
-        device = state.scores.device
-        cur = {"logits": _gather(logits, beam_rows), "scores": state.scores, "nodes": state.nodes,
-               "live": state.live, "index": torch.arange(K, device=device).expand(rows, K),
-               "tslot": state.beam_tslot, "dslot": state.dft_anchor if levels else torch.full_like(state.nodes, NOT_FED),
-               "dparent": torch.full_like(state.nodes, NOT_FED), "token": torch.full_like(state.nodes, -1)}
-        verifying = torch.ones(rows, dtype=torch.bool, device=device)
-        accepted = torch.zeros(rows, dtype=torch.long, device=device)
-        new: dict[str, torch.Tensor] = {}
-        for j in range(1, len(levels) + 2):
-            y_scores, y_parent, y_token, y_node = _ops.trie_beam_step(
-                cur["logits"], cur["scores"], cur["nodes"], cur["live"], trie.child_offsets, trie.child_tokens, K)
-            y_valid = y_parent >= 0
-            if j <= len(levels):
-                # Level j passes iff each of the target's top-K is a drafted node (same parent, same token).
-                level = levels[j - 1]
-                match = ((level.parent.unsqueeze(1) == _gather(cur["index"], y_parent).unsqueeze(2))
-                         & (level.token.unsqueeze(1) == y_token.unsqueeze(2)) & level.live.unsqueeze(1))
-                ok = (match.any(2) | ~y_valid).all(1) & (g_dev >= j)
-            else:
-                ok = torch.zeros_like(verifying)  # the bonus level ends every round
-            stop = verifying & ~ok
-            take = {"scores": y_scores, "nodes": y_node, "tokens": y_token,
-                    "tslot": _gather(cur["tslot"], y_parent), "dslot": _gather(cur["dslot"], y_parent),
-                    "dparent": _gather(cur["dparent"], y_parent), "ptoken": _gather(cur["token"], y_parent)}
-            new = {k: torch.where(stop.unsqueeze(1), v, new[k]) if new else v for k, v in take.items()}
-            accepted = torch.where(stop, j - 1, accepted)
-            verifying = verifying & ok
-            if j > len(levels):
-                break
-            # Walk into the accepted level (rows that stopped carry on harmlessly).
-            index = match.to(torch.int8).argmax(2)
-            cur = {"logits": _gather(logits, _gather(level.target_row, index)), "scores": y_scores, "nodes": y_node,
-                   "live": y_valid, "index": index, "tslot": _gather(level.target_slot, index),
-                   "dslot": _gather(level.draft_slot, index), "dparent": _gather(cur["dslot"], y_parent),
-                   "token": y_token}
+        N = self.draft_beams
+        if levels:
+            lvl = {name: torch.stack([getattr(level, name) for level in levels], 1)
+                   for name in ("parent", "token", "target_row")}
+            lvl["parent"] = torch.where(torch.stack([level.live for level in levels], 1), lvl["parent"], -1)
+        else:
+            empty = torch.full((rows, 0, N), -1, dtype=torch.long, device=logits.device)
+            lvl = {"parent": empty, "token": empty, "target_row": empty}
+        accepted, scores, parents, tokens, nodes = _ops.strict_verify(
+            logits, beam_rows, state.scores, state.nodes, state.live, lvl["parent"], lvl["token"],
+            lvl["target_row"], g_dev, trie.child_offsets, trie.child_tokens)
+
+        # Where each node of levels 0..G sits: [rows, G + 1, W] tables, read at (accepted, parent).
+        W = max(K, N)
+
+        def table(level0: torch.Tensor, per_level) -> torch.Tensor:
+            cols = [torch.nn.functional.pad(level0, (0, W - K), value=NOT_FED)]
+            cols += [torch.nn.functional.pad(per_level(i, level), (0, W - N), value=NOT_FED)
+                     for i, level in enumerate(levels)]
+            return torch.stack(cols, 1)
+
+        dslot0 = state.dft_anchor if levels else torch.full_like(state.nodes, NOT_FED)
+        dslots = [dslot0] + [level.draft_slot for level in levels]
+        where = accepted.view(rows, 1, 1).expand(rows, 1, W)
+        pick = lambda t: t.gather(1, where).squeeze(1).gather(1, parents.clamp(min=0))  # noqa: E731
+        new = {"scores": scores, "nodes": nodes, "tokens": tokens,
+               "tslot": pick(table(state.beam_tslot, lambda i, level: level.target_slot)),
+               "dslot": pick(table(dslot0, lambda i, level: level.draft_slot)),
+               "dparent": pick(table(torch.full_like(state.nodes, NOT_FED),
+                                     lambda i, level: _gather(dslots[i], level.parent))),
+               "ptoken": pick(table(torch.full_like(state.nodes, -1), lambda i, level: level.token))}
         return accepted, new
 
     def _feed_pending(self, kv: TreeKV, pending: torch.Tensor, anchor: torch.Tensor, live: torch.Tensor):

@@ -43,6 +43,15 @@ std::tuple<at::Tensor, at::Tensor> tree_attention_mask_cpu(const at::Tensor& slo
 //   caches [B, H, S, D] (one shape and dtype), keep [B, S_new] int64 (spec: reference/compact_kv.py).
 std::vector<at::Tensor> compact_kv_cpu(const std::vector<at::Tensor>& caches, const at::Tensor& keep);
 
+// Strict top-K verification (spec: reference/strict_verify.py). logits [B, R, V]; beams [B, K] (rows into R,
+// scores, trie nodes, live); drafted levels [B, G, N] (parent index in the previous level or -1, token, row);
+// num_levels [B]. Returns accepted [B] and the new beams scores / parents / tokens / nodes [B, K].
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> strict_verify_cpu(
+    const at::Tensor& logits, const at::Tensor& beam_rows, const at::Tensor& beam_scores, const at::Tensor& beam_nodes,
+    const at::Tensor& beam_live, const at::Tensor& level_parent, const at::Tensor& level_token,
+    const at::Tensor& level_row, const at::Tensor& num_levels, const at::Tensor& child_offsets,
+    const at::Tensor& child_tokens);
+
 // Host-only trie construction (not a dispatcher op: it has data-dependent output sizes and runs once).
 //   sequences [N, D] int64, every row one identifier (validated by the Python caller).
 // Returns (child_offsets [M+1], child_tokens [M-1], node_parent [M], level_offsets [D+2],

@@ -15,6 +15,12 @@ TORCH_LIBRARY(atspeed_ext, m) {
   m.def("tree_attention_mask(Tensor slot_parents, Tensor prompt_visible, int num_queries) -> (Tensor, Tensor)");
   // KV-cache compaction: keep the listed slots [B, S_new] (-1 = zero padding) of every [B, H, S, D] tensor.
   m.def("compact_kv(Tensor[] caches, Tensor keep) -> Tensor[]");
+  // Strict top-K verification of every drafted level of every request: the accepted level count [B] and the
+  // new beams (scores, parent index in the last accepted level, tokens, trie nodes), each [B, K].
+  m.def(
+      "strict_verify(Tensor logits, Tensor beam_rows, Tensor beam_scores, Tensor beam_nodes, Tensor beam_live, "
+      "Tensor level_parent, Tensor level_token, Tensor level_row, Tensor num_levels, Tensor child_offsets, "
+      "Tensor child_tokens) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 PYBIND11_MODULE(_C, m) {

@@ -6,6 +6,7 @@ Each function here takes the same arguments and returns the same values as ``tor
 
 from .beam_step import row_logsumexp, trie_beam_step
 from .compact_kv import compact_kv
+from .strict_verify import strict_verify
 from .tree_mask import NOT_TREE, ROOT, tree_attention_mask
 
-__all__ = ["row_logsumexp", "trie_beam_step", "compact_kv", "tree_attention_mask", "ROOT", "NOT_TREE"]
+__all__ = ["row_logsumexp", "trie_beam_step", "compact_kv", "strict_verify", "tree_attention_mask", "ROOT", "NOT_TREE"]

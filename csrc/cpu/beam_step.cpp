@@ -8,31 +8,15 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <cmath>
-#include <limits>
 #include <vector>
 
 #include "../checks.h"
 #include "../ops.h"
-#include "beam_step_common.h"
+#include "beam_select.h"
 
 namespace atspeed_ext {
 
 namespace {
-
-struct Candidate {
-  float score;
-  int64_t beam;
-  int64_t edge;  // edges of one beam are in token order, so (beam, edge) orders like (beam, token)
-};
-
-// Strict total order of the op: higher score first, then lower beam, then lower token.
-inline bool better(const Candidate& a, const Candidate& b) {
-  if (a.score != b.score) return a.score > b.score;
-  if (a.beam != b.beam) return a.beam < b.beam;
-  return a.edge < b.edge;
-}
 
 template <typename scalar_t>
 void beam_step_kernel(const scalar_t* logits, const float* beam_scores, const int64_t* beam_nodes,
@@ -42,44 +26,18 @@ void beam_step_kernel(const scalar_t* logits, const float* beam_scores, const in
   std::vector<float> lse(B * W, 0.f);
   at::parallel_for(0, B * W, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      if (!beam_live[row]) continue;
-      const scalar_t* x = logits + row * V;
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t v = 0; v < V; ++v) m = nan_max(m, static_cast<float>(x[v]));
-      double sum = 0.0;
-      for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(static_cast<float>(x[v])) - m);
-      lse[row] = finish_logsumexp(m, sum);
+      if (beam_live[row]) lse[row] = cpu::row_logsumexp(logits + row * V, V);
     }
   });
-
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    std::vector<Candidate> cand;
+    std::vector<cpu::Candidate> cand;
+    std::vector<const scalar_t*> rows(W);
     for (int64_t b = begin; b < end; ++b) {
-      cand.clear();
-      for (int64_t w = 0; w < W; ++w) {
-        const int64_t row = b * W + w;
-        if (!beam_live[row]) continue;
-        const int64_t node = beam_nodes[row];
-        for (int64_t e = child_offsets[node]; e < child_offsets[node + 1]; ++e) {
-          const float s = candidate_score(beam_scores[row], static_cast<float>(logits[row * V + child_tokens[e]]),
-                                          lse[row]);
-          if (is_candidate(s)) cand.push_back({s, w, e});
-        }
-      }
-      const int64_t k = std::min<int64_t>(num_out, static_cast<int64_t>(cand.size()));
-      std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), better);
-      for (int64_t j = 0; j < num_out; ++j) {
-        const int64_t o = b * num_out + j;
-        if (j < k) {
-          out_scores[o] = cand[j].score;
-          out_parents[o] = cand[j].beam;
-          out_tokens[o] = child_tokens[cand[j].edge];
-          out_nodes[o] = cand[j].edge + 1;
-        } else {
-          out_scores[o] = -std::numeric_limits<float>::infinity();
-          out_parents[o] = out_tokens[o] = out_nodes[o] = -1;
-        }
-      }
+      for (int64_t w = 0; w < W; ++w) rows[w] = logits + (b * W + w) * V;
+      const int64_t r = b * W, o = b * num_out;
+      cpu::select_candidates(rows.data(), lse.data() + r, beam_scores + r, beam_nodes + r, beam_live + r, W,
+                             child_offsets, child_tokens, num_out, cand, out_scores + o, out_parents + o,
+                             out_tokens + o, out_nodes + o);
     }
   });
 }

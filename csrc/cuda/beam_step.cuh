@@ -30,18 +30,14 @@ __device__ __forceinline__ bool better(float sa, int64_t ia, float sb, int64_t i
   return sa > sb || (sa == sb && ia < ib);
 }
 
-// One block per (request, beam) row: logsumexp over the full vocabulary, sum and log in double, rounded
-// to float once (see finish_logsumexp in ../cpu/beam_step_common.h).
+// Block-wide log-sum-exp of one row over the full vocabulary (every thread gets the result): sum and log
+// in double, rounded to float once (see finish_logsumexp in ../cpu/beam_step_common.h).
 template <typename T>
-__global__ void row_logsumexp_kernel(const T* __restrict__ logits, const bool* __restrict__ live,
-                                     float* __restrict__ lse, int64_t V) {
-  const int64_t row = blockIdx.x;
-  if (!live[row]) return;
-  const T* x = logits + row * V;
+__device__ float block_logsumexp(const T* __restrict__ x, int64_t V) {
   __shared__ float smax[32];
   __shared__ double ssum[32];
+  __shared__ float result;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
-
   float m = -INFINITY;
   for (int64_t v = threadIdx.x; v < V; v += blockDim.x) m = nan_max(m, to_float(x[v]));
   for (int o = 16; o > 0; o /= 2) m = nan_max(m, __shfl_xor_sync(0xffffffff, m, o));
@@ -49,7 +45,6 @@ __global__ void row_logsumexp_kernel(const T* __restrict__ logits, const bool* _
   __syncthreads();
   m = smax[0];
   for (int w = 1; w < nwarps; ++w) m = nan_max(m, smax[w]);
-
   double s = 0.0;
   for (int64_t v = threadIdx.x; v < V; v += blockDim.x) s += exp(static_cast<double>(to_float(x[v])) - m);
   for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffff, s, o);
@@ -58,45 +53,49 @@ __global__ void row_logsumexp_kernel(const T* __restrict__ logits, const bool* _
   if (threadIdx.x == 0) {
     double total = 0.0;
     for (int w = 0; w < nwarps; ++w) total += ssum[w];
-    lse[row] = static_cast<float>(static_cast<double>(m) + log(total));
+    result = static_cast<float>(static_cast<double>(m) + log(total));
   }
+  __syncthreads();
+  return result;
 }
 
-// One block per request. Candidates are numbered beam-major (flat index c); each of the num_out rounds
-// finds, by a block-wide arg-max, the best candidate strictly after the previous pick in the op's order,
-// so no candidate is ever taken twice and no sort buffer is needed. Scores are cached in shared memory
-// when they fit and recomputed from the logits otherwise (same formula, same result).
+// One block per (request, beam) row.
 template <typename T>
-__global__ void select_candidates_kernel(const T* __restrict__ logits, const float* __restrict__ beam_scores,
-                                         const int64_t* __restrict__ beam_nodes, const bool* __restrict__ beam_live,
-                                         const int64_t* __restrict__ child_offsets,
-                                         const int64_t* __restrict__ child_tokens, const float* __restrict__ lse,
-                                         int W, int64_t V, int num_out, int score_cache_cap,
-                                         float* __restrict__ out_scores, int64_t* __restrict__ out_parents,
-                                         int64_t* __restrict__ out_tokens, int64_t* __restrict__ out_nodes) {
-  extern __shared__ unsigned char smem_raw[];
-  int64_t* prefix = reinterpret_cast<int64_t*>(smem_raw);                 // [W + 1] candidates before beam w
-  float* cached = reinterpret_cast<float*>(prefix + W + 1);               // [score_cache_cap]
+__global__ void row_logsumexp_kernel(const T* __restrict__ logits, const bool* __restrict__ live,
+                                     float* __restrict__ lse, int64_t V) {
+  const int64_t row = blockIdx.x;
+  if (!live[row]) return;  // uniform across the block
+  const float l = block_logsumexp(logits + row * V, V);
+  if (threadIdx.x == 0) lse[row] = l;
+}
+
+// Block-wide selection of the num_out best (beam, child) candidates of W beams; row_of(w) is beam w's logits
+// row. Candidates are numbered beam-major (flat index c); each round finds, by a block-wide arg-max, the best
+// candidate strictly after the previous pick in the op's order, so none is taken twice and no sort buffer is
+// needed. Scores are cached in shared memory (`cached`, `cache_cap` floats) when they fit and recomputed
+// otherwise (same formula, same result). `prefix` is shared scratch of W + 1 entries. Ends with a barrier.
+template <typename T, typename RowOf>
+__device__ void block_select_candidates(RowOf row_of, const float* lse, const float* beam_scores,
+                                        const int64_t* beam_nodes, const bool* beam_live, int W,
+                                        const int64_t* __restrict__ child_offsets,
+                                        const int64_t* __restrict__ child_tokens, int num_out, int64_t* prefix,
+                                        float* cached, int cache_cap, float* out_scores, int64_t* out_parents,
+                                        int64_t* out_tokens, int64_t* out_nodes) {
   __shared__ float red_s[32];
   __shared__ int64_t red_i[32];
   __shared__ float pick_s;
   __shared__ int64_t pick_i;
-
-  const int b = blockIdx.x;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
-  const int64_t row0 = static_cast<int64_t>(b) * W;
   if (threadIdx.x == 0) {
     prefix[0] = 0;
     for (int w = 0; w < W; ++w) {
-      const int64_t n = beam_live[row0 + w] ? child_offsets[beam_nodes[row0 + w] + 1] -
-                                                  child_offsets[beam_nodes[row0 + w]]
-                                            : 0;
+      const int64_t n = beam_live[w] ? child_offsets[beam_nodes[w] + 1] - child_offsets[beam_nodes[w]] : 0;
       prefix[w + 1] = prefix[w] + n;
     }
   }
   __syncthreads();
   const int64_t C = prefix[W];
-  const bool use_cache = C <= score_cache_cap;
+  const bool use_cache = C <= cache_cap;
 
   // Beam of flat candidate c: the last w with prefix[w] <= c (binary search; W is small).
   auto beam_of = [&](int64_t c) {
@@ -107,11 +106,10 @@ __global__ void select_candidates_kernel(const T* __restrict__ logits, const flo
     }
     return lo;
   };
-  auto edge_of = [&](int64_t c, int w) { return child_offsets[beam_nodes[row0 + w]] + (c - prefix[w]); };
+  auto edge_of = [&](int64_t c, int w) { return child_offsets[beam_nodes[w]] + (c - prefix[w]); };
   auto score_of = [&](int64_t c) {
     const int w = beam_of(c);
-    const int64_t row = row0 + w;
-    return candidate_score(beam_scores[row], to_float(logits[row * V + child_tokens[edge_of(c, w)]]), lse[row]);
+    return candidate_score(beam_scores[w], to_float(row_of(w)[child_tokens[edge_of(c, w)]]), lse[w]);
   };
 
   if (use_cache) {
@@ -145,14 +143,13 @@ __global__ void select_candidates_kernel(const T* __restrict__ logits, const flo
       }
       pick_s = s;
       pick_i = i;
-      const int64_t o = static_cast<int64_t>(b) * num_out + j;
       if (i >= 0) {
         const int w = beam_of(i);
         const int64_t e = edge_of(i, w);
-        out_scores[o] = s;
-        out_parents[o] = w;
-        out_tokens[o] = child_tokens[e];
-        out_nodes[o] = e + 1;
+        out_scores[j] = s;
+        out_parents[j] = w;
+        out_tokens[j] = child_tokens[e];
+        out_nodes[j] = e + 1;
       }
     }
     __syncthreads();
@@ -160,12 +157,30 @@ __global__ void select_candidates_kernel(const T* __restrict__ logits, const flo
     last_i = pick_i;
     if (last_i < 0) break;
   }
-  // Slots without a candidate.
-  for (int jj = j + threadIdx.x; jj < num_out; jj += blockDim.x) {
-    const int64_t o = static_cast<int64_t>(b) * num_out + jj;
-    out_scores[o] = -INFINITY;
-    out_parents[o] = out_tokens[o] = out_nodes[o] = -1;
+  for (int jj = j + threadIdx.x; jj < num_out; jj += blockDim.x) {  // slots without a candidate
+    out_scores[jj] = -INFINITY;
+    out_parents[jj] = out_tokens[jj] = out_nodes[jj] = -1;
   }
+  __syncthreads();
+}
+
+// One block per request.
+template <typename T>
+__global__ void select_candidates_kernel(const T* __restrict__ logits, const float* __restrict__ beam_scores,
+                                         const int64_t* __restrict__ beam_nodes, const bool* __restrict__ beam_live,
+                                         const int64_t* __restrict__ child_offsets,
+                                         const int64_t* __restrict__ child_tokens, const float* __restrict__ lse,
+                                         int W, int64_t V, int num_out, int score_cache_cap,
+                                         float* __restrict__ out_scores, int64_t* __restrict__ out_parents,
+                                         int64_t* __restrict__ out_tokens, int64_t* __restrict__ out_nodes) {
+  extern __shared__ unsigned char smem_raw[];
+  int64_t* prefix = reinterpret_cast<int64_t*>(smem_raw);    // [W + 1]
+  float* cached = reinterpret_cast<float*>(prefix + W + 1);  // [score_cache_cap]
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * W, out0 = static_cast<int64_t>(blockIdx.x) * num_out;
+  auto row_of = [&](int w) { return logits + (row0 + w) * V; };
+  block_select_candidates<T>(row_of, lse + row0, beam_scores + row0, beam_nodes + row0, beam_live + row0, W,
+                             child_offsets, child_tokens, num_out, prefix, cached, score_cache_cap, out_scores + out0,
+                             out_parents + out0, out_tokens + out0, out_nodes + out0);
 }
 
 }  // namespace atspeed_ext::cuda

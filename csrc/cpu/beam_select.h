@@ -1,0 +1,68 @@
+// The per-request heart of the trie-constrained beam step on the CPU, shared by trie_beam_step and
+// strict_verify: the full-vocabulary log-sum-exp of a row and the selection of the best candidates.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "beam_step_common.h"
+
+namespace atspeed_ext::cpu {
+
+struct Candidate {
+  float score;
+  int64_t beam;
+  int64_t edge;  // edges of one beam are in token order, so (beam, edge) orders like (beam, token)
+};
+
+// Strict total order of the op: higher score first, then lower beam, then lower token.
+inline bool better(const Candidate& a, const Candidate& b) {
+  if (a.score != b.score) return a.score > b.score;
+  if (a.beam != b.beam) return a.beam < b.beam;
+  return a.edge < b.edge;
+}
+
+template <typename scalar_t>
+float row_logsumexp(const scalar_t* x, int64_t V) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t v = 0; v < V; ++v) m = nan_max(m, static_cast<float>(x[v]));
+  double sum = 0.0;
+  for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(static_cast<float>(x[v])) - m);
+  return finish_logsumexp(m, sum);
+}
+
+// The num_out best (beam, child) candidates of W beams whose logits rows are rows[w] (lse[w] their
+// log-sum-exp); dead beams are skipped. Missing slots get score -inf and -1 elsewhere.
+template <typename scalar_t>
+void select_candidates(const scalar_t* const* rows, const float* lse, const float* beam_scores,
+                       const int64_t* beam_nodes, const bool* beam_live, int64_t W, const int64_t* child_offsets,
+                       const int64_t* child_tokens, int64_t num_out, std::vector<Candidate>& cand, float* out_scores,
+                       int64_t* out_parents, int64_t* out_tokens, int64_t* out_nodes) {
+  cand.clear();
+  for (int64_t w = 0; w < W; ++w) {
+    if (!beam_live[w]) continue;
+    const int64_t node = beam_nodes[w];
+    for (int64_t e = child_offsets[node]; e < child_offsets[node + 1]; ++e) {
+      const float s = candidate_score(beam_scores[w], static_cast<float>(rows[w][child_tokens[e]]), lse[w]);
+      if (is_candidate(s)) cand.push_back({s, w, e});
+    }
+  }
+  const int64_t k = std::min<int64_t>(num_out, static_cast<int64_t>(cand.size()));
+  std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), better);
+  for (int64_t j = 0; j < num_out; ++j) {
+    if (j < k) {
+      out_scores[j] = cand[j].score;
+      out_parents[j] = cand[j].beam;
+      out_tokens[j] = child_tokens[cand[j].edge];
+      out_nodes[j] = cand[j].edge + 1;
+    } else {
+      out_scores[j] = -std::numeric_limits<float>::infinity();
+      out_parents[j] = out_tokens[j] = out_nodes[j] = -1;
+    }
+  }
+}
+
+}  // namespace atspeed_ext::cpu

@@ -1,0 +1,62 @@
+// CUDA glue of strict top-K verification: validate, guard the device, one block per request.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../cpu/beam_step_common.h"
+#include "../cpu/strict_verify_common.h"
+#include "strict_verify.cuh"
+
+namespace atspeed_ext {
+
+namespace {
+template <typename T> struct cuda_type { using type = T; };
+template <> struct cuda_type<c10::Half> { using type = __half; };
+template <> struct cuda_type<c10::BFloat16> { using type = __nv_bfloat16; };
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> strict_verify_cuda(
+    const at::Tensor& logits, const at::Tensor& beam_rows, const at::Tensor& beam_scores, const at::Tensor& beam_nodes,
+    const at::Tensor& beam_live, const at::Tensor& level_parent, const at::Tensor& level_token,
+    const at::Tensor& level_row, const at::Tensor& num_levels, const at::Tensor& child_offsets,
+    const at::Tensor& child_tokens) {
+  check_strict_verify_args(logits, beam_rows, beam_scores, beam_nodes, beam_live, level_parent, level_token,
+                           level_row, num_levels, child_offsets, child_tokens);
+  TORCH_CHECK(logits.is_cuda(), "logits must be a CUDA tensor, got ", logits.device());
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t B = logits.size(0), R = logits.size(1), V = logits.size(2), K = beam_rows.size(1);
+  const int64_t G = level_parent.size(1), N = level_parent.size(2);
+  TORCH_CHECK(K <= 512, "strict_verify supports at most 512 beams on CUDA, got ", K);
+  const at::Tensor x = logits.contiguous(), br = beam_rows.contiguous(), bs = beam_scores.contiguous(),
+                   bn = beam_nodes.contiguous(), bl = beam_live.contiguous(), lp = level_parent.contiguous(),
+                   lt = level_token.contiguous(), lr = level_row.contiguous(), nl = num_levels.contiguous(),
+                   co = child_offsets.contiguous(), ct = child_tokens.contiguous();
+  auto opts = beam_scores.options();
+  at::Tensor accepted = at::empty({B}, opts.dtype(at::kLong));
+  at::Tensor scores = at::empty({B, K}, opts);
+  at::Tensor parents = at::empty({B, K}, opts.dtype(at::kLong));
+  at::Tensor tokens = at::empty({B, K}, opts.dtype(at::kLong)), nodes = at::empty({B, K}, opts.dtype(at::kLong));
+  if (B == 0) return {accepted, scores, parents, tokens, nodes};
+  const size_t fixed = cuda::strict_verify_smem(static_cast<int>(K), 0);
+  const int cache_cap = static_cast<int>((40 * 1024 - static_cast<int64_t>(fixed)) / static_cast<int64_t>(sizeof(float)));
+  const size_t smem = cuda::strict_verify_smem(static_cast<int>(K), cache_cap);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "strict_verify_cuda", [&] {
+    using T = typename cuda_type<scalar_t>::type;
+    cuda::strict_verify_kernel<T><<<B, cuda::kVerifyThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+        reinterpret_cast<const T*>(x.data_ptr<scalar_t>()), R, V, br.data_ptr<int64_t>(), bs.data_ptr<float>(),
+        bn.data_ptr<int64_t>(), bl.data_ptr<bool>(), lp.data_ptr<int64_t>(), lt.data_ptr<int64_t>(),
+        lr.data_ptr<int64_t>(), nl.data_ptr<int64_t>(), static_cast<int>(K), G, N, co.data_ptr<int64_t>(),
+        ct.data_ptr<int64_t>(), cache_cap, accepted.data_ptr<int64_t>(), scores.data_ptr<float>(),
+        parents.data_ptr<int64_t>(), tokens.data_ptr<int64_t>(), nodes.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {accepted, scores, parents, tokens, nodes};
+}
+
+TORCH_LIBRARY_IMPL(atspeed_ext, CUDA, m) { m.impl("strict_verify", &strict_verify_cuda); }
+
+}  // namespace atspeed_ext
