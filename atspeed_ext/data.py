@@ -1,0 +1,156 @@
+"""Sequential recommendation data in the LC-Rec / AtSpeed directory format, with the paper's protocol.
+
+A directory holds ``<name>.LCRec-*.json`` (the semantic identifier of every item, keyed by the **0-based**
+item id: ``{"0": ["<a_47>", "<b_103>", "<c_234>", "<d_99>"], ...}``) and ``sequential_{train,valid,test}.txt``
+(one user per line, ``USER ITEM ITEM ...``, **1-based** ids, chronological).
+
+Protocol: a prompt's history is the user's last ``max_history`` (20) items — train items for validation
+prompts, train + valid items for test prompts; the ground truth of a prompt is the user's whole set of
+valid (or test) items; training examples are every next-item prediction inside each train sequence.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["DataError", "Prompt", "RecData", "load_lcrec"]
+
+_CODE = re.compile(r"^<([a-z])_(\d+)>$")
+
+
+class DataError(ValueError):
+    """A malformed data file; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One request: the user's history (item ids, oldest first) and the items to find."""
+
+    user: int
+    history: tuple[int, ...]
+    truth: frozenset[int]
+
+
+@dataclass
+class RecData:
+    """Items (0-based ids) with their code identifiers, and each user's train / valid / test items."""
+
+    identifiers: list[tuple[str, ...]]           # item id -> codes, e.g. ("<a_47>", "<b_103>", ...)
+    train: dict[int, list[int]]
+    valid: dict[int, list[int]] = field(default_factory=dict)
+    test: dict[int, list[int]] = field(default_factory=dict)
+    max_history: int = 20
+    name: str = "data"
+
+    @property
+    def num_items(self) -> int:
+        return len(self.identifiers)
+
+    def train_examples(self) -> list[tuple[tuple[int, ...], int]]:
+        """Every next-item prediction inside the train sequences: (last <= max_history items, next item)."""
+        out = []
+        for user in sorted(self.train):
+            seq = self.train[user]
+            for i in range(1, len(seq)):
+                out.append((tuple(seq[max(0, i - self.max_history):i]), seq[i]))
+        return out
+
+    def valid_prompts(self) -> list[Prompt]:
+        """Users with validation items; history = their last train items."""
+        return [Prompt(u, tuple(self.train.get(u, [])[-self.max_history:]), frozenset(items))
+                for u, items in sorted(self.valid.items()) if items and self.train.get(u)]
+
+    def test_prompts(self) -> list[Prompt]:
+        """Users with test items; history = their last train + valid items."""
+        out = []
+        for u, items in sorted(self.test.items()):
+            history = (self.train.get(u, []) + self.valid.get(u, []))[-self.max_history:]
+            if items and history:
+                out.append(Prompt(u, tuple(history), frozenset(items)))
+        return out
+
+    def item_counts(self) -> list[int]:
+        """How often each item occurs in the train sequences (for the popularity baseline)."""
+        counts = [0] * self.num_items
+        for seq in self.train.values():
+            for item in seq:
+                counts[item] += 1
+        return counts
+
+
+def _read_index(path: Path) -> list[tuple[str, ...]]:
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON (line {exc.lineno}): {exc.msg}") from exc
+    if not isinstance(raw, dict) or not raw:
+        raise DataError(f"{path}: expected a non-empty JSON object {{item id: [codes]}}")
+    keys = sorted(raw, key=lambda k: int(k) if k.isdigit() else -1)
+    if [k for k in keys if not k.isdigit()] or [int(k) for k in keys] != list(range(len(keys))):
+        bad = next((k for i, k in enumerate(keys) if not k.isdigit() or int(k) != i), keys[0])
+        raise DataError(f"{path}: item ids must be the 0-based integers 0..{len(keys) - 1}; found key {bad!r}")
+    identifiers, length = [], None
+    for k in keys:
+        codes = raw[k]
+        if not isinstance(codes, list) or not codes or not all(isinstance(c, str) and _CODE.match(c) for c in codes):
+            raise DataError(f"{path}: item {k}: expected a list of codes like '<a_12>', got {codes!r}")
+        if length is None:
+            length = len(codes)
+        elif len(codes) != length:
+            raise DataError(f"{path}: item {k} has {len(codes)} codes, item 0 has {length}: identifiers must all "
+                            f"have the same length")
+        identifiers.append(tuple(codes))
+    return identifiers
+
+
+def _read_sequences(path: Path, num_items: int, required: bool = True) -> dict[int, list[int]]:
+    if not path.exists():
+        if required:
+            raise DataError(f"{path}: file not found")
+        return {}
+    out: dict[int, list[int]] = {}
+    lines = path.read_text().splitlines()
+    if required and not any(line.strip() for line in lines):
+        raise DataError(f"{path}: file is empty")
+    for n, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            values = [int(f) for f in fields]
+        except ValueError:
+            raise DataError(f"{path}, line {n}: ids must be integers, got {line.strip()!r}") from None
+        user, items = values[0], values[1:]
+        if user < 1:
+            raise DataError(f"{path}, line {n}: user ids are 1-based, got {user}")
+        if user in out:
+            raise DataError(f"{path}, line {n}: user {user} appears twice")
+        for item in items:
+            if not 1 <= item <= num_items:
+                raise DataError(f"{path}, line {n}: item {item} is not in the catalogue (1..{num_items}, 1-based)")
+        out[user] = [item - 1 for item in items]
+    return out
+
+
+def load_lcrec(directory: str | Path, max_history: int = 20) -> RecData:
+    """Load an LC-Rec / AtSpeed data directory (see the module docstring)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: not a directory")
+    index = sorted(directory.glob("*.LCRec-*.json")) or sorted(directory.glob("*.index.json"))
+    if not index:
+        raise DataError(f"{directory}: no '<name>.LCRec-*.json' identifier index found")
+    if len(index) > 1:
+        raise DataError(f"{directory}: several identifier indexes ({', '.join(p.name for p in index)}); keep one")
+    identifiers = _read_index(index[0])
+    return RecData(
+        identifiers=identifiers,
+        train=_read_sequences(directory / "sequential_train.txt", len(identifiers)),
+        valid=_read_sequences(directory / "sequential_valid.txt", len(identifiers), required=False),
+        test=_read_sequences(directory / "sequential_test.txt", len(identifiers), required=False),
+        max_history=max_history,
+        name=index[0].name.split(".")[0],
+    )

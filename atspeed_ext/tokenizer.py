@@ -1,0 +1,73 @@
+"""Identifier-only tokenizer: a few special tokens plus one token per code (``<a_*>``, ``<b_*>``, ...)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+
+from .trie import ItemTrie
+
+__all__ = ["CodeTokenizer"]
+
+_CODE = re.compile(r"^<([a-z])_(\d+)>$")
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<sep>")
+
+
+class CodeTokenizer:
+    """Maps item identifiers (code strings) to token ids and builds prompts and the item trie.
+
+    Token ids: ``<pad>`` 0, ``<bos>`` 1, ``<eos>`` 2, ``<sep>`` 3, then every code, level by level (``<a_*>``
+    first) and by code number within a level. A prompt is ``<bos>`` + the codes of each history item, oldest
+    first, + ``<sep>``; the model then generates the codes of the next item (and ``<eos>`` with an EOS trie).
+
+    Args:
+        identifiers: item id -> its codes (all of one length).
+    """
+
+    pad_token_id, bos_token_id, eos_token_id, sep_token_id = 0, 1, 2, 3
+
+    def __init__(self, identifiers: Sequence[Sequence[str]]):
+        if not identifiers:
+            raise ValueError("identifiers is empty")
+        codes = set()
+        for i, ident in enumerate(identifiers):
+            for c in ident:
+                if not isinstance(c, str) or not _CODE.match(c):
+                    raise ValueError(f"item {i}: {c!r} is not a code like '<a_12>'")
+                codes.add(c)
+        ordered = sorted(codes, key=lambda c: (_CODE.match(c).group(1), int(_CODE.match(c).group(2))))
+        self.tokens: list[str] = list(SPECIAL_TOKENS) + ordered
+        self.token_to_id = {t: i for i, t in enumerate(self.tokens)}
+        self.identifiers = [tuple(ident) for ident in identifiers]
+        self._item_ids = torch.tensor([[self.token_to_id[c] for c in ident] for ident in self.identifiers],
+                                      dtype=torch.long)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def item_token_ids(self) -> torch.Tensor:
+        """``[num_items, L]`` token ids of every item's identifier."""
+        return self._item_ids
+
+    def encode_item(self, item: int) -> list[int]:
+        return self._item_ids[item].tolist()
+
+    def encode_prompt(self, history: Sequence[int]) -> list[int]:
+        """``<bos>`` + the codes of the history items + ``<sep>``."""
+        ids = [self.bos_token_id]
+        for item in history:
+            ids.extend(self.encode_item(item))
+        ids.append(self.sep_token_id)
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> list[str]:
+        return [self.tokens[i] for i in ids]
+
+    def trie(self, with_eos: bool = False) -> ItemTrie:
+        """The item trie over identifier token ids (item ``i`` is trie item ``i``)."""
+        return ItemTrie(self._item_ids, eos_token_id=self.eos_token_id if with_eos else None,
+                        vocab_size=self.vocab_size)

@@ -1,0 +1,107 @@
+"""LC-Rec data loading (protocol, errors naming file and line), the code tokenizer and the metrics."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from atspeed_ext.data import DataError, load_lcrec
+from atspeed_ext.metrics import hits_of_ranking, popularity_ranking, recall_ndcg
+from atspeed_ext.tokenizer import CodeTokenizer
+
+BEAUTY = Path(__file__).resolve().parents[2] / "shared" / "data" / "beauty"
+
+
+def write_dir(tmp_path, index=None, train="1 1 2 3\n2 2 3\n", valid="1 4\n2\n", test="1 2\n2 4 1\n"):
+    index = index if index is not None else {"0": ["<a_1>", "<b_2>"], "1": ["<a_1>", "<b_3>"],
+                                             "2": ["<a_2>", "<b_2>"], "3": ["<a_1>", "<b_2>"]}
+    (tmp_path / "toy.LCRec-x.json").write_text(json.dumps(index))
+    for name, text in (("train", train), ("valid", valid), ("test", test)):
+        if text is not None:
+            (tmp_path / f"sequential_{name}.txt").write_text(text)
+    return tmp_path
+
+
+def test_protocol_on_a_toy_directory(tmp_path):
+    data = load_lcrec(write_dir(tmp_path), max_history=2)
+    assert data.num_items == 4 and data.name == "toy"
+    assert data.train == {1: [0, 1, 2], 2: [1, 2]}                       # 1-based ids become 0-based
+    assert data.train_examples() == [((0,), 1), ((0, 1), 2), ((1,), 2)]   # every next-item prediction
+    (v,) = data.valid_prompts()                                           # user 2 has no validation item
+    assert v.user == 1 and v.history == (1, 2) and v.truth == {3}         # last 2 train items
+    t1, t2 = data.test_prompts()
+    assert t1.history == (2, 3) and t1.truth == {1}                       # train + valid, last 2
+    assert t2.history == (1, 2) and t2.truth == {3, 0}                    # the whole test set is the truth
+    assert data.item_counts() == [1, 2, 2, 0]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"train": "1 1 x\n"}, r"sequential_train.txt, line 1: ids must be integers"),
+    ({"train": "1 1\n1 2\n"}, r"sequential_train.txt, line 2: user 1 appears twice"),
+    ({"test": "1 1\n2 9\n"}, r"sequential_test.txt, line 2: item 9 is not in the catalogue"),
+    ({"train": "1 0\n"}, r"line 1: item 0 is not in the catalogue \(1..4, 1-based\)"),
+    ({"train": ""}, r"sequential_train.txt: file is empty"),
+    ({"train": None}, r"sequential_train.txt: file not found"),
+    ({"index": {"0": ["<a_1>"], "1": ["<a_1>", "<b_1>"]}}, r"item 1 has 2 codes, item 0 has 1"),
+    ({"index": {"0": ["<a_1>"], "2": ["<a_1>"]}}, r"0-based integers 0..1; found key '2'"),
+    ({"index": {"0": ["a1"]}}, r"item 0: expected a list of codes"),
+    ({"index": {}}, r"non-empty JSON object"),
+])
+def test_malformed_files_name_the_file_and_line(tmp_path, kwargs, match):
+    with pytest.raises(DataError, match=match):
+        load_lcrec(write_dir(tmp_path, **kwargs))
+
+
+def test_missing_directory_and_index(tmp_path):
+    with pytest.raises(DataError, match="not a directory"):
+        load_lcrec(tmp_path / "nope")
+    with pytest.raises(DataError, match="no '<name>.LCRec-\\*.json'"):
+        load_lcrec(tmp_path)
+
+
+@pytest.mark.skipif(not BEAUTY.is_dir(), reason="shared Beauty data not present")
+def test_beauty_facts():
+    data = load_lcrec(BEAUTY)
+    assert (data.num_items, len(data.train)) == (12035, 19383)
+    assert sum(map(len, data.train.values())) == 122241
+    assert (len(data.valid_prompts()), len(data.test_prompts())) == (4295, 3553)
+    assert len(set(data.identifiers)) == 12023                           # 12 collisions
+    tok = CodeTokenizer(data.identifiers)
+    assert tok.vocab_size == 4 + 859
+    trie = tok.trie(with_eos=True)
+    assert trie.num_items == 12035 and trie.depth == 5
+
+
+def test_tokenizer_and_trie():
+    tok = CodeTokenizer([("<a_2>", "<b_10>"), ("<a_1>", "<b_3>"), ("<a_2>", "<b_10>")])
+    assert tok.tokens == ["<pad>", "<bos>", "<eos>", "<sep>", "<a_1>", "<a_2>", "<b_3>", "<b_10>"]
+    assert tok.encode_item(0) == [5, 7]
+    assert tok.encode_prompt([1, 0]) == [1, 4, 6, 5, 7, 3]
+    assert tok.decode([4, 6]) == ["<a_1>", "<b_3>"]
+    trie = tok.trie()
+    assert trie.items_of([5, 7]) == [0, 2] and trie.children([]) == [4, 5]
+    assert tok.trie(with_eos=True).items_of([5, 7, 2]) == [0, 2]
+    with pytest.raises(ValueError, match="is not a code"):
+        CodeTokenizer([("a1",)])
+
+
+def test_metrics_by_hand():
+    ranked = [[5], [1, 7], [3], [9]]            # rank 2 is a shared identifier (items 1 and 7)
+    hits = hits_of_ranking(ranked, {7, 9, 4})
+    assert hits == [False, True, False, True]
+    r, n = recall_ndcg(hits, 3, k=2)
+    assert r == pytest.approx(1 / 3)
+    assert n == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
+    r, n = recall_ndcg(hits, 3, k=4)
+    assert r == pytest.approx(2 / 3)
+    assert n == pytest.approx((1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3) + 1 / math.log2(4)))
+    assert recall_ndcg([False, False, True], 1, k=2) == (0.0, 0.0)   # hits below rank k do not count
+    assert recall_ndcg([True], 1, k=5) == (1.0, 1.0)
+    with pytest.raises(ValueError):
+        recall_ndcg([True], 0, k=1)
+
+
+def test_popularity_groups_shared_identifiers():
+    ranking = popularity_ranking([5, 1, 3, 3], [("a",), ("b",), ("c",), ("b",)], k=2)
+    assert ranking == [[0], [1, 3]]              # "b" has 1 + 3 = 4 > "c"'s 3
