@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["NUM_SPECIAL_TOKENS", "synthetic_identifiers", "small_llama", "random_prompts"]
+__all__ = ["NUM_SPECIAL_TOKENS", "synthetic_identifiers", "synthetic_recdata", "small_llama", "random_prompts"]
 
 #: token ids 0 (pad), 1 (bos) and 2 (eos) are special; code tokens start at 3.
 NUM_SPECIAL_TOKENS = 3
@@ -60,3 +60,45 @@ def random_prompts(num: int, identifiers: torch.Tensor, min_items: int = 3, max_
         items = torch.randint(0, identifiers.shape[0], (n,), generator=g)
         out.append([1] + identifiers[items].reshape(-1).tolist())
     return out
+
+
+def synthetic_recdata(num_users: int = 2000, num_items: int = 500, depth: int = 4, codes_per_level: int = 16,
+                      min_length: int = 5, max_length: int = 15, seed: int = 0):
+    """A deterministic synthetic :class:`~atspeed_ext.data.RecData` with sequential structure.
+
+    Items get clustered semantic identifiers (:func:`synthetic_identifiers`, as code strings ``<a_3>``...).
+    Each user's sequence follows a hidden successor map: after item i comes succ(i) with probability 0.6, an
+    item of the same first-level code with probability 0.3, and any item otherwise — so a model that learns
+    the sequences clearly beats popularity. The last item of a user is its test item, the one before its
+    validation item, the rest its train sequence.
+    """
+    from .data import RecData
+
+    if num_users < 1 or num_items < 2 or not 3 <= min_length <= max_length:
+        raise ValueError(f"need num_users >= 1, num_items >= 2 and 3 <= min_length <= max_length, got "
+                         f"{num_users}, {num_items}, {min_length}, {max_length}")
+    tokens = synthetic_identifiers(num_items, depth, codes_per_level, seed=seed)
+    codes = (tokens - NUM_SPECIAL_TOKENS) - torch.arange(depth) * codes_per_level
+    identifiers = [tuple(f"<{chr(ord('a') + lvl)}_{int(c)}>" for lvl, c in enumerate(row)) for row in codes]
+    g = torch.Generator().manual_seed(seed + 1)
+    succ = torch.randperm(num_items, generator=g).tolist()
+    first = codes[:, 0].tolist()
+    by_first: dict[int, list[int]] = {}
+    for item, c in enumerate(first):
+        by_first.setdefault(c, []).append(item)
+    train, valid, test = {}, {}, {}
+    for user in range(1, num_users + 1):
+        length = int(torch.randint(min_length, max_length + 1, (1,), generator=g))
+        seq = [int(torch.randint(num_items, (1,), generator=g))]
+        while len(seq) < length:
+            r = float(torch.rand(1, generator=g))
+            if r < 0.6:
+                nxt = succ[seq[-1]]
+            elif r < 0.9:
+                group = by_first[first[seq[-1]]]
+                nxt = group[int(torch.randint(len(group), (1,), generator=g))]
+            else:
+                nxt = int(torch.randint(num_items, (1,), generator=g))
+            seq.append(nxt)
+        train[user], valid[user], test[user] = seq[:-2], [seq[-2]], [seq[-1]]
+    return RecData(identifiers=identifiers, train=train, valid=valid, test=test, name="synthetic")

@@ -1,0 +1,62 @@
+"""Recall@K / NDCG@K of a model's constrained beam search (beam size K for the top-K list) and of popularity."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import Prompt, RecData
+from .decoder import BeamSearchDecoder
+from .metrics import hits_of_ranking, popularity_ranking, recall_ndcg
+from .tokenizer import CodeTokenizer
+
+__all__ = ["evaluate_model", "evaluate_popularity"]
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / max(1, len(xs))
+
+
+@torch.inference_mode()
+def evaluate_model(model, tokenizer: CodeTokenizer, prompts: Sequence[Prompt], ks: Sequence[int] = (5, 10, 20),
+                   batch_size: int = 32, with_eos: bool = False, progress: bool = True) -> dict[str, float]:
+    """Recall@k and NDCG@k for each k, the top-k list coming from beam search with k beams.
+
+    An identifier hits when any of its items (shared identifiers) is in the prompt's truth, once.
+    """
+    if not prompts:
+        raise ValueError("no prompts to evaluate")
+    trie = tokenizer.trie(with_eos)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].history))  # similar lengths batch together
+    metrics: dict[str, float] = {}
+    for k in ks:
+        decoder = BeamSearchDecoder(model, trie, num_beams=k)
+        recalls, ndcgs = [], []
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        for batch in tqdm(batches, desc=f"eval K={k}", unit="batch", disable=not progress, leave=False):
+            out = decoder.generate([tokenizer.encode_prompt(prompts[i].history) for i in batch])
+            valid = out.valid.tolist()
+            for row, i in enumerate(batch):
+                ranked = [out.item_ids[row][r] for r in range(k) if valid[row][r]]
+                r, n = recall_ndcg(hits_of_ranking(ranked, prompts[i].truth), len(prompts[i].truth), k)
+                recalls.append(r)
+                ndcgs.append(n)
+        metrics[f"recall@{k}"] = _mean(recalls)
+        metrics[f"ndcg@{k}"] = _mean(ndcgs)
+    return metrics
+
+
+def evaluate_popularity(data: RecData, prompts: Sequence[Prompt], ks: Sequence[int] = (5, 10, 20)) -> dict[str, float]:
+    """The same metrics for the most popular identifiers of the train sequences, for every prompt."""
+    if not prompts:
+        raise ValueError("no prompts to evaluate")
+    counts = data.item_counts()
+    metrics: dict[str, float] = {}
+    for k in ks:
+        ranked = popularity_ranking(counts, data.identifiers, k)
+        scores = [recall_ndcg(hits_of_ranking(ranked, p.truth), len(p.truth), k) for p in prompts]
+        metrics[f"recall@{k}"] = _mean([s[0] for s in scores])
+        metrics[f"ndcg@{k}"] = _mean([s[1] for s in scores])
+    return metrics

@@ -1,0 +1,204 @@
+"""Next-item training of a target (or draft) LM on identifier tokens: AdamW, warm-up + cosine, clipping,
+periodic validation Recall@10, early stopping, safetensors checkpoints and resume; DDP under torchrun."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .data import RecData
+from .evaluate import evaluate_model
+from .models import save_checkpoint
+from .tokenizer import CodeTokenizer
+
+__all__ = ["TrainConfig", "train_next_item", "encode_examples", "collate"]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    eval_every: int = 0            # steps between validations; 0 = once per epoch
+    eval_prompts: int = 500        # validation subset (the first users' prompts, fixed)
+    eval_batch_size: int = 64
+    patience: int = 3              # validations without improvement before stopping
+    with_eos: bool = False         # end every target identifier with <eos> (and decode with an EOS trie)
+    max_steps: int = 0             # 0 = no limit
+    history: list = field(default_factory=list)
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 <= self.warmup_ratio < 1 or self.max_grad_norm <= 0:
+            raise ValueError("need lr > 0, 0 <= warmup_ratio < 1 and max_grad_norm > 0")
+
+
+def encode_examples(tokenizer: CodeTokenizer, examples, with_eos: bool) -> list[tuple[list[int], int]]:
+    """(prompt + target identifier tokens, number of target tokens) per training example."""
+    tail = [tokenizer.eos_token_id] if with_eos else []
+    return [(tokenizer.encode_prompt(history) + tokenizer.encode_item(target) + tail,
+             len(tokenizer.encode_item(target)) + len(tail)) for history, target in examples]
+
+
+def collate(batch: list[tuple[list[int], int]], pad_token_id: int = 0):
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 everywhere but the target tokens)."""
+    T = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), T), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(batch), T), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), T), dtype=torch.long)
+    for i, (ids, n_target) in enumerate(batch):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        mask[i, :len(ids)] = 1
+        labels[i, len(ids) - n_target:len(ids)] = torch.tensor(ids[len(ids) - n_target:])
+    return input_ids, mask, labels
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def _save_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
+    state = optimizer.state_dict()
+    tensors = {f"{idx}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).contiguous()
+               for idx, s in state["state"].items() for k, v in s.items()}
+    save_file(tensors, str(path / "optimizer.safetensors"))
+    (path / "optimizer.json").write_text(json.dumps(state["param_groups"]))
+
+
+def _load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads((path / "optimizer.json").read_text())})
+
+
+def _dist():
+    """(rank, world size), initialising torch.distributed when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return (torch.distributed.get_rank() if world > 1 else 0), world
+
+
+def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str | Path, cfg: TrainConfig,
+                    resume: bool = False, progress: bool = True) -> dict:
+    """Train ``model`` to predict the next item's identifier tokens; checkpoints go to ``out_dir/last`` (every
+    validation, with optimizer and trainer state) and ``out_dir/best`` (best validation Recall@10).
+    Returns the trainer state (history of losses and validations, best metric, steps)."""
+    rank, world = _dist()
+    out_dir = Path(out_dir)
+    device = next(model.parameters()).device
+    examples = encode_examples(tokenizer, data.train_examples(), cfg.with_eos)
+    if not examples:
+        raise ValueError("the data has no training examples (every train sequence has fewer than 2 items)")
+    val_prompts = data.valid_prompts()[:cfg.eval_prompts]
+    steps_per_epoch = math.ceil(len(examples) / (cfg.batch_size * world))
+    total = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(int(cfg.warmup_ratio * total), total))
+    state = {"step": 0, "epoch": 0, "best_recall@10": -1.0, "bad_evals": 0, "history": [], "config": asdict(cfg),
+             "examples": len(examples)}
+    last = out_dir / "last"
+    if resume and (last / "trainer_state.json").exists():
+        state = json.loads((last / "trainer_state.json").read_text())
+        model.load_state_dict(load_file(str(last / "model.safetensors"), device=str(device)), strict=False)
+        _load_optimizer(last, optimizer)
+        for _ in range(state["step"]):
+            scheduler.step()
+        if rank == 0:
+            print(f"resumed from {last} at step {state['step']} (epoch {state['epoch']})")
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(model)
+
+    def validate_and_save() -> bool:
+        """Validation Recall@10 on rank 0, checkpoints; returns True when training should stop."""
+        stop = torch.zeros(1, device=device)
+        if rank == 0:
+            model.eval()
+            metrics = evaluate_model(model, tokenizer, val_prompts, ks=(10,), batch_size=cfg.eval_batch_size,
+                                     with_eos=cfg.with_eos, progress=progress) if val_prompts else {"recall@10": 0.0}
+            model.train()
+            improved = metrics["recall@10"] > state["best_recall@10"]
+            state["history"].append({"step": state["step"], "epoch": state["epoch"], **metrics})
+            if improved:
+                state["best_recall@10"], state["bad_evals"] = metrics["recall@10"], 0
+                save_checkpoint(out_dir / "best", model, tokenizer, {"step": state["step"], **metrics})
+            else:
+                state["bad_evals"] += 1
+            # Written to a side folder and swapped in, so a crash never leaves a half-written `last`.
+            tmp = out_dir / "last.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_checkpoint(tmp, model, tokenizer)
+            _save_optimizer(tmp, optimizer)
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+            shutil.rmtree(last, ignore_errors=True)
+            tmp.rename(last)
+            tqdm.write(f"step {state['step']}: valid recall@10 {metrics['recall@10']:.4f} "
+                       f"(best {state['best_recall@10']:.4f})")
+            stop[0] = float(state["bad_evals"] >= cfg.patience)
+        if world > 1:
+            torch.distributed.broadcast(stop, 0)
+        return bool(stop[0])
+
+    model.train()
+    bar = tqdm(total=total, initial=state["step"], desc="train", unit="step", disable=not progress or rank != 0)
+    loss_ema, stopped, last_eval = None, False, -1
+    while not stopped and state["epoch"] < cfg.epochs and state["step"] < total:
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]))
+        order = order[rank::world].tolist()
+        epoch_end = (state["epoch"] + 1) * steps_per_epoch
+        first = state["step"] - state["epoch"] * steps_per_epoch  # > 0 when resuming inside an epoch
+        for i in range(first * cfg.batch_size, len(order), cfg.batch_size):
+            t0 = time.perf_counter()
+            input_ids, mask, labels = (x.to(device) for x in collate([examples[j] for j in order[i:i + cfg.batch_size]]))
+            loss = train_model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            state["step"] += 1
+            value = loss.item()
+            loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
+            state["loss"] = loss_ema
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                            tok_s=f"{int(mask.sum()) * world / (time.perf_counter() - t0):.0f}")
+            if cfg.eval_every and state["step"] % cfg.eval_every == 0:
+                stopped, last_eval = validate_and_save(), state["step"]
+            if stopped or state["step"] >= total:
+                break
+        if state["step"] >= epoch_end:  # the epoch is complete
+            state["epoch"] += 1
+            if not cfg.eval_every and not stopped:
+                stopped, last_eval = validate_and_save(), state["step"]
+    bar.close()
+    if last_eval != state["step"] and not stopped:  # always end on a validated checkpoint
+        validate_and_save()
+    return state
