@@ -30,6 +30,40 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--skip-hf", action="store_true", help="do not run the Hugging Face baseline")
+
+    def data_options(p):
+        p.add_argument("--data", default=None, help="an LC-Rec data directory (default: the synthetic data set)")
+        p.add_argument("--max-history", type=_positive, default=20, help="history items per prompt (default 20)")
+        p.add_argument("--synthetic-users", type=_positive, default=2000)
+        p.add_argument("--synthetic-items", type=_positive, default=500)
+        p.add_argument("--with-eos", action="store_true", help="end identifiers with <eos> (trie depth L + 1)")
+        p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+
+    train = sub.add_parser("train-target", help="next-item training of a target LM (safetensors checkpoints)")
+    data_options(train)
+    train.add_argument("--preset", default="target-8x512", help="model preset (default target-8x512)")
+    train.add_argument("--out", default=None, help="output directory (default: the user cache directory)")
+    train.add_argument("--epochs", type=_positive, default=10)
+    train.add_argument("--batch-size", type=_positive, default=64)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--warmup-ratio", type=float, default=0.05)
+    train.add_argument("--max-grad-norm", type=float, default=1.0)
+    train.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
+    train.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0: every epoch)")
+    train.add_argument("--eval-prompts", type=_positive, default=500, help="validation prompts used (default 500)")
+    train.add_argument("--patience", type=_positive, default=3, help="validations without improvement before stopping")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--resume", action="store_true", help="continue from OUT/last if it exists")
+
+    ev = sub.add_parser("eval", help="Recall/NDCG@{5,10,20} of a checkpoint (and popularity), as a JSON report")
+    data_options(ev)
+    ev.add_argument("--checkpoint", required=True, help="a checkpoint directory (e.g. OUT/best)")
+    ev.add_argument("--split", choices=["test", "valid"], default="test")
+    ev.add_argument("--ks", type=_positive, nargs="+", default=[5, 10, 20])
+    ev.add_argument("--limit", type=int, default=0, help="evaluate the first N prompts only (0: all)")
+    ev.add_argument("--batch-size", type=_positive, default=32)
+    ev.add_argument("--output", default=None, help="JSON report path (default: CHECKPOINT/eval_<split>.json)")
     return parser
 
 
@@ -39,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo
 
         return run_demo(args)
-    return 2
+    from .commands import run_eval, run_train_target
+
+    return {"train-target": run_train_target, "eval": run_eval}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,20 @@ def collate(batch: list[tuple[list[int], int]], pad_token_id: int = 0):
     return input_ids, mask, labels
 
 
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """This rank's batches of one epoch: a seeded shuffle, cut into pools of 50 batches whose examples are
+    sorted by length (little padding), then the batches themselves shuffled. Deterministic given the seed."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(lengths), generator=g).tolist()
+    pool = 50 * batch_size * world
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start:start + pool], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size * world] for i in range(0, len(chunk), batch_size * world)]
+    batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+    return [b[rank::world] for b in batches]
+
+
 def _lr_lambda(warmup: int, total: int):
     def f(step: int) -> float:
         if step < warmup:
@@ -116,6 +130,7 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
     examples = encode_examples(tokenizer, data.train_examples(), cfg.with_eos)
     if not examples:
         raise ValueError("the data has no training examples (every train sequence has fewer than 2 items)")
+    lengths = [len(ids) for ids, _ in examples]
     val_prompts = data.valid_prompts()[:cfg.eval_prompts]
     steps_per_epoch = math.ceil(len(examples) / (cfg.batch_size * world))
     total = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
@@ -128,8 +143,7 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
         state = json.loads((last / "trainer_state.json").read_text())
         model.load_state_dict(load_file(str(last / "model.safetensors"), device=str(device)), strict=False)
         _load_optimizer(last, optimizer)
-        for _ in range(state["step"]):
-            scheduler.step()
+        scheduler.load_state_dict(state.pop("scheduler"))
         if rank == 0:
             print(f"resumed from {last} at step {state['step']} (epoch {state['epoch']})")
     train_model = model
@@ -156,7 +170,7 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
             shutil.rmtree(tmp, ignore_errors=True)
             save_checkpoint(tmp, model, tokenizer)
             _save_optimizer(tmp, optimizer)
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+            (tmp / "trainer_state.json").write_text(json.dumps({**state, "scheduler": scheduler.state_dict()}, indent=2))
             shutil.rmtree(last, ignore_errors=True)
             tmp.rename(last)
             tqdm.write(f"step {state['step']}: valid recall@10 {metrics['recall@10']:.4f} "
@@ -170,13 +184,12 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
     bar = tqdm(total=total, initial=state["step"], desc="train", unit="step", disable=not progress or rank != 0)
     loss_ema, stopped, last_eval = None, False, -1
     while not stopped and state["epoch"] < cfg.epochs and state["step"] < total:
-        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]))
-        order = order[rank::world].tolist()
+        batches = epoch_batches(lengths, cfg.batch_size, cfg.seed + state["epoch"], rank, world)
         epoch_end = (state["epoch"] + 1) * steps_per_epoch
         first = state["step"] - state["epoch"] * steps_per_epoch  # > 0 when resuming inside an epoch
-        for i in range(first * cfg.batch_size, len(order), cfg.batch_size):
+        for batch in batches[first:]:
             t0 = time.perf_counter()
-            input_ids, mask, labels = (x.to(device) for x in collate([examples[j] for j in order[i:i + cfg.batch_size]]))
+            input_ids, mask, labels = (x.to(device) for x in collate([examples[j] for j in batch]))
             loss = train_model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

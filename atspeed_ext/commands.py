@@ -1,0 +1,83 @@
+"""The ``train-target`` and ``eval`` commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .data import load_lcrec
+from .evaluate import evaluate_model, evaluate_popularity
+from .models import build_model, load_checkpoint
+from .synthetic import synthetic_recdata
+from .tokenizer import CodeTokenizer
+from .train import TrainConfig, train_next_item
+
+
+def cache_dir() -> Path:
+    """Where trained models are kept by default: $ATSPEED_CACHE or ~/.cache/atspeed_ext."""
+    return Path(os.environ.get("ATSPEED_CACHE", Path.home() / ".cache" / "atspeed_ext"))
+
+
+def _device(args) -> torch.device:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda was given but no CUDA GPU is available")
+    return device
+
+
+def _data(args):
+    if args.data:
+        return load_lcrec(args.data, max_history=args.max_history)
+    data = synthetic_recdata(num_users=args.synthetic_users, num_items=args.synthetic_items)
+    data.max_history = args.max_history
+    return data
+
+
+def run_train_target(args) -> int:
+    data = _data(args)
+    tokenizer = CodeTokenizer(data.identifiers)
+    out = Path(args.out) if args.out else cache_dir() / f"{data.name}-{args.preset}"
+    device = _device(args)
+    model = build_model(args.preset, tokenizer.vocab_size, seed=args.seed).to(device)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                      warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm, seed=args.seed,
+                      eval_every=args.eval_every, eval_prompts=args.eval_prompts, patience=args.patience,
+                      with_eos=args.with_eos, max_steps=args.max_steps)
+    print(f"training {args.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) on "
+          f"{data.name}: {len(data.train_examples())} examples, {data.num_items} items, device {device}; "
+          f"checkpoints in {out}")
+    state = train_next_item(model, tokenizer, data, out, cfg, resume=args.resume)
+    print(f"done: {state['step']} steps, best valid recall@10 {state['best_recall@10']:.4f}; best model in {out / 'best'}")
+    return 0
+
+
+def run_eval(args) -> int:
+    data = _data(args)
+    device = _device(args)
+    model, tokenizer = load_checkpoint(args.checkpoint, device)
+    if tokenizer.identifiers != [tuple(i) for i in data.identifiers]:
+        raise SystemExit(f"error: the checkpoint's item identifiers differ from those of {args.data or 'the synthetic data'}")
+    prompts = data.test_prompts() if args.split == "test" else data.valid_prompts()
+    if args.limit > 0:
+        prompts = prompts[:args.limit]
+    metrics = evaluate_model(model, tokenizer, prompts, ks=args.ks, batch_size=args.batch_size,
+                             with_eos=args.with_eos)
+    popularity = evaluate_popularity(data, prompts, ks=args.ks)
+    report = {"metrics": metrics, "popularity": popularity, "model": str(Path(args.checkpoint).resolve()),
+              "model_config": {k: getattr(model.config, k) for k in ("num_hidden_layers", "hidden_size", "vocab_size")},
+              "data": args.data or "synthetic", "split": args.split, "prompts": len(prompts), "ks": args.ks,
+              "with_eos": args.with_eos, "machine": torch.cuda.get_device_name() if device.type == "cuda"
+              else platform.processor() or platform.machine(), "torch": torch.__version__,
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    out = Path(args.output) if args.output else Path(args.checkpoint) / f"eval_{args.split}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print("| metric | model | popularity |\n|---|---|---|")
+    for k in metrics:
+        print(f"| {k} | {metrics[k]:.4f} | {popularity[k]:.4f} |")
+    print(f"report: {out}")
+    return 0
