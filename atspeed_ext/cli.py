@@ -18,18 +18,22 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atspeed-ext", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="trie-constrained beam search on a synthetic catalogue and a small model "
-                                       "(no downloads): BeamSearchDecoder vs Hugging Face generate")
-    demo.add_argument("--items", type=_positive, default=12000, help="catalogue size (default 12000)")
-    demo.add_argument("--codes", type=_positive, default=256, help="codes per identifier level (default 256)")
-    demo.add_argument("--requests", type=_positive, default=64, help="number of prompts (default 64)")
-    demo.add_argument("--batch-size", type=_positive, default=8, help="prompts per batch (default 8)")
-    demo.add_argument("--num-beams", type=_positive, default=10, help="K, the beams and items returned (default 10)")
-    demo.add_argument("--layers", type=_positive, default=4, help="model layers (default 4)")
-    demo.add_argument("--hidden", type=_positive, default=256, help="model hidden size (default 256)")
+    demo = sub.add_parser("demo", help="the main job: train a small target and draft on synthetic data (or --data "
+                                       "DIR) and compare target-only with speculative beam search")
+    demo.add_argument("--data", default=None, help="an LC-Rec data directory (default: synthetic data)")
+    demo.add_argument("--users", type=_positive, default=2000, help="synthetic users (default 2000)")
+    demo.add_argument("--items", type=_positive, default=500, help="synthetic items (default 500)")
+    demo.add_argument("--target-preset", default="target-4x256", help="target model preset (default target-4x256)")
+    demo.add_argument("--draft-preset", default="tiny-1x64", help="draft model preset (default tiny-1x64)")
+    demo.add_argument("--epochs", type=_positive, default=3, help="training epochs of each model (default 3)")
+    demo.add_argument("--requests", type=_positive, default=128, help="test prompts decoded (default 128)")
+    demo.add_argument("--batch-size", type=_positive, default=1, help="prompts per decode call (default 1)")
+    demo.add_argument("--num-beams", type=_positive, default=10, help="K (default 10)")
+    demo.add_argument("--draft-beams", type=_positive, default=20, help="N (default 20)")
+    demo.add_argument("--gamma", type=_positive, default=3, help="drafted levels per round (default 3)")
+    demo.add_argument("--draft-policy", choices=["beam", "anchored"], default="anchored")
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--skip-hf", action="store_true", help="do not run the Hugging Face baseline")
 
     def data_options(p):
         p.add_argument("--data", default=None, help="an LC-Rec data directory (default: the synthetic data set)")

@@ -1,27 +1,43 @@
-"""``atspeed-ext demo``: constrained beam search on the embedded synthetic default, timed against HF."""
+"""``atspeed-ext demo``: the main job on the embedded default (or ``--data DIR``).
+
+Generates the synthetic data (nothing to download), trains a small target and a draft with progress bars
+(cached in the user cache directory, so a second run skips training), decodes test prompts with target-only
+beam search and with speculative beam search, and prints Recall@10, NDCG@10, latency per request and the
+speedup, checking that both decoders return the same beams.
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .commands import cache_dir
+from .data import load_lcrec
 from .decoder import BeamSearchDecoder
-from .hf import hf_constrained_beam_search
-from .synthetic import NUM_SPECIAL_TOKENS, random_prompts, small_llama, synthetic_identifiers
-from .trie import ItemTrie
+from .metrics import hits_of_ranking, recall_ndcg
+from .models import build_model, load_checkpoint
+from .spec_decoder import SpecBeamDecoder
+from .synthetic import synthetic_recdata
+from .tokenizer import CodeTokenizer
+from .train import TrainConfig, train_next_item
 
 
-def _left_pad(prompts, device):
-    T = max(len(p) for p in prompts)
-    ids = torch.zeros(len(prompts), T, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, T - len(p):] = torch.tensor(p)
-        mask[i, T - len(p):] = 1
-    return ids.to(device), mask.to(device)
+def _trained(preset: str, data, tokenizer: CodeTokenizer, epochs: int, seed: int, device, tag: str):
+    """A model of `preset` trained on `data`, from the cache when it was trained before."""
+    out = cache_dir() / f"demo-{tag}-{preset}-e{epochs}-s{seed}"
+    if (out / "best" / "model.safetensors").exists():
+        print(f"{preset}: using the cached model in {out / 'best'}")
+    else:
+        print(f"{preset}: training on {data.name} ({epochs} epochs) -> {out}")
+        model = build_model(preset, tokenizer.vocab_size, seed=seed).to(device)
+        train_next_item(model, tokenizer, data, out, TrainConfig(epochs=epochs, batch_size=64, lr=3e-3, seed=seed,
+                                                                 eval_prompts=200, patience=epochs))
+    model, _ = load_checkpoint(out / "best", device)
+    return model
 
 
 def _timed(fn):
@@ -38,48 +54,54 @@ def run_demo(args) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda was given but no CUDA GPU is available")
-    print(f"atspeed_ext demo on {device}: {args.items} synthetic items, K={args.num_beams}, "
-          f"{args.requests} requests in batches of {args.batch_size}")
-    identifiers = synthetic_identifiers(args.items, depth=4, codes_per_level=args.codes, seed=args.seed,
-                                        num_shared=min(12, args.items - 1))
-    vocab = NUM_SPECIAL_TOKENS + 4 * args.codes
-    trie = ItemTrie(identifiers, eos_token_id=2, vocab_size=vocab)
-    print(f"trie: {trie}")
-    model = small_llama(vocab, layers=args.layers, hidden=args.hidden, seed=args.seed).to(device)
-    print(f"model: LLaMA, {args.layers} layers, hidden {args.hidden}, vocab {vocab}, random weights "
-          f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
-    prompts = random_prompts(args.requests, identifiers, seed=args.seed)
-    batches = [prompts[i:i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
-    decoder = BeamSearchDecoder(model, trie, num_beams=args.num_beams)
-    decoder.generate(batches[0][:1])  # warm-up
-
-    ours_ms, hf_ms, mismatches, first = [], [], 0, None
-    for batch in tqdm(batches, desc="decoding", unit="batch"):
-        ids, mask = _left_pad(batch, device)
-        out, ms = _timed(lambda: decoder.generate(ids, mask))
-        ours_ms.append(ms / len(batch))
-        first = first or (batch[0], out)
-        if not args.skip_hf:
-            ref, ms = _timed(lambda: hf_constrained_beam_search(model, trie, ids, mask, args.num_beams))
-            hf_ms.append(ms / len(batch))
-            mismatches += int(not torch.equal(out.sequences.cpu(), ref.sequences.cpu()))
-
-    prompt, out = first
-    print(f"\nfirst request ({len(prompt)} prompt tokens): top {min(5, args.num_beams)} identifiers")
-    for k in range(min(5, args.num_beams)):
-        if bool(out.valid[0, k]):
-            print(f"  {k + 1}. tokens {out.sequences[0, k].tolist()}  log-prob {float(out.scores[0, k]):8.3f}  "
-                  f"items {out.item_ids[0][k]}")
-    ours = statistics.median(ours_ms)
-    print("\n| decoder | ms per request (median over batches) | speedup |")
-    print("|---|---|---|")
-    if hf_ms:
-        hf = statistics.median(hf_ms)
-        print(f"| Hugging Face generate + trie hook | {hf:.2f} | 1.00x |")
-        print(f"| atspeed_ext BeamSearchDecoder | {ours:.2f} | {hf / ours:.2f}x |")
-        print(f"\nidentical beams in {len(batches) - mismatches} of {len(batches)} batches")
-        if mismatches:
-            print("warning: some batches differ from Hugging Face generate (near-tied scores?)")
+    if args.data:
+        data, tag = load_lcrec(args.data), Path(args.data).name
     else:
-        print(f"| atspeed_ext BeamSearchDecoder | {ours:.2f} | - |")
-    return 0
+        data = synthetic_recdata(num_users=args.users, num_items=args.items, seed=args.seed)
+        tag = f"synthetic{args.users}x{args.items}"
+    tokenizer = CodeTokenizer(data.identifiers)
+    trie = tokenizer.trie()
+    print(f"atspeed_ext demo on {device}: {data.name}, {data.num_items} items, {len(data.train_examples())} "
+          f"training examples; K={args.num_beams}, N={args.draft_beams}, gamma={args.gamma}")
+    target = _trained(args.target_preset, data, tokenizer, args.epochs, args.seed, device, tag)
+    draft = _trained(args.draft_preset, data, tokenizer, args.epochs, args.seed, device, tag)
+
+    prompts = data.test_prompts()[:args.requests]
+    K = args.num_beams
+    decoders = {"target-only beam search": BeamSearchDecoder(target, trie, K),
+                "speculative beam search": SpecBeamDecoder(target, draft, trie, K, args.draft_beams, args.gamma,
+                                                           draft_policy=args.draft_policy)}
+    for dec in decoders.values():  # warm-up
+        dec.generate([tokenizer.encode_prompt(prompts[0].history)])
+    latency = {name: [] for name in decoders}
+    quality = {name: ([], []) for name in decoders}
+    outputs, calls = {}, []
+    batches = [prompts[i:i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
+    for batch in tqdm(batches, desc="decoding test prompts", unit="batch"):
+        encoded = [tokenizer.encode_prompt(p.history) for p in batch]
+        for name, dec in decoders.items():
+            out, ms = _timed(lambda: dec.generate(encoded))
+            latency[name].append(ms / len(batch))
+            outputs.setdefault(name, []).append(out)
+            valid = out.valid.tolist()
+            for row, p in enumerate(batch):
+                ranked = [out.item_ids[row][r] for r in range(K) if valid[row][r]]
+                r, n = recall_ndcg(hits_of_ranking(ranked, p.truth), len(p.truth), K)
+                quality[name][0].append(r)
+                quality[name][1].append(n)
+            if hasattr(out, "stats") and out.stats is not None:
+                calls += out.stats.target_calls
+    same = all(torch.equal(a.sequences, b.sequences) for a, b in zip(*outputs.values()))
+
+    base = statistics.median(latency["target-only beam search"])
+    print(f"\n{len(prompts)} test prompts, batches of {args.batch_size}; latency = median over batches of "
+          f"ms per request")
+    print(f"| decoder | Recall@{K} | NDCG@{K} | ms / request | speedup |")
+    print("|---|---|---|---|---|")
+    for name in decoders:
+        ms = statistics.median(latency[name])
+        r, n = (sum(x) / len(x) for x in quality[name])
+        print(f"| {name} | {r:.4f} | {n:.4f} | {ms:.2f} | {base / ms:.2f}x |")
+    print(f"\nspeculative: {sum(calls) / len(calls):.2f} target calls per request (target-only: {trie.depth}); "
+          f"identical beams: {same}")
+    return 0 if same else 1

@@ -6,12 +6,16 @@ from atspeed_ext.cli import main
 from atspeed_ext.synthetic import synthetic_identifiers
 
 
-def test_demo_runs_and_matches_hf(capsys):
-    assert main(["demo", "--items", "300", "--codes", "8", "--requests", "6", "--batch-size", "3",
-                 "--num-beams", "5", "--layers", "1", "--hidden", "64"]) == 0
+def test_demo_trains_caches_and_decodes_losslessly(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ATSPEED_CACHE", str(tmp_path))
+    argv = ["demo", "--users", "80", "--items", "30", "--target-preset", "tiny-1x64", "--draft-preset", "tiny-1x64",
+            "--epochs", "1", "--requests", "6", "--num-beams", "3", "--draft-beams", "5", "--device", "cpu"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "identical beams in 2 of 2 batches" in out
-    assert "atspeed_ext BeamSearchDecoder" in out
+    assert "training on synthetic" in out and "identical beams: True" in out
+    assert "| target-only beam search |" in out and "| speculative beam search |" in out
+    assert main(argv) == 0                                   # second run: from the cache, no training
+    assert "using the cached model" in capsys.readouterr().out
 
 
 def test_demo_rejects_bad_options():
@@ -32,3 +36,27 @@ def test_synthetic_identifiers_are_deterministic_and_valid():
         synthetic_identifiers(10, num_shared=10)
     with pytest.raises(ValueError, match=">= 1"):
         synthetic_identifiers(0)
+
+
+def test_train_target_then_eval_writes_a_report(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "run"
+    common = ["--synthetic-users", "120", "--synthetic-items", "40", "--device", "cpu"]
+    assert main(["train-target", "--preset", "tiny-1x64", "--out", str(out), "--epochs", "1", "--batch-size", "32",
+                 "--eval-prompts", "20", *common]) == 0
+    assert (out / "best" / "model.safetensors").exists() and (out / "last" / "trainer_state.json").exists()
+    assert main(["eval", "--checkpoint", str(out / "best"), "--ks", "5", "10", "--limit", "30", *common]) == 0
+    report = json.loads((out / "best" / "eval_test.json").read_text())
+    assert set(report["metrics"]) == {"recall@5", "ndcg@5", "recall@10", "ndcg@10"}
+    assert report["prompts"] == 30 and set(report["popularity"]) == set(report["metrics"])
+    assert "| recall@10 |" in capsys.readouterr().out
+
+
+def test_eval_refuses_a_checkpoint_of_other_data(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train-target", "--preset", "tiny-1x64", "--out", str(out), "--epochs", "1", "--synthetic-users", "50",
+                 "--synthetic-items", "30", "--eval-prompts", "5", "--device", "cpu"]) == 0
+    with pytest.raises(SystemExit, match="identifiers differ"):
+        main(["eval", "--checkpoint", str(out / "best"), "--synthetic-users", "50", "--synthetic-items", "31",
+              "--device", "cpu"])
