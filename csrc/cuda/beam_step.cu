@@ -11,16 +11,10 @@
 #include <type_traits>
 
 #include "../cpu/beam_step_common.h"
+#include "cuda_types.cuh"
 #include "beam_step.cuh"
 
 namespace atspeed_ext {
-
-namespace {
-// The torch-free kernels use CUDA's own half types; c10's are layout-compatible.
-template <typename T> struct cuda_type { using type = T; };
-template <> struct cuda_type<c10::Half> { using type = __half; };
-template <> struct cuda_type<c10::BFloat16> { using type = __nv_bfloat16; };
-}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> trie_beam_step_cuda(
     const at::Tensor& logits, const at::Tensor& beam_scores, const at::Tensor& beam_nodes,

@@ -8,16 +8,11 @@
 #include <torch/library.h>
 
 #include "../cpu/beam_step_common.h"
+#include "cuda_types.cuh"
 #include "../cpu/strict_verify_common.h"
 #include "strict_verify.cuh"
 
 namespace atspeed_ext {
-
-namespace {
-template <typename T> struct cuda_type { using type = T; };
-template <> struct cuda_type<c10::Half> { using type = __half; };
-template <> struct cuda_type<c10::BFloat16> { using type = __nv_bfloat16; };
-}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> strict_verify_cuda(
     const at::Tensor& logits, const at::Tensor& beam_rows, const at::Tensor& beam_scores, const at::Tensor& beam_nodes,
