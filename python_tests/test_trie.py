@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from atspeed_ext import ItemTrie
-from conftest import CUDA, random_identifiers, requires_cuda
+from conftest import random_identifiers, requires_cuda
 
 
 def python_trie(rows):
