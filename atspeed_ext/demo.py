@@ -51,6 +51,7 @@ def _timed(fn):
 
 
 def run_demo(args) -> int:
+    started = time.perf_counter()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda was given but no CUDA GPU is available")
@@ -104,4 +105,5 @@ def run_demo(args) -> int:
         print(f"| {name} | {r:.4f} | {n:.4f} | {ms:.2f} | {base / ms:.2f}x |")
     print(f"\nspeculative: {sum(calls) / len(calls):.2f} target calls per request (target-only: {trie.depth}); "
           f"identical beams: {same}")
+    print(f"demo took {time.perf_counter() - started:.0f} s")
     return 0 if same else 1
