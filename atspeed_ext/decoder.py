@@ -9,6 +9,7 @@ import torch
 from . import _ops
 from ._hf_compat import ForwardSignature
 from ._inputs import check_model_and_trie, model_device, model_vocab_sizes, normalise_prompts
+from .tree_kv import additive_mask
 from .trie import ItemTrie
 
 __all__ = ["BeamSearchDecoder", "BeamSearchOutput"]
@@ -89,7 +90,6 @@ class BeamSearchDecoder:
         nodes = torch.zeros(B, 1, dtype=torch.long, device=device)
         live = torch.ones(B, 1, dtype=torch.bool, device=device)
         own_slot = torch.eye(K, dtype=torch.bool, device=device).expand(B, K, K)
-        min_value = torch.finfo(self.model.dtype).min
         for step in range(depth):
             scores, parents, tokens, nodes = _ops.trie_beam_step(
                 logits, scores, nodes, live, trie.child_offsets, trie.child_tokens, K)
@@ -99,11 +99,10 @@ class BeamSearchDecoder:
             # Tree attention: a new beam sees what its parent saw, plus its own slot (appended to the cache).
             parent_rows = parents.clamp(min=0).unsqueeze(-1).expand(-1, -1, visible.shape[-1])
             visible = torch.cat([visible.gather(1, parent_rows), own_slot], dim=-1)
-            attn = torch.zeros(visible.shape, dtype=self.model.dtype, device=device).masked_fill_(~visible, min_value)
             out = self.model(
                 input_ids=tokens.clamp(min=0),
                 position_ids=(prompt_lengths + step).unsqueeze(1).expand(B, K),
-                attention_mask=attn.unsqueeze(1),
+                attention_mask=additive_mask(visible, self.model.dtype),
                 use_cache=True,
                 **{self._forward.cache_arg: cache},
             )

@@ -14,7 +14,14 @@ from . import _ops
 from ._hf_compat import ForwardSignature, cache_tensors, set_cache_tensors
 from .reference.tree_mask import NOT_TREE, ROOT
 
-__all__ = ["TreeKV", "ROOT", "NOT_TREE"]
+__all__ = ["TreeKV", "ROOT", "NOT_TREE", "additive_mask"]
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool ``[B, Q, S]`` may-attend mask as the additive ``[B, 1, Q, S]`` mask Hugging Face models take
+    (0 where allowed, the dtype's minimum elsewhere; every attention implementation accepts it)."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min).unsqueeze(1)
 
 
 class TreeKV:
@@ -28,11 +35,6 @@ class TreeKV:
     @property
     def num_slots(self) -> int:
         return self.slot_parents.shape[1]
-
-    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
-        dtype = self.model.dtype
-        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
-            ~allowed, torch.finfo(dtype).min).unsqueeze(1)
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, tree_tokens: torch.Tensor | None = None,
                 tree_parents: torch.Tensor | None = None) -> torch.Tensor:
@@ -62,7 +64,7 @@ class TreeKV:
             prompt_rows = torch.cat([prompt_rows, prompt_rows.new_zeros(B, P, M)], 2)
             allowed = torch.cat([prompt_rows, tree_mask], 1)
             out = self.model(input_ids=torch.cat([ids, tree_tokens.clamp(min=0)], 1),
-                             attention_mask=self._additive(allowed),
+                             attention_mask=additive_mask(allowed, self.model.dtype),
                              position_ids=torch.cat([prompt_pos, tree_pos], 1), use_cache=True, **kwargs)
         self.cache = self._sig.cache_of(out)
         logits = out.logits
@@ -75,7 +77,8 @@ class TreeKV:
         M = tokens.shape[1]
         self.slot_parents = torch.cat([self.slot_parents, parents], 1)
         allowed, positions = _ops.tree_attention_mask(self.slot_parents, self.prompt_visible, M)
-        out = self.model(input_ids=tokens.clamp(min=0), attention_mask=self._additive(allowed), position_ids=positions,
+        out = self.model(input_ids=tokens.clamp(min=0), attention_mask=additive_mask(allowed, self.model.dtype),
+                         position_ids=positions,
                          use_cache=True, **{self._sig.cache_arg: self.cache})
         return out.logits
 
