@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-prompts", type=_positive, default=500, help="validation prompts used (default 500)")
     train.add_argument("--patience", type=_positive, default=3, help="validations without improvement before stopping")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                       help="bf16: bfloat16 autocast, about 2x faster on CPUs with AMX and on GPUs (default fp32)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last if it exists")
 
     ev = sub.add_parser("eval", help="Recall/NDCG@{5,10,20} of a checkpoint (and popularity), as a JSON report")

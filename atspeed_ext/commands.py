@@ -47,7 +47,7 @@ def run_train_target(args) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm, seed=args.seed,
                       eval_every=args.eval_every, eval_prompts=args.eval_prompts, patience=args.patience,
-                      with_eos=args.with_eos, max_steps=args.max_steps)
+                      with_eos=args.with_eos, max_steps=args.max_steps, precision=args.precision)
     print(f"training {args.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) on "
           f"{data.name}: {len(data.train_examples())} examples, {data.num_items} items, device {device}; "
           f"checkpoints in {out}")

@@ -38,6 +38,7 @@ class TrainConfig:
     patience: int = 3              # validations without improvement before stopping
     with_eos: bool = False         # end every target identifier with <eos> (and decode with an EOS trie)
     max_steps: int = 0             # 0 = no limit
+    precision: str = "fp32"        # "bf16": bfloat16 autocast (AMX / tensor cores); weights stay float32
     history: list = field(default_factory=list)
 
     def __post_init__(self):
@@ -46,6 +47,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or not 0 <= self.warmup_ratio < 1 or self.max_grad_norm <= 0:
             raise ValueError("need lr > 0, 0 <= warmup_ratio < 1 and max_grad_norm > 0")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
 
 
 def encode_examples(tokenizer: CodeTokenizer, examples, with_eos: bool) -> list[tuple[list[int], int]]:
@@ -190,7 +193,8 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
         for batch in batches[first:]:
             t0 = time.perf_counter()
             input_ids, mask, labels = (x.to(device) for x in collate([examples[j] for j in batch]))
-            loss = train_model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                loss = train_model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)

@@ -25,11 +25,13 @@ def test_collate_masks_everything_but_the_target():
     assert labels.tolist() == [[-100] * 4 + [7, 8], [-100] * 3 + [4, 4, -100]]
 
 
-def test_training_learns_and_beats_popularity(small_data, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_learns_and_beats_popularity(small_data, tmp_path, precision):
     data, tok = small_data
     model = build_model("tiny-1x64", tok.vocab_size, seed=0)
-    state = train_next_item(model, tok, data, tmp_path, TrainConfig(epochs=6, batch_size=32, lr=1e-2, eval_prompts=100,
-                                                                    patience=6), progress=False)
+    cfg = TrainConfig(epochs=6, batch_size=32, lr=1e-2, eval_prompts=100, patience=6, precision=precision)
+    state = train_next_item(model, tok, data, tmp_path, cfg, progress=False)
+    assert next(model.parameters()).dtype == torch.float32  # autocast leaves the master weights in float32
     recalls = [h["recall@10"] for h in state["history"]]
     assert max(recalls) > recalls[0]
     best, tok2 = load_checkpoint(tmp_path / "best")
@@ -88,6 +90,8 @@ def test_bad_configuration():
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="lr > 0"):
         TrainConfig(lr=0)
+    with pytest.raises(ValueError, match="precision must be"):
+        TrainConfig(precision="fp8")
     with pytest.raises(ValueError, match="unknown preset"):
         build_model("huge", 10)
     with pytest.raises(FileNotFoundError, match="no config.json"):
