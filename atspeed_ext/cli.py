@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train-target", help="next-item training of a target LM (safetensors checkpoints)")
     data_options(train)
     train.add_argument("--preset", default="target-8x512", help="model preset (default target-8x512)")
+    train.add_argument("--init", default=None, metavar="DIR",
+                       help="start from a local Hugging Face causal LM and its tokenizer instead of a preset "
+                            "(text instruction prompts; the codes are added to its vocabulary)")
     train.add_argument("--out", default=None, help="output directory (default: the user cache directory)")
     train.add_argument("--epochs", type=_positive, default=10)
     train.add_argument("--batch-size", type=_positive, default=64)

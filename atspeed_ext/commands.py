@@ -40,15 +40,20 @@ def _data(args):
 
 def run_train_target(args) -> int:
     data = _data(args)
-    tokenizer = CodeTokenizer(data.identifiers)
-    out = Path(args.out) if args.out else cache_dir() / f"{data.name}-{args.preset}"
     device = _device(args)
-    model = build_model(args.preset, tokenizer.vocab_size, seed=args.seed).to(device)
+    if args.init:  # a local HF causal LM + its tokenizer, prompted with text
+        model, tokenizer = load_checkpoint(args.init, device, identifiers=data.identifiers)
+        name = Path(args.init).resolve().name
+    else:
+        tokenizer = CodeTokenizer(data.identifiers)
+        model = build_model(args.preset, tokenizer.vocab_size, seed=args.seed).to(device)
+        name = args.preset
+    out = Path(args.out) if args.out else cache_dir() / f"{data.name}-{name}"
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm, seed=args.seed,
                       eval_every=args.eval_every, eval_prompts=args.eval_prompts, patience=args.patience,
                       with_eos=args.with_eos, max_steps=args.max_steps, precision=args.precision)
-    print(f"training {args.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) on "
+    print(f"training {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) on "
           f"{data.name}: {len(data.train_examples())} examples, {data.num_items} items, device {device}; "
           f"checkpoints in {out}")
     state = train_next_item(model, tokenizer, data, out, cfg, resume=args.resume)
@@ -59,9 +64,10 @@ def run_train_target(args) -> int:
 def run_eval(args) -> int:
     data = _data(args)
     device = _device(args)
-    model, tokenizer = load_checkpoint(args.checkpoint, device)
-    if tokenizer.identifiers != [tuple(i) for i in data.identifiers]:
-        raise SystemExit(f"error: the checkpoint's item identifiers differ from those of {args.data or 'the synthetic data'}")
+    try:
+        model, tokenizer = load_checkpoint(args.checkpoint, device, identifiers=data.identifiers)
+    except ValueError as e:
+        raise SystemExit(f"error: {e} ({args.data or 'the synthetic data'})") from None
     prompts = data.test_prompts() if args.split == "test" else data.valid_prompts()
     if args.limit > 0:
         prompts = prompts[:args.limit]

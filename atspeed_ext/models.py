@@ -36,29 +36,58 @@ def build_model(preset: str, vocab_size: int, seed: int = 0, max_positions: int 
     return LlamaForCausalLM(cfg)
 
 
-def save_checkpoint(directory: str | Path, model, tokenizer: CodeTokenizer, extra: dict | None = None) -> Path:
-    """``config.json`` + ``model.safetensors`` (Hugging Face layout) + ``tokenizer.json`` (+ ``extra`` as
-    ``meta.json``). No pickle."""
+def save_checkpoint(directory: str | Path, model, tokenizer, extra: dict | None = None) -> Path:
+    """A Hugging Face model directory: ``config.json`` + ``model.safetensors``, ``items.json`` (the item
+    identifiers and the prompt style), the HF tokenizer files for text prompts, and ``extra`` as
+    ``meta.json``. No pickle."""
+    from .text_prompt import TextPromptTokenizer
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)  # unwrap DDP
     model.save_pretrained(directory, safe_serialization=True)
-    (directory / "tokenizer.json").write_text(json.dumps({"identifiers": tokenizer.identifiers}))
+    items = {"identifiers": tokenizer.identifiers, "prompt": "codes"}
+    if isinstance(tokenizer, TextPromptTokenizer):
+        tokenizer.hf.save_pretrained(directory)
+        items.update(prompt="text", template=tokenizer.template)
+    (directory / "items.json").write_text(json.dumps(items))
     if extra is not None:
         (directory / "meta.json").write_text(json.dumps(extra, indent=2))
     return directory
 
 
-def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu"):
-    """Load ``(model, tokenizer)`` saved by :func:`save_checkpoint` (any local HF causal LM directory with a
-    ``tokenizer.json`` of identifiers)."""
-    from transformers import AutoModelForCausalLM
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", identifiers=None):
+    """Load ``(model, tokenizer)`` from a local directory.
+
+    Either a checkpoint of :func:`save_checkpoint` (its ``items.json`` says which tokenizer), or any local
+    Hugging Face causal LM with its tokenizer (LLaMA, Qwen2, ...): then ``identifiers`` (item id -> codes)
+    must be given, the codes are added to its tokenizer (:class:`TextPromptTokenizer`, instruction prompts)
+    and the embeddings grow to fit."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .text_prompt import TextPromptTokenizer
 
     directory = Path(directory)
     if not (directory / "config.json").exists():
         raise FileNotFoundError(f"{directory}: no config.json; not a checkpoint directory")
-    if not (directory / "tokenizer.json").exists():
-        raise FileNotFoundError(f"{directory}: no tokenizer.json (the item identifiers of this checkpoint)")
-    identifiers = json.loads((directory / "tokenizer.json").read_text())["identifiers"]
+    items = None
+    if (directory / "items.json").exists():
+        items = json.loads((directory / "items.json").read_text())
+    elif (directory / "tokenizer.json").exists():  # checkpoints written before items.json existed
+        legacy = json.loads((directory / "tokenizer.json").read_text())
+        if "identifiers" in legacy:
+            items = {"identifiers": legacy["identifiers"], "prompt": "codes"}
     model = AutoModelForCausalLM.from_pretrained(directory).to(device).eval()
-    return model, CodeTokenizer([tuple(i) for i in identifiers])
+    if items is None:
+        if identifiers is None:
+            raise ValueError(f"{directory} is a plain Hugging Face model (no items.json): pass the item identifiers "
+                             "(e.g. --data DIR) so that their codes can be added to its tokenizer")
+        tokenizer = TextPromptTokenizer(AutoTokenizer.from_pretrained(directory), identifiers)
+        tokenizer.resize_model(model)
+        return model, tokenizer
+    if identifiers is not None and [tuple(i) for i in identifiers] != [tuple(i) for i in items["identifiers"]]:
+        raise ValueError(f"{directory}: the checkpoint's item identifiers differ from the ones given")
+    if items["prompt"] == "text":
+        return model, TextPromptTokenizer(AutoTokenizer.from_pretrained(directory), items["identifiers"],
+                                          items["template"])
+    return model, CodeTokenizer([tuple(i) for i in items["identifiers"]])

@@ -9,10 +9,24 @@ import torch
 
 from .trie import ItemTrie
 
-__all__ = ["CodeTokenizer"]
+__all__ = ["CodeTokenizer", "code_tokens"]
 
 _CODE = re.compile(r"^<([a-z])_(\d+)>$")
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<sep>")
+
+
+def code_tokens(identifiers: Sequence[Sequence[str]]) -> list[str]:
+    """Every distinct code of ``identifiers``, level by level (``<a_*>`` first) and by number within a level.
+    Raises ValueError naming the item whose code is not like ``<a_12>``."""
+    if not identifiers:
+        raise ValueError("identifiers is empty")
+    codes = set()
+    for i, ident in enumerate(identifiers):
+        for c in ident:
+            if not isinstance(c, str) or not _CODE.match(c):
+                raise ValueError(f"item {i}: {c!r} is not a code like '<a_12>'")
+            codes.add(c)
+    return sorted(codes, key=lambda c: (_CODE.match(c).group(1), int(_CODE.match(c).group(2))))
 
 
 class CodeTokenizer:
@@ -29,16 +43,7 @@ class CodeTokenizer:
     pad_token_id, bos_token_id, eos_token_id, sep_token_id = 0, 1, 2, 3
 
     def __init__(self, identifiers: Sequence[Sequence[str]]):
-        if not identifiers:
-            raise ValueError("identifiers is empty")
-        codes = set()
-        for i, ident in enumerate(identifiers):
-            for c in ident:
-                if not isinstance(c, str) or not _CODE.match(c):
-                    raise ValueError(f"item {i}: {c!r} is not a code like '<a_12>'")
-                codes.add(c)
-        ordered = sorted(codes, key=lambda c: (_CODE.match(c).group(1), int(_CODE.match(c).group(2))))
-        self.tokens: list[str] = list(SPECIAL_TOKENS) + ordered
+        self.tokens: list[str] = list(SPECIAL_TOKENS) + code_tokens(identifiers)
         self.token_to_id = {t: i for i, t in enumerate(self.tokens)}
         self.identifiers = [tuple(ident) for ident in identifiers]
         self._item_ids = torch.tensor([[self.token_to_id[c] for c in ident] for ident in self.identifiers],

@@ -1,0 +1,84 @@
+"""Text-prompt LLMs: a Hugging Face tokenizer with one added token per code, instruction-style prompts, and
+the item trie expressed in that tokenizer's ids. A drop-in for :class:`CodeTokenizer` in training,
+evaluation and decoding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .tokenizer import code_tokens
+from .trie import ItemTrie
+
+__all__ = ["TextPromptTokenizer", "INSTRUCTION_TEMPLATE"]
+
+#: The LC-Rec sequential-recommendation instruction used by the AtSpeed paper's models; ``{history}`` is
+#: replaced by the history identifiers, oldest first, separated by ", ".
+INSTRUCTION_TEMPLATE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\nThe user has interacted with items {history} in chronological order. Can you predict the "
+    "next possible item that the user may be interested in?\n\n### Response:"
+)
+
+
+class TextPromptTokenizer:
+    """A Hugging Face tokenizer extended with the item codes (``<a_12>``, ... as added tokens, one id each).
+
+    Prompts are :data:`INSTRUCTION_TEMPLATE` filled with the history identifiers (``<a_1><b_7>..., ...``);
+    the model then generates the identifier tokens of the next item. The tokenizer is changed in place
+    (codes it already has are reused); call :meth:`resize_model` on a model whose embeddings predate it.
+
+    Args:
+        hf_tokenizer: any ``PreTrainedTokenizerBase`` (LLaMA, Qwen2, ...), loaded from local files.
+        identifiers: item id -> its codes (all of one length).
+        template: the prompt, with one ``{history}`` field.
+    """
+
+    def __init__(self, hf_tokenizer, identifiers: Sequence[Sequence[str]], template: str = INSTRUCTION_TEMPLATE):
+        if "{history}" not in template:
+            raise ValueError("template must contain a '{history}' field")
+        self.hf = hf_tokenizer
+        self.template = template
+        self.identifiers = [tuple(ident) for ident in identifiers]
+        hf_tokenizer.add_tokens(code_tokens(self.identifiers))
+        ids = [hf_tokenizer.convert_tokens_to_ids(list(ident)) for ident in self.identifiers]
+        self._item_ids = torch.tensor(ids, dtype=torch.long)
+        if hf_tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no eos token; set hf_tokenizer.eos_token first")
+        self.eos_token_id = hf_tokenizer.eos_token_id
+        self.bos_token_id = hf_tokenizer.bos_token_id
+        self.pad_token_id = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else self.eos_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids, added code tokens included (``len(hf_tokenizer)``)."""
+        return len(self.hf)
+
+    @property
+    def item_token_ids(self) -> torch.Tensor:
+        """``[num_items, L]`` token ids of every item's identifier."""
+        return self._item_ids
+
+    def encode_item(self, item: int) -> list[int]:
+        return self._item_ids[item].tolist()
+
+    def prompt_text(self, history: Sequence[int]) -> str:
+        return self.template.format(history=", ".join("".join(self.identifiers[i]) for i in history))
+
+    def encode_prompt(self, history: Sequence[int]) -> list[int]:
+        """The token ids of :meth:`prompt_text` (with the tokenizer's own BOS handling)."""
+        return self.hf(self.prompt_text(history))["input_ids"]
+
+    def decode(self, ids: Sequence[int]) -> list[str]:
+        return self.hf.convert_ids_to_tokens(list(ids))
+
+    def trie(self, with_eos: bool = False) -> ItemTrie:
+        """The item trie over this tokenizer's ids (item ``i`` is trie item ``i``)."""
+        return ItemTrie(self._item_ids, eos_token_id=self.eos_token_id if with_eos else None,
+                        vocab_size=self.vocab_size)
+
+    def resize_model(self, model) -> None:
+        """Grow ``model``'s embeddings (and LM head) to this vocabulary if the added codes do not fit."""
+        if model.get_input_embeddings().num_embeddings < self.vocab_size:
+            model.resize_token_embeddings(self.vocab_size)
