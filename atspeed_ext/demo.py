@@ -15,29 +15,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .commands import cache_dir
+from .commands import trained_model
 from .data import load_lcrec
 from .decoder import BeamSearchDecoder
 from .metrics import hits_of_ranking, recall_ndcg
-from .models import build_model, load_checkpoint
 from .spec_decoder import SpecBeamDecoder
 from .synthetic import synthetic_recdata
 from .tokenizer import CodeTokenizer
-from .train import TrainConfig, train_next_item
-
-
-def _trained(preset: str, data, tokenizer: CodeTokenizer, epochs: int, seed: int, device, tag: str):
-    """A model of `preset` trained on `data`, from the cache when it was trained before."""
-    out = cache_dir() / f"demo-{tag}-{preset}-e{epochs}-s{seed}"
-    if (out / "best" / "model.safetensors").exists():
-        print(f"{preset}: using the cached model in {out / 'best'}")
-    else:
-        print(f"{preset}: training on {data.name} ({epochs} epochs) -> {out}")
-        model = build_model(preset, tokenizer.vocab_size, seed=seed).to(device)
-        train_next_item(model, tokenizer, data, out, TrainConfig(epochs=epochs, batch_size=64, lr=3e-3, seed=seed,
-                                                                 eval_prompts=200, patience=epochs))
-    model, _ = load_checkpoint(out / "best", device)
-    return model
 
 
 def _timed(fn):
@@ -64,8 +48,8 @@ def run_demo(args) -> int:
     trie = tokenizer.trie()
     print(f"atspeed_ext demo on {device}: {data.name}, {data.num_items} items, {len(data.train_examples())} "
           f"training examples; K={args.num_beams}, N={args.draft_beams}, gamma={args.gamma}")
-    target = _trained(args.target_preset, data, tokenizer, args.epochs, args.seed, device, tag)
-    draft = _trained(args.draft_preset, data, tokenizer, args.epochs, args.seed, device, tag)
+    target = trained_model(args.target_preset, data, tokenizer, args.epochs, args.seed, device, f"demo-{tag}")
+    draft = trained_model(args.draft_preset, data, tokenizer, args.epochs, args.seed, device, f"demo-{tag}")
 
     prompts = data.test_prompts()[:args.requests]
     K = args.num_beams

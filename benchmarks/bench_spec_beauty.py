@@ -1,0 +1,156 @@
+"""Speculative beam search on Beauty: SpecBeamDecoder vs BeamSearchDecoder vs Hugging Face ``generate``.
+
+The trained target and a draft trained with plain cross-entropy decode a fixed subset of Beauty test prompts
+(the first R, in file order), side by side in one run: for each K, the target-only decoders first, then every
+(N, gamma, draft policy) of the grid. Every speculative output is checked to equal BeamSearchDecoder's.
+Reported per point: mean accepted levels per round, target calls per request, ms per request at batch 1 and
+requests per second at batch 16, and speedups over BeamSearchDecoder and HF.
+
+    python benchmarks/bench_spec_beauty.py --target DIR --draft DIR [--data ../shared/data/beauty]
+        [--beams 1 5 10 20] [--gammas 1 2 3] [--requests 48] [--batches 1 16] [--device cpu]
+
+Without --target / --draft the models are trained first (slow on a CPU: see the README) and cached in the
+user cache directory ($ATSPEED_CACHE or ~/.cache/atspeed_ext).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from atspeed_ext import BeamSearchDecoder, SpecBeamDecoder  # noqa: E402
+from atspeed_ext.commands import trained_model  # noqa: E402
+from atspeed_ext.data import load_lcrec  # noqa: E402
+from atspeed_ext.hf import hf_constrained_beam_search  # noqa: E402
+from atspeed_ext.models import load_checkpoint  # noqa: E402
+from atspeed_ext.tokenizer import CodeTokenizer  # noqa: E402
+
+
+def left_pad(prompts: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), T), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p):] = torch.tensor(p)
+        mask[i, T - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def timed_run(decode, batches) -> tuple[float, list]:
+    """Total milliseconds of ``decode(batch)`` over ``batches`` (CUDA-synchronised), and the outputs."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    outs, total = [], 0.0
+    for batch in batches:
+        sync()
+        t0 = time.perf_counter()
+        outs.append(decode(batch))
+        sync()
+        total += (time.perf_counter() - t0) * 1e3
+    return total, outs
+
+
+def draft_grid(K: int, widths: list[int]) -> list[int]:
+    return sorted({w if w > 0 else -w * K for w in widths if (w if w > 0 else -w * K) >= K})
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="../shared/data/beauty")
+    p.add_argument("--target", default=None, help="target checkpoint directory (default: train target-8x512)")
+    p.add_argument("--draft", default=None, help="draft checkpoint directory (default: train draft-1x128, CE)")
+    p.add_argument("--beams", type=int, nargs="+", default=[1, 5, 10, 20])
+    p.add_argument("--draft-beams", type=int, nargs="+", default=[-1, -2, 40],
+                   help="N values; -m means m*K (default: K, 2K, 40)")
+    p.add_argument("--gammas", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--policies", nargs="+", default=["beam", "anchored"])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--requests", type=int, default=48, help="test prompts decoded per point (default 48)")
+    p.add_argument("--no-hf", action="store_true", help="skip Hugging Face generate")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--name", default=None, help="results file name (default spec_beauty_<device>)")
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    data = load_lcrec(args.data)
+    tokenizer = CodeTokenizer(data.identifiers)
+    if args.target:
+        target, _ = load_checkpoint(args.target, device, identifiers=data.identifiers)
+    else:
+        target = trained_model("target-8x512", data, tokenizer, epochs=3, seed=0, device=device, tag="beauty",
+                               lr=1e-3, precision="bf16")
+    if args.draft:
+        draft, _ = load_checkpoint(args.draft, device, identifiers=data.identifiers)
+    else:
+        draft = trained_model("draft-1x128", data, tokenizer, epochs=5, seed=0, device=device, tag="beauty", lr=3e-3)
+    trie = tokenizer.trie().to(device)
+    prompts = [tokenizer.encode_prompt(q.history) for q in data.test_prompts()[:args.requests]]
+    print(f"{len(prompts)} Beauty test prompts (mean {sum(map(len, prompts)) / len(prompts):.1f} tokens) on "
+          f"{common.machine()}")
+
+    rows = []
+    for K in args.beams:
+        for B in args.batches:
+            batches = [prompts[i:i + B] for i in range(0, len(prompts), B)]
+            base = BeamSearchDecoder(target, trie, K)
+            base.generate(batches[0])  # warm-up
+            base_ms, base_outs = timed_run(base.generate, batches)
+            row0 = {"K": K, "batch": B, "decoder": "BeamSearchDecoder", "N": "", "gamma": "", "policy": "",
+                    "accepted": "", "target_calls": float(trie.depth), "ms_per_req": base_ms / len(prompts),
+                    "req_per_s": 1e3 * len(prompts) / base_ms, "vs_beam": 1.0, "vs_hf": "", "identical": True}
+            hf_ms = None
+            if not args.no_hf:
+                padded = [left_pad(b, tokenizer.pad_token_id, device) for b in batches]
+                hf_ms, hf_outs = timed_run(lambda x: hf_constrained_beam_search(target, trie, x[0], x[1], K), padded)
+                same = all(torch.equal(h.sequences.cpu(), o.sequences.cpu()) for h, o in zip(hf_outs, base_outs))
+                rows.append({**row0, "decoder": "HF generate", "ms_per_req": hf_ms / len(prompts),
+                             "req_per_s": 1e3 * len(prompts) / hf_ms, "vs_beam": base_ms / hf_ms, "vs_hf": 1.0,
+                             "identical": same})
+                row0["vs_hf"] = hf_ms / base_ms
+            rows.append(row0)
+            _print(rows[-2:] if hf_ms else rows[-1:])
+            for N in draft_grid(K, args.draft_beams):
+                for gamma in args.gammas:
+                    for policy in args.policies:
+                        spec = SpecBeamDecoder(target, draft, trie, K, N, gamma, draft_policy=policy)
+                        spec.generate(batches[0])  # warm-up
+                        ms, outs = timed_run(spec.generate, batches)
+                        same = all(torch.equal(s.sequences, o.sequences) for s, o in zip(outs, base_outs))
+                        calls = [c for o in outs for c in o.stats.target_calls]
+                        rounds = [n for o in outs for r in o.stats.accepted_levels for n in r]
+                        rows.append({"K": K, "batch": B, "decoder": "SpecBeamDecoder", "N": N, "gamma": gamma,
+                                     "policy": policy, "accepted": sum(rounds) / len(rounds),
+                                     "target_calls": sum(calls) / len(calls), "ms_per_req": ms / len(prompts),
+                                     "req_per_s": 1e3 * len(prompts) / ms, "vs_beam": base_ms / ms,
+                                     "vs_hf": hf_ms / ms if hf_ms else "", "identical": same})
+                        _print(rows[-1:])
+    header = {"command": "python benchmarks/bench_spec_beauty.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "data": f"{args.data}: first {len(prompts)} test prompts",
+              "target": args.target or "target-8x512 (trained by this script)",
+              "draft": args.draft or "draft-1x128, cross-entropy (trained by this script)",
+              "note": "accepted = mean accepted levels per round; target_calls per request; vs_beam / vs_hf = "
+                      "speedup of this row over BeamSearchDecoder / HF generate at the same K and batch"}
+    md = common.write_results(args.name or f"spec_beauty_{device.type}", header, rows,
+                              ["K", "batch", "decoder", "N", "gamma", "policy", "accepted", "target_calls",
+                               "ms_per_req", "req_per_s", "vs_beam", "vs_hf", "identical"])
+    print(f"\nwrote {md}")
+
+
+def _print(rows):
+    for r in rows:
+        acc = f"{r['accepted']:.2f}" if r["accepted"] != "" else "  - "
+        vs_hf = f"{r['vs_hf']:.2f}x" if r["vs_hf"] != "" else "  -  "
+        print(f"K {r['K']:2d} B {r['batch']:2d} {r['decoder']:17s} N {str(r['N']):>3s} g {str(r['gamma']):>1s} "
+              f"{r['policy']:8s} acc {acc} calls {r['target_calls']:.2f} {r['ms_per_req']:8.2f} ms/req "
+              f"{r['req_per_s']:7.1f} req/s  vs beam {r['vs_beam']:.2f}x  vs HF {vs_hf}  same {r['identical']}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
