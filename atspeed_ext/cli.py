@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .align.losses import OBJECTIVES
+
 __all__ = ["main"]
 
 
@@ -43,27 +45,31 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--with-eos", action="store_true", help="end identifiers with <eos> (trie depth L + 1)")
         p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
 
+    def train_options(p, epochs: int = 10, lr: float = 1e-3, eval_prompts: int = 500):
+        p.add_argument("--out", default=None, help="output directory (default: the user cache directory)")
+        p.add_argument("--epochs", type=_positive, default=epochs)
+        p.add_argument("--batch-size", type=_positive, default=64)
+        p.add_argument("--lr", type=float, default=lr)
+        p.add_argument("--weight-decay", type=float, default=0.01)
+        p.add_argument("--warmup-ratio", type=float, default=0.05)
+        p.add_argument("--max-grad-norm", type=float, default=1.0)
+        p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
+        p.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0: every epoch)")
+        p.add_argument("--eval-prompts", type=_positive, default=eval_prompts,
+                       help=f"validation prompts used (default {eval_prompts})")
+        p.add_argument("--patience", type=_positive, default=3, help="validations without improvement before stopping")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                       help="bf16: bfloat16 autocast, about 2x faster on CPUs with AMX and on GPUs (default fp32)")
+        p.add_argument("--resume", action="store_true", help="continue from OUT/last if it exists")
+
     train = sub.add_parser("train-target", help="next-item training of a target LM (safetensors checkpoints)")
     data_options(train)
     train.add_argument("--preset", default="target-8x512", help="model preset (default target-8x512)")
     train.add_argument("--init", default=None, metavar="DIR",
                        help="start from a local Hugging Face causal LM and its tokenizer instead of a preset "
                             "(text instruction prompts; the codes are added to its vocabulary)")
-    train.add_argument("--out", default=None, help="output directory (default: the user cache directory)")
-    train.add_argument("--epochs", type=_positive, default=10)
-    train.add_argument("--batch-size", type=_positive, default=64)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--weight-decay", type=float, default=0.01)
-    train.add_argument("--warmup-ratio", type=float, default=0.05)
-    train.add_argument("--max-grad-norm", type=float, default=1.0)
-    train.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
-    train.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0: every epoch)")
-    train.add_argument("--eval-prompts", type=_positive, default=500, help="validation prompts used (default 500)")
-    train.add_argument("--patience", type=_positive, default=3, help="validations without improvement before stopping")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                       help="bf16: bfloat16 autocast, about 2x faster on CPUs with AMX and on GPUs (default fp32)")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/last if it exists")
+    train_options(train)
 
     ev = sub.add_parser("eval", help="Recall/NDCG@{5,10,20} of a checkpoint (and popularity), as a JSON report")
     data_options(ev)
@@ -73,6 +79,34 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=0, help="evaluate the first N prompts only (0: all)")
     ev.add_argument("--batch-size", type=_positive, default=32)
     ev.add_argument("--output", default=None, help="JSON report path (default: CHECKPOINT/eval_<split>.json)")
+
+    teach = sub.add_parser("teacher", help="teacher data for draft alignment: the target's top-K beams and its "
+                                           "log-probabilities along them, for every training prompt")
+    data_options(teach)
+    teach.add_argument("--checkpoint", required=True, help="the target checkpoint directory")
+    teach.add_argument("--num-beams", type=_positive, default=20, help="K beams per prompt (default 20)")
+    teach.add_argument("--batch-size", type=_positive, default=64)
+    teach.add_argument("--limit", type=int, default=0, help="the first N training prompts only (0: all)")
+    teach.add_argument("--shard-size", type=_positive, default=4096, help="prompts per shard file (default 4096)")
+    teach.add_argument("--out", default=None, help="output directory (default: the user cache directory)")
+
+    draft = sub.add_parser("train-draft", help="train a draft aligned with a target (AtSpeed-S/R or a KD baseline)")
+    data_options(draft)
+    draft.add_argument("--target", required=True, help="the target checkpoint directory")
+    draft.add_argument("--teacher", default=None, help="teacher data directory (needed unless --objective ce "
+                                                       "or --on-policy)")
+    draft.add_argument("--objective", choices=OBJECTIVES, default="atspeed-s")
+    draft.add_argument("--preset", default="draft-1x128", help="draft model preset (default draft-1x128)")
+    draft.add_argument("--init", default=None, metavar="DIR", help="start from this draft checkpoint instead")
+    draft.add_argument("--alpha", type=float, default=0.7, help="weight of the alignment term (default 0.7)")
+    draft.add_argument("--temperature", type=float, default=1.0)
+    draft.add_argument("--topk", type=_positive, default=20, help="AtSpeed-S top-K set size / on-policy beams (default 20)")
+    draft.add_argument("--on-policy", action="store_true",
+                       help="align along the draft's own beams scored by the target (DistillSpec style)")
+    draft.add_argument("--val-beams", type=_positive, default=10, help="validation K (default 10)")
+    draft.add_argument("--val-draft-beams", type=_positive, default=40, help="validation N (default 40)")
+    draft.add_argument("--val-gamma", type=_positive, default=3, help="validation gamma (default 3)")
+    train_options(draft, epochs=5, lr=3e-3, eval_prompts=200)
     return parser
 
 
@@ -82,9 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo
 
         return run_demo(args)
+    from .align.commands import run_teacher, run_train_draft
     from .commands import run_eval, run_train_target
 
-    return {"train-target": run_train_target, "eval": run_eval}[args.command](args)
+    return {"train-target": run_train_target, "eval": run_eval, "teacher": run_teacher,
+            "train-draft": run_train_draft}[args.command](args)
 
 
 if __name__ == "__main__":

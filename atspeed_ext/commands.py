@@ -41,14 +41,14 @@ def trained_model(preset: str, data, tokenizer: CodeTokenizer, epochs: int, seed
     return model
 
 
-def _device(args) -> torch.device:
+def device_of(args) -> torch.device:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda was given but no CUDA GPU is available")
     return device
 
 
-def _data(args):
+def data_of(args):
     if args.data:
         return load_lcrec(args.data, max_history=args.max_history)
     data = synthetic_recdata(num_users=args.synthetic_users, num_items=args.synthetic_items)
@@ -57,8 +57,8 @@ def _data(args):
 
 
 def run_train_target(args) -> int:
-    data = _data(args)
-    device = _device(args)
+    data = data_of(args)
+    device = device_of(args)
     if args.init:  # a local HF causal LM + its tokenizer, prompted with text
         model, tokenizer = load_checkpoint(args.init, device, identifiers=data.identifiers)
         name = Path(args.init).resolve().name
@@ -67,21 +67,26 @@ def run_train_target(args) -> int:
         model = build_model(args.preset, tokenizer.vocab_size, seed=args.seed).to(device)
         name = args.preset
     out = Path(args.out) if args.out else cache_dir() / f"{data.name}-{name}"
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                      warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm, seed=args.seed,
-                      eval_every=args.eval_every, eval_prompts=args.eval_prompts, patience=args.patience,
-                      with_eos=args.with_eos, max_steps=args.max_steps, precision=args.precision)
+    cfg = train_config(args)
     print(f"training {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) on "
           f"{data.name}: {len(data.train_examples())} examples, {data.num_items} items, device {device}; "
           f"checkpoints in {out}")
     state = train_next_item(model, tokenizer, data, out, cfg, resume=args.resume)
-    print(f"done: {state['step']} steps, best valid recall@10 {state['best_recall@10']:.4f}; best model in {out / 'best'}")
+    print(f"done: {state['step']} steps, best valid recall@10 {state['best']:.4f}; best model in {out / 'best'}")
     return 0
 
 
+def train_config(args) -> TrainConfig:
+    """The TrainConfig of the shared training options (see cli.train_options)."""
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                       warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm, seed=args.seed,
+                       eval_every=args.eval_every, eval_prompts=args.eval_prompts, patience=args.patience,
+                       with_eos=args.with_eos, max_steps=args.max_steps, precision=args.precision)
+
+
 def run_eval(args) -> int:
-    data = _data(args)
-    device = _device(args)
+    data = data_of(args)
+    device = device_of(args)
     try:
         model, tokenizer = load_checkpoint(args.checkpoint, device, identifiers=data.identifiers)
     except ValueError as e:

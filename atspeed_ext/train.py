@@ -20,7 +20,7 @@ from .evaluate import evaluate_model
 from .models import save_checkpoint
 from .tokenizer import CodeTokenizer
 
-__all__ = ["TrainConfig", "train_next_item", "encode_examples", "collate"]
+__all__ = ["TrainConfig", "train_next_item", "train_loop", "encode_examples", "collate"]
 
 
 @dataclass
@@ -127,23 +127,51 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
     """Train ``model`` to predict the next item's identifier tokens; checkpoints go to ``out_dir/last`` (every
     validation, with optimizer and trainer state) and ``out_dir/best`` (best validation Recall@10).
     Returns the trainer state (history of losses and validations, best metric, steps)."""
-    rank, world = _dist()
-    out_dir = Path(out_dir)
-    device = next(model.parameters()).device
     examples = encode_examples(tokenizer, data.train_examples(), cfg.with_eos)
     if not examples:
         raise ValueError("the data has no training examples (every train sequence has fewer than 2 items)")
-    lengths = [len(ids) for ids, _ in examples]
     val_prompts = data.valid_prompts()[:cfg.eval_prompts]
-    steps_per_epoch = math.ceil(len(examples) / (cfg.batch_size * world))
+
+    def batch_loss(train_model, indices: list[int]) -> torch.Tensor:
+        device = next(model.parameters()).device
+        input_ids, mask, labels = (x.to(device) for x in collate([examples[j] for j in indices]))
+        return train_model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+
+    def validate() -> dict:
+        if not val_prompts:
+            return {"recall@10": 0.0}
+        return evaluate_model(model, tokenizer, val_prompts, ks=(10,), batch_size=cfg.eval_batch_size,
+                              with_eos=cfg.with_eos, progress=progress)
+
+    return train_loop(model, tokenizer, out_dir, cfg, [len(ids) for ids, _ in examples], batch_loss, validate,
+                      "recall@10", resume=resume, progress=progress)
+
+
+def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths: list[int], batch_loss, validate,
+               metric: str, resume: bool = False, progress: bool = True) -> dict:
+    """The training loop shared by the target and draft trainers: AdamW, warm-up + cosine, clipping,
+    (bfloat16 autocast), validation every ``cfg.eval_every`` steps or epoch, early stopping on ``metric``
+    (higher is better), ``best/`` and ``last/`` checkpoints, exact resume, DDP under torchrun.
+
+    Args:
+        lengths: the length of each training example (batches group similar lengths).
+        batch_loss: ``(train_model, example indices) -> loss`` (``train_model`` is the DDP wrapper if any).
+        validate: ``() -> metrics`` on rank 0, with ``metric`` among them.
+    """
+    rank, world = _dist()
+    out_dir = Path(out_dir)
+    device = next(model.parameters()).device
+    steps_per_epoch = math.ceil(len(lengths) / (cfg.batch_size * world))
     total = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(int(cfg.warmup_ratio * total), total))
-    state = {"step": 0, "epoch": 0, "best_recall@10": -1.0, "bad_evals": 0, "history": [], "config": asdict(cfg),
-             "examples": len(examples)}
+    state = {"step": 0, "epoch": 0, "metric": metric, "best": -math.inf, "bad_evals": 0, "history": [],
+             "config": asdict(cfg), "examples": len(lengths)}
     last = out_dir / "last"
     if resume and (last / "trainer_state.json").exists():
         state = json.loads((last / "trainer_state.json").read_text())
+        state.setdefault("metric", metric)
+        state.setdefault("best", state.pop("best_recall@10", -math.inf))  # states written before "best" existed
         model.load_state_dict(load_file(str(last / "model.safetensors"), device=str(device)), strict=False)
         _load_optimizer(last, optimizer)
         scheduler.load_state_dict(state.pop("scheduler"))
@@ -154,17 +182,16 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
         train_model = torch.nn.parallel.DistributedDataParallel(model)
 
     def validate_and_save() -> bool:
-        """Validation Recall@10 on rank 0, checkpoints; returns True when training should stop."""
+        """Validation on rank 0, checkpoints; returns True when training should stop."""
         stop = torch.zeros(1, device=device)
         if rank == 0:
             model.eval()
-            metrics = evaluate_model(model, tokenizer, val_prompts, ks=(10,), batch_size=cfg.eval_batch_size,
-                                     with_eos=cfg.with_eos, progress=progress) if val_prompts else {"recall@10": 0.0}
+            metrics = validate()
             model.train()
-            improved = metrics["recall@10"] > state["best_recall@10"]
+            improved = metrics[metric] > state["best"]
             state["history"].append({"step": state["step"], "epoch": state["epoch"], **metrics})
             if improved:
-                state["best_recall@10"], state["bad_evals"] = metrics["recall@10"], 0
+                state["best"], state["bad_evals"] = metrics[metric], 0
                 save_checkpoint(out_dir / "best", model, tokenizer, {"step": state["step"], **metrics})
             else:
                 state["bad_evals"] += 1
@@ -176,8 +203,7 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
             (tmp / "trainer_state.json").write_text(json.dumps({**state, "scheduler": scheduler.state_dict()}, indent=2))
             shutil.rmtree(last, ignore_errors=True)
             tmp.rename(last)
-            tqdm.write(f"step {state['step']}: valid recall@10 {metrics['recall@10']:.4f} "
-                       f"(best {state['best_recall@10']:.4f})")
+            tqdm.write(f"step {state['step']}: valid {metric} {metrics[metric]:.4f} (best {state['best']:.4f})")
             stop[0] = float(state["bad_evals"] >= cfg.patience)
         if world > 1:
             torch.distributed.broadcast(stop, 0)
@@ -192,9 +218,8 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
         first = state["step"] - state["epoch"] * steps_per_epoch  # > 0 when resuming inside an epoch
         for batch in batches[first:]:
             t0 = time.perf_counter()
-            input_ids, mask, labels = (x.to(device) for x in collate([examples[j] for j in batch]))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                loss = train_model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+                loss = batch_loss(train_model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -206,7 +231,7 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
             state["loss"] = loss_ema
             bar.update(1)
             bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                            tok_s=f"{int(mask.sum()) * world / (time.perf_counter() - t0):.0f}")
+                            ex_s=f"{len(batch) * world / (time.perf_counter() - t0):.0f}")
             if cfg.eval_every and state["step"] % cfg.eval_every == 0:
                 stopped, last_eval = validate_and_save(), state["step"]
             if stopped or state["step"] >= total:

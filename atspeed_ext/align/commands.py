@@ -1,0 +1,64 @@
+"""The ``teacher`` and ``train-draft`` commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..commands import cache_dir, data_of, device_of, train_config
+from ..models import build_model, load_checkpoint
+from .levels import LevelView
+from .teacher import TeacherData, generate_teacher_data
+from .trainer import AlignConfig, needs_teacher, train_draft
+
+
+def run_teacher(args) -> int:
+    data = data_of(args)
+    if args.with_eos:
+        raise SystemExit("error: teacher data covers identifier tokens only; drop --with-eos")
+    device = device_of(args)
+    target, tokenizer = load_checkpoint(args.checkpoint, device, identifiers=data.identifiers)
+    examples = data.train_examples()
+    if args.limit > 0:
+        examples = examples[:args.limit]
+    out = Path(args.out) if args.out else \
+        cache_dir() / f"{data.name}-teacher-{Path(args.checkpoint).resolve().parent.name}-k{args.num_beams}"
+    print(f"teacher data: {len(examples)} training prompts, K={args.num_beams}, target {args.checkpoint} -> {out}")
+    generate_teacher_data(target, tokenizer, examples, out, num_beams=args.num_beams, batch_size=args.batch_size,
+                          shard_size=args.shard_size,
+                          source={"data": args.data or "synthetic", "target": str(Path(args.checkpoint).resolve())})
+    meta = TeacherData(out, LevelView(tokenizer.trie(), tokenizer.item_token_ids)).meta
+    print(f"done: {meta['bytes'] / 1e6:.1f} MB in {len(meta['shards'])} shards"
+          + (f", {meta['seconds_last_run']:.0f} s" if "seconds_last_run" in meta else ""))
+    return 0
+
+
+def run_train_draft(args) -> int:
+    data = data_of(args)
+    device = device_of(args)
+    try:
+        align = AlignConfig(objective=args.objective, alpha=args.alpha, temperature=args.temperature, topk=args.topk,
+                            on_policy=args.on_policy, val_beams=args.val_beams, val_draft_beams=args.val_draft_beams,
+                            val_gamma=args.val_gamma)
+        cfg = train_config(args)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    target, tokenizer = load_checkpoint(args.target, device, identifiers=data.identifiers)
+    target.requires_grad_(False)
+    teacher = None
+    if needs_teacher(align):
+        if not args.teacher:
+            raise SystemExit(f"error: --objective {args.objective} needs --teacher DIR (see `atspeed-ext teacher`), "
+                             "or --on-policy")
+        teacher = TeacherData(args.teacher, LevelView(tokenizer.trie(), tokenizer.item_token_ids), data.identifiers)
+    if args.init:
+        draft, _ = load_checkpoint(args.init, device, identifiers=data.identifiers)
+    else:
+        draft = build_model(args.preset, tokenizer.vocab_size, seed=args.seed).to(device)
+    name = f"{args.preset if not args.init else Path(args.init).resolve().name}-{args.objective}" + \
+        ("-onpolicy" if args.on_policy else "")
+    out = Path(args.out) if args.out else cache_dir() / f"{data.name}-draft-{name}"
+    print(f"training draft {name} on {data.name} with target {args.target}; checkpoints in {out}")
+    state = train_draft(draft, target, tokenizer, data, out, cfg, align, teacher=teacher, resume=args.resume)
+    print(f"done: {state['step']} steps, best valid accepted levels per round {state['best']:.3f}; "
+          f"best model in {out / 'best'}")
+    return 0

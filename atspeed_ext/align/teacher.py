@@ -1,0 +1,194 @@
+"""Teacher data for draft alignment: per training prompt, the target's top-K beams and its log-probabilities
+at every position of the ground-truth identifier and of each beam, over the tokens the trie allows there.
+
+Layout (a directory): ``meta.json`` + ``shard_NNNNN.safetensors`` files, each written whole (tmp + rename)
+so an interrupted run resumes at the first missing shard. A shard of n prompts holds:
+
+* ``chains`` ``[n, K + 1, L]`` int32: the ground-truth identifier, then the K beams (-1 rows: invalid beams);
+* ``beam_scores`` ``[n, K]`` float32: the beams' target scores;
+* ``root`` ``[n, R]`` float16: the log-probabilities of the R first-level tokens (shared by every chain);
+* ``values`` float16 and ``offsets`` ``[n + 1]`` int64: for prompt i, ``values[offsets[i]:offsets[i + 1]]``
+  are the log-probabilities at the trie-allowed slots of depths 1..L-1 of every chain, in (chain, depth,
+  slot) order. The allowed slots are recomputed from the chains at reading time (:class:`LevelView`), so
+  nothing outside the trie is stored: about 3.5 KB per prompt on Beauty with K = 20.
+
+Log-probabilities are full-vocabulary log-softmax values of the target (as beam search scores them).
+Reading is memory-mapped (``safetensors.safe_open``): only the rows asked for are read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from ..decoder import BeamSearchDecoder
+from .forcing import forced_level_log_probs
+from .levels import LevelView
+
+FORMAT = "atspeed-teacher-v1"
+
+
+def _root_slots(levels: LevelView) -> torch.Tensor:
+    return (levels.child_of[0] >= 0).nonzero().squeeze(1)
+
+
+@torch.inference_mode()
+def teacher_batch(model, levels: LevelView, prompts: list[list[int]], truths: torch.Tensor, num_beams: int,
+                  trie, pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """One batch of teacher rows (the tensors of a shard, ``offsets`` relative to this batch)."""
+    out = BeamSearchDecoder(model, trie, num_beams).generate(prompts)
+    beams = out.sequences.cpu()
+    chains = torch.cat([truths.view(-1, 1, levels.depth), beams], 1)
+    logp = forced_level_log_probs(model, prompts, chains, levels.level_tokens, pad_token_id).cpu()
+    _, allowed = levels.walk(chains)
+    root = logp[:, 0, 0, _root_slots(levels)]
+    rest = allowed[:, :, 1:]
+    counts = rest.flatten(1).sum(1)
+    return {"chains": chains.to(torch.int32), "beam_scores": out.scores.float().cpu(), "root": root.half(),
+            "values": logp[:, :, 1:][rest].half(), "offsets": torch.cat([torch.zeros(1, dtype=torch.long),
+                                                                         counts.cumsum(0)])}
+
+
+def generate_teacher_data(model, tokenizer, examples: list[tuple[tuple[int, ...], int]], out_dir: str | Path,
+                          num_beams: int = 20, batch_size: int = 64, shard_size: int = 4096,
+                          progress: bool = True, source: dict | None = None) -> Path:
+    """Run the target's beam search over ``examples`` ((history, next item) pairs, e.g.
+    ``RecData.train_examples()``) and store the teacher data in ``out_dir`` (resumable, deterministic:
+    the same inputs give the same files). Returns ``out_dir``."""
+    if num_beams < 1 or batch_size < 1 or shard_size < 1:
+        raise ValueError("num_beams, batch_size and shard_size must be >= 1")
+    if not examples:
+        raise ValueError("no examples to teach")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trie = tokenizer.trie()
+    levels = LevelView(trie, tokenizer.item_token_ids)
+    shards = [(s, min(s + shard_size, len(examples))) for s in range(0, len(examples), shard_size)]
+    meta = {"format": FORMAT, "num_examples": len(examples), "num_beams": num_beams, "depth": levels.depth,
+            "shard_size": shard_size, "shards": [f"shard_{i:05d}.safetensors" for i in range(len(shards))],
+            "identifiers_hash": hash_identifiers(tokenizer.identifiers), "source": source or {}}
+    meta_path = out_dir / "meta.json"
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        if {k: old.get(k) for k in meta if k != "source"} != {k: v for k, v in meta.items() if k != "source"}:
+            raise ValueError(f"{out_dir} holds teacher data of other settings; use another directory")
+    meta_path.write_text(json.dumps(meta, indent=2))
+    todo = [i for i, _ in enumerate(shards) if not (out_dir / meta["shards"][i]).exists()]
+    started = time.perf_counter()
+    bar = tqdm(total=len(examples), initial=len(examples) - sum(shards[i][1] - shards[i][0] for i in todo),
+               desc="teacher", unit="prompt", disable=not progress)
+    for i in todo:
+        lo, hi = shards[i]
+        order = sorted(range(lo, hi), key=lambda j: len(examples[j][0]))  # similar lengths batch together
+        parts = {}
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            prompts = [tokenizer.encode_prompt(examples[j][0]) for j in idx]
+            truths = tokenizer.item_token_ids[[examples[j][1] for j in idx]]
+            part = teacher_batch(model, levels, prompts, truths, num_beams, trie, tokenizer.pad_token_id)
+            for j, row in zip(idx, _split_rows(part)):
+                parts[j] = row
+            bar.update(len(idx))
+        rows = [parts[j] for j in range(lo, hi)]  # back to example order
+        tensors = _join_rows(rows)
+        tmp = out_dir / (meta["shards"][i] + ".tmp")
+        save_file(tensors, str(tmp))
+        tmp.rename(out_dir / meta["shards"][i])
+    bar.close()
+    if todo:
+        meta["seconds_last_run"] = round(time.perf_counter() - started, 1)
+    meta["bytes"] = sum((out_dir / s).stat().st_size for s in meta["shards"])
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return out_dir
+
+
+def hash_identifiers(identifiers) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps([list(i) for i in identifiers]).encode()).hexdigest()[:16]
+
+
+def _split_rows(part: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    off = part["offsets"].tolist()
+    return [{"chains": part["chains"][r], "beam_scores": part["beam_scores"][r], "root": part["root"][r],
+             "values": part["values"][off[r]:off[r + 1]]} for r in range(part["chains"].shape[0])]
+
+
+def _join_rows(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    counts = torch.tensor([r["values"].numel() for r in rows], dtype=torch.long)
+    return {"chains": torch.stack([r["chains"] for r in rows]).contiguous(),
+            "beam_scores": torch.stack([r["beam_scores"] for r in rows]).contiguous(),
+            "root": torch.stack([r["root"] for r in rows]).contiguous(),
+            "values": torch.cat([r["values"] for r in rows]).contiguous(),
+            "offsets": torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])}
+
+
+class TeacherData:
+    """Memory-mapped reader of a teacher directory; row i belongs to training example i.
+
+    Args:
+        directory: written by :func:`generate_teacher_data`.
+        levels: the :class:`LevelView` of the same trie (checked against the stored identifiers' hash when
+            ``identifiers`` is given).
+    """
+
+    def __init__(self, directory: str | Path, levels: LevelView, identifiers=None):
+        self.directory = Path(directory)
+        meta_path = self.directory / "meta.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{self.directory}: no meta.json; run `atspeed-ext teacher` first")
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("format") != FORMAT:
+            raise ValueError(f"{self.directory}: unknown teacher format {self.meta.get('format')!r}")
+        missing = [s for s in self.meta["shards"] if not (self.directory / s).exists()]
+        if missing:
+            raise ValueError(f"{self.directory}: incomplete teacher data ({len(missing)} shards missing, e.g. "
+                             f"{missing[0]}); rerun `atspeed-ext teacher` to finish it")
+        if identifiers is not None and hash_identifiers(identifiers) != self.meta["identifiers_hash"]:
+            raise ValueError(f"{self.directory}: teacher data of other item identifiers")
+        if levels.depth != self.meta["depth"]:
+            raise ValueError(f"{self.directory}: depth {self.meta['depth']} != the trie's {levels.depth}")
+        self.levels = levels
+        self.num_beams = self.meta["num_beams"]
+        self._root_slots = _root_slots(levels)
+        self._handles = {}
+
+    def __len__(self) -> int:
+        return self.meta["num_examples"]
+
+    def _shard(self, s: int):
+        if s not in self._handles:
+            self._handles[s] = safe_open(str(self.directory / self.meta["shards"][s]), framework="pt")
+        return self._handles[s]
+
+    def get(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``chains`` ``[n, K + 1, L]`` (int64, -1 = invalid) and dense ``logp`` ``[n, K + 1, L, C]``
+        (float32; -inf at every slot the trie does not allow) of the given rows."""
+        size = self.meta["shard_size"]
+        chains, roots, values = [], [], []
+        for i in indices:
+            if not 0 <= i < len(self):
+                raise IndexError(f"teacher row {i} out of range [0, {len(self)})")
+            f, r = self._shard(i // size), i % size
+            chains.append(f.get_slice("chains")[r:r + 1])
+            roots.append(f.get_slice("root")[r:r + 1])
+            lo, hi = f.get_slice("offsets")[r:r + 2].tolist()
+            values.append(f.get_slice("values")[lo:hi])
+        chains = torch.cat(chains).long()
+        _, allowed = self.levels.walk(chains)
+        n, M, L, C = allowed.shape
+        logp = torch.full((n, M, L, C), float("-inf"))
+        root = torch.cat(roots).float()
+        valid = (chains >= 0).all(-1)
+        level0 = logp[:, :, 0]
+        level0[:, :, self._root_slots] = root.unsqueeze(1).expand(n, M, -1)
+        level0.masked_fill_(~valid.unsqueeze(-1), float("-inf"))
+        rest = logp[:, :, 1:]
+        rest[allowed[:, :, 1:]] = torch.cat(values).float()
+        return chains, logp

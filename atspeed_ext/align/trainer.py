@@ -1,0 +1,117 @@
+"""``train_draft``: a draft trained on the next item plus an alignment objective against the target's teacher
+data, validated by the mean accepted levels of strict speculative beam search with that target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data import RecData
+from ..decoder import BeamSearchDecoder
+from ..spec_decoder import SpecBeamDecoder
+from ..train import TrainConfig, train_loop
+from .forcing import forced_level_log_probs
+from .levels import LevelView
+from .losses import OBJECTIVES, alignment_loss
+from .teacher import TeacherData
+
+
+@dataclass
+class AlignConfig:
+    objective: str = "atspeed-s"
+    alpha: float = 0.7            # weight of the alignment term (1 - alpha on the ground-truth CE)
+    temperature: float = 1.0
+    topk: int = 20                # AtSpeed-S: size of the draft's top-K set S
+    on_policy: bool = False       # align along the draft's own beams, scored by the target (DistillSpec style)
+    val_beams: int = 10           # validation: strict SpecBeamDecoder with K, N, gamma
+    val_draft_beams: int = 40
+    val_gamma: int = 3
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0 or self.topk < 1:
+            raise ValueError(f"need temperature > 0 and topk >= 1, got {self.temperature} and {self.topk}")
+        if self.val_draft_beams < self.val_beams:
+            raise ValueError("val_draft_beams (N) must be >= val_beams (K)")
+
+
+def needs_teacher(align: AlignConfig) -> bool:
+    """Whether the objective reads stored teacher data (``ce`` does not; on-policy data is made on the fly)."""
+    return align.objective != "ce" and not align.on_policy
+
+
+def train_draft(draft, target, tokenizer, data: RecData, out_dir: str | Path, cfg: TrainConfig,
+                align: AlignConfig, teacher: TeacherData | None = None, resume: bool = False,
+                progress: bool = True) -> dict:
+    """Train ``draft`` with ``(1 - alpha) * CE + alpha * L_align``; ``best/`` = highest validation mean
+    accepted levels per round of strict speculative beam search with ``target``.
+
+    Training examples are ``data.train_examples()`` (the first ``len(teacher)`` of them when teacher data
+    covers only a prefix). ``target`` is needed for validation and for on-policy data."""
+    if cfg.with_eos:
+        raise ValueError("draft alignment works on identifier tokens only (with_eos=False)")
+    trie = tokenizer.trie()
+    levels = LevelView(trie, tokenizer.item_token_ids)
+    examples = data.train_examples()
+    if needs_teacher(align):
+        if teacher is None:
+            raise ValueError(f"objective {align.objective!r} needs teacher data (atspeed-ext teacher)")
+        if len(teacher) > len(examples):
+            raise ValueError(f"teacher data has {len(teacher)} rows but the data only {len(examples)} examples")
+        examples = examples[:len(teacher)]
+    prompts = [tokenizer.encode_prompt(h) for h, _ in examples]
+    truths = tokenizer.item_token_ids[[t for _, t in examples]]
+    lengths = [len(p) for p in prompts]
+    val_prompts = [tokenizer.encode_prompt(p.history) for p in data.valid_prompts()[:cfg.eval_prompts]]
+    device = next(draft.parameters()).device
+
+    def batch_loss(train_model, indices: list[int]) -> torch.Tensor:
+        batch_prompts = [prompts[j] for j in indices]
+        truth = truths[indices].unsqueeze(1)
+        p_logp = None
+        if align.objective == "ce":
+            chains = truth
+        elif align.on_policy:
+            chains, p_logp = on_policy_chains(draft, target, trie, levels, batch_prompts, truth, align.topk,
+                                              tokenizer.pad_token_id)
+        else:
+            chains, p_logp = teacher.get(indices)
+        q_logp = forced_level_log_probs(train_model, batch_prompts, chains, levels.level_tokens,
+                                        tokenizer.pad_token_id)
+        slots, allowed = levels.walk(chains)
+        if p_logp is None:
+            p_logp = torch.zeros_like(q_logp)
+        return alignment_loss(align.objective, q_logp, p_logp.to(device), allowed.to(device), slots.to(device),
+                              align.alpha, align.temperature, align.topk)
+
+    def validate() -> dict:
+        spec = SpecBeamDecoder(target, draft, trie, align.val_beams, align.val_draft_beams, align.val_gamma)
+        levels_per_round, calls = [], []
+        for s in range(0, len(val_prompts), cfg.eval_batch_size):
+            out = spec.generate(val_prompts[s:s + cfg.eval_batch_size])
+            levels_per_round += [n for r in out.stats.accepted_levels for n in r]
+            calls += out.stats.target_calls
+        return {"accepted_levels": sum(levels_per_round) / max(1, len(levels_per_round)),
+                "target_calls": sum(calls) / max(1, len(calls))}
+
+    return train_loop(draft, tokenizer, out_dir, cfg, lengths, batch_loss, validate, "accepted_levels",
+                      resume=resume, progress=progress)
+
+
+@torch.no_grad()
+def on_policy_chains(draft, target, trie, levels: LevelView, prompts: list[list[int]], truth: torch.Tensor,
+                     num_beams: int, pad_token_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The draft's own top-K beams (plus the ground truth as chain 0) and the target's log-probabilities along
+    them: on-policy teacher data, made fresh for each batch."""
+    was_training = draft.training
+    draft.eval()
+    beams = BeamSearchDecoder(draft, trie, num_beams).generate(prompts).sequences.cpu()
+    draft.train(was_training)
+    chains = torch.cat([truth.cpu(), beams], 1)
+    p_logp = forced_level_log_probs(target, prompts, chains, levels.level_tokens, pad_token_id)
+    return chains, p_logp.float()
