@@ -1,0 +1,172 @@
+"""Teacher forcing with tree attention, the level view of the trie, teacher data (round trip, determinism,
+resume, errors), on-policy data, the draft trainer and its commands."""
+
+import json
+
+import pytest
+import torch
+
+from atspeed_ext.align.forcing import forced_level_log_probs
+from atspeed_ext.align.levels import LevelView
+from atspeed_ext.align.teacher import TeacherData, generate_teacher_data
+from atspeed_ext.align.trainer import AlignConfig, on_policy_chains, train_draft
+from atspeed_ext.cli import main
+from atspeed_ext.decoder import BeamSearchDecoder
+from atspeed_ext.models import build_model, load_checkpoint
+from atspeed_ext.spec_decoder import SpecBeamDecoder
+from atspeed_ext.synthetic import synthetic_recdata
+from atspeed_ext.tokenizer import CodeTokenizer
+from atspeed_ext.train import TrainConfig
+
+from conftest import tiny_model
+
+
+@pytest.fixture(scope="module")
+def setup():
+    data = synthetic_recdata(num_users=120, num_items=40, codes_per_level=5, seed=1)
+    tok = CodeTokenizer(data.identifiers)
+    return data, tok, LevelView(tok.trie(), tok.item_token_ids)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_tree_forcing_equals_one_forward_per_chain(setup, family):
+    data, tok, levels = setup
+    model = tiny_model(family, vocab_size=tok.vocab_size, seed=2)
+    prompts = [tok.encode_prompt([1, 2, 3]), tok.encode_prompt([4]), tok.encode_prompt([5, 6])]
+    chains = tok.item_token_ids[torch.tensor([[0, 5, 7], [9, 1, 2], [3, 3, 8]])].clone()
+    chains[1, 2] = -1                                      # an invalid chain is fed as padding
+    got = forced_level_log_probs(model, prompts, chains, levels.level_tokens)
+    for b, prompt in enumerate(prompts):
+        for c in range(3):
+            if chains[b, c, 0] < 0:
+                continue
+            ids = torch.tensor([prompt + chains[b, c].tolist()])
+            full = model(input_ids=ids).logits.log_softmax(-1)[0, len(prompt) - 1:len(prompt) + 3]
+            want = levels.gather(full.unsqueeze(0))[0]
+            assert torch.allclose(got[b, c], want, atol=1e-10)
+
+
+def test_level_view_walk_matches_the_trie(setup):
+    data, tok, levels = setup
+    trie = tok.trie()
+    chains = tok.item_token_ids[:10].clone()
+    chains[3, 2] = tok.item_token_ids[4, 2] if tok.item_token_ids[4, 2] != chains[3, 2] else chains[3, 2]
+    slots, allowed = levels.walk(chains)
+    for r in range(10):
+        seq = chains[r].tolist()
+        for d in range(levels.depth):
+            try:
+                want = set(trie.children(seq[:d]))
+            except (KeyError, ValueError):
+                want = set()
+            got = set(levels.level_tokens[d][allowed[r, d]].tolist())
+            assert got == want, (r, d)
+            assert levels.level_tokens[d, slots[r, d]] == seq[d]
+    _, allowed = levels.walk(torch.full((1, levels.depth), -1))
+    assert not allowed.any()
+    with pytest.raises(ValueError, match="without EOS"):
+        LevelView(tok.trie(with_eos=True), tok.item_token_ids)
+
+
+def test_teacher_data_round_trip_deterministic_and_resumable(setup, tmp_path):
+    data, tok, levels = setup
+    model = build_model("tiny-1x64", tok.vocab_size, seed=0).eval()
+    examples = data.train_examples()[:70]
+    generate_teacher_data(model, tok, examples, tmp_path, num_beams=4, batch_size=9, shard_size=32, progress=False)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["num_examples"] == 70 and len(meta["shards"]) == 3 and meta["bytes"] > 0
+    first = {s: (tmp_path / s).read_bytes() for s in meta["shards"]}
+    (tmp_path / meta["shards"][1]).unlink()                  # an interrupted run: resume writes only that shard
+    generate_teacher_data(model, tok, examples, tmp_path, num_beams=4, batch_size=9, shard_size=32, progress=False)
+    assert {s: (tmp_path / s).read_bytes() for s in meta["shards"]} == first  # deterministic: the same bytes
+
+    teacher = TeacherData(tmp_path, levels, tok.identifiers)
+    rows = [0, 33, 69]
+    chains, logp = teacher.get(rows)
+    for r, i in enumerate(rows):
+        prompt = tok.encode_prompt(examples[i][0])
+        beams = BeamSearchDecoder(model, tok.trie(), 4).generate([prompt]).sequences[0]
+        assert chains[r, 1:].equal(beams) and chains[r, 0].equal(tok.item_token_ids[examples[i][1]])
+        want = forced_level_log_probs(model, [prompt], chains[r:r + 1], levels.level_tokens)[0]
+        _, allowed = levels.walk(chains[r:r + 1])
+        assert torch.allclose(logp[r][allowed[0]], want[allowed[0]], atol=2e-3)  # float16 storage
+        assert torch.isinf(logp[r][~allowed[0]]).all()     # nothing stored outside the trie
+
+    with pytest.raises(ValueError, match="other settings"):
+        generate_teacher_data(model, tok, examples, tmp_path, num_beams=5, shard_size=32, progress=False)
+    with pytest.raises(IndexError, match="out of range"):
+        teacher.get([70])
+    (tmp_path / meta["shards"][2]).unlink()
+    with pytest.raises(ValueError, match="incomplete"):
+        TeacherData(tmp_path, levels)
+
+
+def test_on_policy_chains_are_the_drafts_beams_scored_by_the_target(setup):
+    data, tok, levels = setup
+    target = build_model("tiny-1x64", tok.vocab_size, seed=1).eval()
+    draft = build_model("tiny-1x64", tok.vocab_size, seed=2).train()
+    prompts = [tok.encode_prompt(h) for h, _ in data.train_examples()[:3]]
+    truth = tok.item_token_ids[[t for _, t in data.train_examples()[:3]]].unsqueeze(1)
+    chains, p = on_policy_chains(draft, target, tok.trie(), levels, prompts, truth, 5)
+    assert draft.training                                   # left as it was
+    assert chains[:, 1:].equal(BeamSearchDecoder(draft.eval(), tok.trie(), 5).generate(prompts).sequences)
+    assert torch.allclose(p, forced_level_log_probs(target, prompts, chains, levels.level_tokens))
+
+
+def _train(setup, tmp_path, objective, on_policy=False, teacher_beams=4):
+    data, tok, levels = setup
+    target = build_model("tiny-1x64", tok.vocab_size, seed=1).eval()
+    teacher = None
+    if objective != "ce" and not on_policy:
+        generate_teacher_data(target, tok, data.train_examples()[:200], tmp_path / "teacher",
+                              num_beams=teacher_beams, progress=False)
+        teacher = TeacherData(tmp_path / "teacher", levels)
+    draft = build_model("tiny-1x64", tok.vocab_size, seed=5)
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=5e-3, eval_prompts=12)
+    align = AlignConfig(objective=objective, topk=3, on_policy=on_policy, val_beams=3, val_draft_beams=6)
+    state = train_draft(draft, target, tok, data, tmp_path / "run", cfg, align, teacher=teacher, progress=False)
+    return data, tok, target, state
+
+
+@pytest.mark.parametrize("objective,on_policy", [("ce", False), ("wordkd", False), ("atspeed-s", False),
+                                                 ("atspeed-r", True)])
+def test_train_draft_validates_by_accepted_levels(setup, tmp_path, objective, on_policy):
+    data, tok, target, state = _train(setup, tmp_path, objective, on_policy)
+    assert state["metric"] == "accepted_levels" and len(state["history"]) == 2
+    assert state["step"] == 2 * (-(-(200 if objective != "ce" and not on_policy else len(data.train_examples())) // 32))
+    best, _ = load_checkpoint(tmp_path / "run" / "best")
+    spec = SpecBeamDecoder(target, best, tok.trie(), 3, 6, 3)
+    prompts = [tok.encode_prompt(p.history) for p in data.valid_prompts()[:12]]
+    rounds = [n for r in spec.generate(prompts).stats.accepted_levels for n in r]
+    assert sum(rounds) / len(rounds) == pytest.approx(state["best"])  # the saved best is what was measured
+
+
+def test_train_draft_bad_inputs(setup, tmp_path):
+    data, tok, levels = setup
+    with pytest.raises(ValueError, match="objective must be one of"):
+        AlignConfig(objective="kl")
+    with pytest.raises(ValueError, match="alpha"):
+        AlignConfig(alpha=-0.1)
+    with pytest.raises(ValueError, match=r"val_draft_beams \(N\) must be >= val_beams"):
+        AlignConfig(val_beams=10, val_draft_beams=5)
+    model = build_model("tiny-1x64", tok.vocab_size)
+    with pytest.raises(ValueError, match="needs teacher data"):
+        train_draft(model, model, tok, data, tmp_path, TrainConfig(epochs=1), AlignConfig(objective="seqkd"))
+
+
+def test_teacher_and_train_draft_commands(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ATSPEED_CACHE", str(tmp_path))
+    common = ["--synthetic-users", "80", "--synthetic-items", "30", "--device", "cpu"]
+    assert main(["train-target", *common, "--preset", "tiny-1x64", "--epochs", "1", "--eval-prompts", "10",
+                 "--out", str(tmp_path / "target")]) == 0
+    assert main(["teacher", *common, "--checkpoint", str(tmp_path / "target" / "best"), "--num-beams", "3",
+                 "--out", str(tmp_path / "teacher")]) == 0
+    assert "MB in 1 shards" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="needs --teacher"):
+        main(["train-draft", *common, "--target", str(tmp_path / "target" / "best"), "--objective", "atspeed-s"])
+    assert main(["train-draft", *common, "--target", str(tmp_path / "target" / "best"), "--teacher",
+                 str(tmp_path / "teacher"), "--objective", "atspeed-s", "--preset", "tiny-1x64", "--epochs", "1",
+                 "--topk", "3", "--val-beams", "3", "--val-draft-beams", "6", "--eval-prompts", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "best valid accepted levels per round" in out
+    assert (tmp_path / "synthetic-draft-tiny-1x64-atspeed-s" / "best" / "model.safetensors").exists()
