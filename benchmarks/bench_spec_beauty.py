@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,29 +30,6 @@ from atspeed_ext.data import load_lcrec  # noqa: E402
 from atspeed_ext.hf import hf_constrained_beam_search  # noqa: E402
 from atspeed_ext.models import load_checkpoint  # noqa: E402
 from atspeed_ext.tokenizer import CodeTokenizer  # noqa: E402
-
-
-def left_pad(prompts: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), T), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, T - len(p):] = torch.tensor(p)
-        mask[i, T - len(p):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def timed_run(decode, batches) -> tuple[float, list]:
-    """Total milliseconds of ``decode(batch)`` over ``batches`` (CUDA-synchronised), and the outputs."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    outs, total = [], 0.0
-    for batch in batches:
-        sync()
-        t0 = time.perf_counter()
-        outs.append(decode(batch))
-        sync()
-        total += (time.perf_counter() - t0) * 1e3
-    return total, outs
 
 
 def draft_grid(K: int, widths: list[int]) -> list[int]:
@@ -100,14 +76,14 @@ def main(argv=None):
             batches = [prompts[i:i + B] for i in range(0, len(prompts), B)]
             base = BeamSearchDecoder(target, trie, K)
             base.generate(batches[0])  # warm-up
-            base_ms, base_outs = timed_run(base.generate, batches)
+            base_ms, base_outs = common.timed_run(base.generate, batches)
             row0 = {"K": K, "batch": B, "decoder": "BeamSearchDecoder", "N": "", "gamma": "", "policy": "",
                     "accepted": "", "target_calls": float(trie.depth), "ms_per_req": base_ms / len(prompts),
                     "req_per_s": 1e3 * len(prompts) / base_ms, "vs_beam": 1.0, "vs_hf": "", "identical": True}
             hf_ms = None
             if not args.no_hf:
-                padded = [left_pad(b, tokenizer.pad_token_id, device) for b in batches]
-                hf_ms, hf_outs = timed_run(lambda x: hf_constrained_beam_search(target, trie, x[0], x[1], K), padded)
+                padded = [common.left_pad(b, tokenizer.pad_token_id, device) for b in batches]
+                hf_ms, hf_outs = common.timed_run(lambda x: hf_constrained_beam_search(target, trie, x[0], x[1], K), padded)
                 same = all(torch.equal(h.sequences.cpu(), o.sequences.cpu()) for h, o in zip(hf_outs, base_outs))
                 rows.append({**row0, "decoder": "HF generate", "ms_per_req": hf_ms / len(prompts),
                              "req_per_s": 1e3 * len(prompts) / hf_ms, "vs_beam": base_ms / hf_ms, "vs_hf": 1.0,
@@ -120,7 +96,7 @@ def main(argv=None):
                     for policy in args.policies:
                         spec = SpecBeamDecoder(target, draft, trie, K, N, gamma, draft_policy=policy)
                         spec.generate(batches[0])  # warm-up
-                        ms, outs = timed_run(spec.generate, batches)
+                        ms, outs = common.timed_run(spec.generate, batches)
                         same = all(torch.equal(s.sequences, o.sequences) for s, o in zip(outs, base_outs))
                         calls = [c for o in outs for c in o.stats.target_calls]
                         rounds = [n for o in outs for r in o.stats.accepted_levels for n in r]

@@ -54,6 +54,29 @@ def median_ms(fn, reps: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def left_pad(prompts: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), T), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p):] = torch.tensor(p)
+        mask[i, T - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def timed_run(decode, batches) -> tuple[float, list]:
+    """Total milliseconds of ``decode(batch)`` over ``batches`` (CUDA-synchronised), and the outputs."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    outs, total = [], 0.0
+    for batch in batches:
+        sync()
+        t0 = time.perf_counter()
+        outs.append(decode(batch))
+        sync()
+        total += (time.perf_counter() - t0) * 1e3
+    return total, outs
+
+
 def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
