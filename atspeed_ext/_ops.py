@@ -12,11 +12,13 @@ import torch
 
 from . import _C  # noqa: F401  (loads the schemas and the device kernels)
 
-__all__ = ["trie_beam_step", "tree_attention_mask", "compact_kv", "strict_verify", "OP_NAMES"]
+__all__ = ["trie_beam_step", "trie_beam_sample", "tree_attention_mask", "compact_kv", "strict_verify",
+           "relaxed_verify", "exact_verify", "OP_NAMES"]
 
 #: Every dispatcher op of the extension (the tests check that each has a CPU kernel, a fake kernel and,
 #: in a CUDA build, a CUDA kernel).
-OP_NAMES = ("trie_beam_step", "tree_attention_mask", "compact_kv", "strict_verify")
+OP_NAMES = ("trie_beam_step", "trie_beam_sample", "tree_attention_mask", "compact_kv", "strict_verify",
+            "relaxed_verify", "exact_verify")
 
 
 def trie_beam_step(
@@ -125,3 +127,76 @@ def _strict_verify_fake(logits, beam_rows, beam_scores, beam_nodes, beam_live, l
     batch, k = beam_rows.shape
     return (num_levels.new_empty((batch,)), beam_scores.new_empty((batch, k)), beam_rows.new_empty((batch, k)),
             beam_rows.new_empty((batch, k)), beam_rows.new_empty((batch, k)))
+
+
+def trie_beam_sample(logits, beam_scores, beam_nodes, beam_live, child_offsets, child_tokens, uniforms,
+                     temperature: float, num_out: int):
+    """One trie-constrained beam *sampling* step: ``num_out`` distinct (beam, child token) candidates per
+    request, drawn without replacement with probabilities proportional to ``exp(score / temperature)``.
+
+    Args:
+        logits, beam_scores, beam_nodes, beam_live, child_offsets, child_tokens: as :func:`trie_beam_step`.
+        uniforms: ``[B, W, C]`` float64 in [0, 1]; ``uniforms[b, w, i]`` belongs to the i-th child (token
+            order) of beam ``w``; ``C`` must cover every live beam's children (``ItemTrie.max_children``).
+        temperature: ``T > 0``.
+        num_out: how many candidates to draw per request (``W_out >= 1``).
+
+    Returns:
+        ``(scores, parents, tokens, nodes)`` ``[B, W_out]`` as :func:`trie_beam_step` (same float32 scores:
+        the *unscaled* cumulative log-probabilities), in draw order: Gumbel-top-k with the float64 key
+        ``score / T - log(-log(u))``, higher first (equal keys: lower beam, then lower token). Fewer
+        candidates than ``W_out``: the missing slots have score -inf and -1 elsewhere.
+        Spec: :mod:`atspeed_ext.reference.beam_sample`.
+    """
+    return torch.ops.atspeed_ext.trie_beam_sample.default(logits, beam_scores, beam_nodes, beam_live, child_offsets,
+                                                          child_tokens, uniforms, temperature, num_out)
+
+
+@torch.library.register_fake("atspeed_ext::trie_beam_sample")
+def _trie_beam_sample_fake(logits, beam_scores, beam_nodes, beam_live, child_offsets, child_tokens, uniforms,
+                           temperature, num_out):
+    return _trie_beam_step_fake(logits, beam_scores, beam_nodes, beam_live, child_offsets, child_tokens, num_out)
+
+
+def relaxed_verify(logits, beam_rows, beam_scores, beam_nodes, beam_live, level_parent, level_token, level_row,
+                   num_levels, draft_logits, draft_scores, uniforms, child_offsets, child_tokens, temperature: float):
+    """Relaxed sampling verification (the paper's rule; lossy) of every drafted level of every request.
+
+    Args:
+        logits ... child_tokens: as :func:`strict_verify` (target logits, current beams, drafted levels), plus
+        draft_logits: ``[B, G, W, V]`` (dtype of ``logits``) the draft's logits at the W parents of each level
+            (level 1: the K beams, padded; level j > 1: drafted nodes ``0..W-1`` of level j - 1), ``K <= W <=
+            max(N, K)``; the draft sampled level j from the children of these parents.
+        draft_scores: ``[B, G, W]`` float32 the draft's cumulative scores of those parents.
+        uniforms: ``[B, G + 1, 2N + K]`` float64 in [0, 1]: per level N acceptance, N selection, K fallback.
+        temperature: ``T > 0`` (both distributions are ``softmax(score / T)`` over their candidates).
+
+    Returns:
+        ``(accepted [B], scores, parents, tokens, nodes [B, K])`` as :func:`strict_verify`, the beams in draw
+        order. Spec and rule: :func:`atspeed_ext.reference.relaxed_verify`.
+    """
+    return torch.ops.atspeed_ext.relaxed_verify.default(logits, beam_rows, beam_scores, beam_nodes, beam_live,
+                                                        level_parent, level_token, level_row, num_levels, draft_logits,
+                                                        draft_scores, uniforms, child_offsets, child_tokens,
+                                                        temperature)
+
+
+def exact_verify(logits, beam_rows, beam_scores, beam_nodes, beam_live, level_parent, level_token, level_row,
+                 num_levels, draft_logits, draft_scores, uniforms, child_offsets, child_tokens, temperature: float):
+    """Exact sampling verification (recursive rejection sampling): each level's K-set has exactly the
+    distribution of target-only beam sampling, whatever the draft. Arguments and outputs as
+    :func:`relaxed_verify` (the selection uniforms are unused). Spec and rule:
+    :func:`atspeed_ext.reference.exact_verify`; proof: ``atspeed_ext/docs/sampling_verification.md``."""
+    return torch.ops.atspeed_ext.exact_verify.default(logits, beam_rows, beam_scores, beam_nodes, beam_live,
+                                                      level_parent, level_token, level_row, num_levels, draft_logits,
+                                                      draft_scores, uniforms, child_offsets, child_tokens, temperature)
+
+
+def _sample_verify_fake(logits, beam_rows, beam_scores, beam_nodes, beam_live, level_parent, level_token, level_row,
+                        num_levels, draft_logits, draft_scores, uniforms, child_offsets, child_tokens, temperature):
+    return _strict_verify_fake(logits, beam_rows, beam_scores, beam_nodes, beam_live, level_parent, level_token,
+                               level_row, num_levels, child_offsets, child_tokens)
+
+
+torch.library.register_fake("atspeed_ext::relaxed_verify")(_sample_verify_fake)
+torch.library.register_fake("atspeed_ext::exact_verify")(_sample_verify_fake)

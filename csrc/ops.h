@@ -52,6 +52,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> strict_ve
     const at::Tensor& level_row, const at::Tensor& num_levels, const at::Tensor& child_offsets,
     const at::Tensor& child_tokens);
 
+// Trie-constrained beam *sampling* step: the beam step's candidates (same float32 scores), of which num_out
+// are drawn without replacement with probabilities proportional to exp(score / temperature), by Gumbel-top-k:
+// key = score / T - log(-log(u)) in float64, u the candidate's uniform.
+//   uniforms [B, W, C] float64 in [0, 1]: uniforms[b, w, i] belongs to the i-th child (token order) of beam w;
+//            C >= the children of every live beam's node (checked on the CPU; a device-side trap on CUDA)
+//   temperature > 0
+// Returns scores / parents / tokens / nodes [B, W_out] as trie_beam_step, in draw order (higher key first;
+// equal keys to the lower beam, then the lower token). Slots without a candidate: score -inf, -1 elsewhere.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> trie_beam_sample_cpu(
+    const at::Tensor& logits, const at::Tensor& beam_scores, const at::Tensor& beam_nodes,
+    const at::Tensor& beam_live, const at::Tensor& child_offsets, const at::Tensor& child_tokens,
+    const at::Tensor& uniforms, double temperature, int64_t num_out);
+
+// Sampling verification (spec: reference/sample_verify.py; rules and proof: atspeed_ext/docs/sampling_verification.md).
+// The target side and the drafted levels are strict_verify's arguments; in addition:
+//   draft_logits [B, G, W, V] (dtype of logits), draft_scores [B, G, W] float32: the draft's logits and
+//     cumulative scores at the W parents of each drafted level (level 1: the K beams, padded; level j > 1:
+//     drafted nodes 0..W-1 of level j - 1), K <= W <= max(N, K). The draft sampled level j from them.
+//   uniforms [B, G + 1, 2N + K] float64 in [0, 1]: per level, N acceptance, N selection (relaxed only) and
+//     K fallback uniforms.
+//   temperature > 0.
+// Returns accepted [B] and the new beams [B, K] as strict_verify (in draw order).
+// relaxed_verify: the paper's rule (lossy). exact_verify: recursive rejection sampling (distribution-exact).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> relaxed_verify_cpu(
+    const at::Tensor& logits, const at::Tensor& beam_rows, const at::Tensor& beam_scores, const at::Tensor& beam_nodes,
+    const at::Tensor& beam_live, const at::Tensor& level_parent, const at::Tensor& level_token,
+    const at::Tensor& level_row, const at::Tensor& num_levels, const at::Tensor& draft_logits,
+    const at::Tensor& draft_scores, const at::Tensor& uniforms, const at::Tensor& child_offsets,
+    const at::Tensor& child_tokens, double temperature);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> exact_verify_cpu(
+    const at::Tensor& logits, const at::Tensor& beam_rows, const at::Tensor& beam_scores, const at::Tensor& beam_nodes,
+    const at::Tensor& beam_live, const at::Tensor& level_parent, const at::Tensor& level_token,
+    const at::Tensor& level_row, const at::Tensor& num_levels, const at::Tensor& draft_logits,
+    const at::Tensor& draft_scores, const at::Tensor& uniforms, const at::Tensor& child_offsets,
+    const at::Tensor& child_tokens, double temperature);
+
 // Host-only trie construction (not a dispatcher op: it has data-dependent output sizes and runs once).
 //   sequences [N, D] int64, every row one identifier (validated by the Python caller).
 // Returns (child_offsets [M+1], child_tokens [M-1], node_parent [M], level_offsets [D+2],

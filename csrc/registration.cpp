@@ -21,6 +21,25 @@ TORCH_LIBRARY(atspeed_ext, m) {
       "strict_verify(Tensor logits, Tensor beam_rows, Tensor beam_scores, Tensor beam_nodes, Tensor beam_live, "
       "Tensor level_parent, Tensor level_token, Tensor level_row, Tensor num_levels, Tensor child_offsets, "
       "Tensor child_tokens) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Trie-constrained beam sampling step: W_out distinct candidates drawn without replacement with
+  // probabilities proportional to exp(score / temperature), by Gumbel-top-k over caller-given uniforms
+  // [B, W, C]; same outputs as trie_beam_step, in draw order.
+  m.def(
+      "trie_beam_sample(Tensor logits, Tensor beam_scores, Tensor beam_nodes, Tensor beam_live, "
+      "Tensor child_offsets, Tensor child_tokens, Tensor uniforms, float temperature, int num_out) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  // Sampling verification of every drafted level of every request, with caller-given uniforms: the paper's
+  // relaxed rule (lossy) and recursive rejection sampling (exact). Outputs as strict_verify.
+  m.def(
+      "relaxed_verify(Tensor logits, Tensor beam_rows, Tensor beam_scores, Tensor beam_nodes, Tensor beam_live, "
+      "Tensor level_parent, Tensor level_token, Tensor level_row, Tensor num_levels, Tensor draft_logits, "
+      "Tensor draft_scores, Tensor uniforms, Tensor child_offsets, Tensor child_tokens, float temperature) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "exact_verify(Tensor logits, Tensor beam_rows, Tensor beam_scores, Tensor beam_nodes, Tensor beam_live, "
+      "Tensor level_parent, Tensor level_token, Tensor level_row, Tensor num_levels, Tensor draft_logits, "
+      "Tensor draft_scores, Tensor uniforms, Tensor child_offsets, Tensor child_tokens, float temperature) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 PYBIND11_MODULE(_C, m) {

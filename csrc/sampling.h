@@ -1,0 +1,403 @@
+// Torch-free rules of sampling decoding, written once for both devices: the Gumbel key of
+// trie_beam_sample and the per-request algorithm of relaxed_verify / exact_verify. The algorithm is a
+// template over an executor X that the CPU kernel instantiates with a sequential loop executor and the CUDA
+// kernel with a block executor (csrc/cpu/sample_verify.cpp, csrc/cuda/sample_verify.cuh), so both twins take
+// the same decisions by construction; only the summation order of reductions differs (see below).
+// Readable spec: atspeed_ext/reference/sample_verify.py; the argument for exactness:
+// atspeed_ext/docs/sampling_verification.md.
+//
+// Executor interface (every member is called by every thread of a CUDA block with the same arguments):
+//   X::to_float(T)                     logit -> float
+//   x.row_lse(const T* row, V)         full-vocabulary log-sum-exp of a row (float, as trie_beam_step)
+//   x.for_each(n, f)                   f(i) for i in [0, n), then a barrier
+//   x.once(f)                          f() on one thread, then a barrier
+//   x.sum(n, f), x.max(n, f)           reductions of double f(i) over [0, n); every thread gets the result
+//   x.inverse_cdf(n, w, u)             see inverse_cdf_rule below
+// Scalars (loop counters, decisions) are computed redundantly by every thread from data every thread sees,
+// so they agree without being broadcast.
+//
+// Rounding: probabilities are computed in float64 from the float32 candidate scores of trie_beam_step.
+// Sums are sequential on the CPU and tree-shaped on the GPU, and exp / log may differ in the last ulp
+// between libraries, so a decision can differ between twins only when two float64 quantities agree to a few
+// ulps (probability ~1e-15 per decision); on every tested case they agree exactly.
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+
+#include <type_traits>
+
+#if defined(__CUDACC__)
+#define ATS_HD __device__
+#else
+#define ATS_HD
+#endif
+
+namespace atspeed_ext::sampling {
+
+// ------------------------------------------------------------------------------------------------ scores
+ATS_HD inline float candidate_score(float beam_score, float logit, float lse) { return beam_score + (logit - lse); }
+ATS_HD inline bool is_candidate(float s) { return s > -INFINITY; }  // -inf and NaN are not candidates
+// The tempered score every sampling rule uses: p(candidate) is proportional to exp(scaled(score, T)).
+ATS_HD inline double scaled(float score, double temperature) { return static_cast<double>(score) / temperature; }
+// Gumbel-top-k key: sorting candidates by it (descending) is sequential sampling without replacement from
+// softmax(scaled score). u = 0 gives -inf (still a candidate, ranked last).
+ATS_HD inline double gumbel_key(float score, double temperature, double u) {
+  return scaled(score, temperature) - log(-log(u));
+}
+
+// inverse_cdf_rule(w[0..n), u): with total = sum(w) and t = u * total, the first index c with w[c] > 0 whose
+// running sum (w[0] + ... + w[c]) exceeds t; if rounding leaves none, the last index with w[c] > 0; -1 if
+// every weight is 0. Executors implement exactly this (the GPU sums chunk by chunk).
+
+// Child of `node` carrying `token` (binary search over the token-sorted edges), or -1.
+ATS_HD inline int64_t child_node(const int64_t* co, const int64_t* ct, int64_t node, int64_t token) {
+  int64_t lo = co[node], hi = co[node + 1];
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (ct[mid] < token) lo = mid + 1; else hi = mid;
+  }
+  return (lo < co[node + 1] && ct[lo] == token) ? lo + 1 : -1;
+}
+
+// The last k with prefix[k] <= c (prefix is non-decreasing, prefix[0] = 0 <= c).
+ATS_HD inline int64_t owner_of(const int64_t* prefix, int64_t K, int64_t c) {
+  int64_t lo = 0, hi = K - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (prefix[mid] <= c) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// ------------------------------------------------------------------------------------------------ verify
+// One request's inputs (shapes of relaxed_verify / exact_verify in csrc/ops.h, batch dimension removed).
+template <typename T>
+struct VerifyRequest {
+  const T* logits;            // [R, V] target logits
+  int64_t V;
+  const int64_t* beam_rows;   // [K]
+  const float* beam_scores;   // [K]
+  const int64_t* beam_nodes;  // [K]
+  const bool* beam_live;      // [K]
+  int64_t K;
+  const int64_t* level_parent;  // [G, N]
+  const int64_t* level_token;   // [G, N]
+  const int64_t* level_row;     // [G, N]
+  int64_t N;
+  int64_t g;                    // drafted levels of this request (<= G)
+  const T* draft_logits;        // [G, W, V]
+  const float* draft_scores;    // [G, W]
+  int64_t W;
+  const double* uniforms;       // [G + 1, 2N + K]
+  const int64_t* child_offsets;
+  const int64_t* child_tokens;
+  double temperature;
+  bool exact;                   // exact_verify (true) or relaxed_verify (false)
+};
+
+struct VerifyOut {
+  int64_t* accepted;  // [1]
+  float* scores;      // [K]
+  int64_t* parents;   // [K]
+  int64_t* tokens;    // [K]
+  int64_t* nodes;     // [K]
+};
+
+// Per-request working memory, carved from one byte buffer (same layout on both devices). Cmax bounds the
+// candidates of one level: K beams times the largest number of children of a trie node.
+struct VerifyScratch {
+  double *p, *r, *qc, *qx;
+  int64_t *prefix, *rows, *nodes, *index, *t_rows, *t_nodes, *t_index, *A, *dnode, *dprefix, *prev_node, *cur_node,
+      *inv, *tx, *dn;
+  float *scores, *t_scores, *lse, *dlse, *tscore;
+  unsigned char *live, *t_live, *chosen, *acc, *sel;
+
+  ATS_HD static int64_t bytes(int64_t K, int64_t N, int64_t W, int64_t Cmax) {
+    VerifyScratch s;
+    return s.carve(nullptr, K, N, W, Cmax);
+  }
+  // Points the members into `base` (null: only measure) and returns the bytes used.
+  ATS_HD int64_t carve(unsigned char* base, int64_t K, int64_t N, int64_t W, int64_t Cmax) {
+    int64_t off = 0;
+    auto take = [&](auto*& ptr, int64_t count) {
+      using E = std::remove_pointer_t<std::remove_reference_t<decltype(ptr)>>;
+      ptr = base ? reinterpret_cast<E*>(base + off) : nullptr;
+      off += ((count * static_cast<int64_t>(sizeof(E)) + 7) / 8) * 8;  // keep every array 8-byte aligned
+    };
+    const int64_t NK = N > K ? N : K;
+    take(p, Cmax), take(r, Cmax), take(qc, Cmax), take(qx, N);
+    take(prefix, K + 1), take(rows, K), take(nodes, K), take(index, K), take(t_rows, K), take(t_nodes, K);
+    take(t_index, K), take(A, K), take(dnode, W), take(dprefix, W + 1), take(prev_node, N), take(cur_node, N);
+    take(inv, NK), take(tx, N), take(dn, Cmax);
+    take(scores, K), take(t_scores, K), take(lse, K), take(dlse, W), take(tscore, Cmax);
+    take(live, K), take(t_live, K), take(chosen, Cmax), take(acc, N), take(sel, N);
+    return off;
+  }
+};
+
+// The algorithm of relaxed_verify / exact_verify for one request (spec: reference/sample_verify.py). Level j
+// (1-based) runs for j = 1 .. g + 1; level g + 1 (and any level without drafted nodes) samples from the target
+// directly. Returns after writing the new beams to `out`.
+template <class X, typename T>
+ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifyScratch& s, const VerifyOut& out) {
+  const int64_t K = a.K, N = a.N, W = a.W, V = a.V, U = 2 * N + K;
+  const int64_t* co = a.child_offsets;
+  const int64_t* ct = a.child_tokens;
+  const double T_ = a.temperature;
+  const int64_t NK = N > K ? N : K;
+
+  x.for_each(K, [&](int64_t k) {  // level 0: the current beams
+    s.rows[k] = a.beam_rows[k];
+    s.scores[k] = a.beam_scores[k];
+    s.nodes[k] = a.beam_nodes[k];
+    s.live[k] = a.beam_live[k] ? 1 : 0;
+    s.index[k] = k;
+  });
+
+  for (int64_t j = 1;; ++j) {
+    const bool drafted = j <= a.g;
+    const double* u_acc = a.uniforms + (j - 1) * U;
+    const double* u_sel = u_acc + N;
+    const double* u_fb = u_acc + 2 * N;
+
+    // (1) The target's sampling distribution p over the children of the current beams.
+    for (int64_t k = 0; k < K; ++k) {
+      if (!s.live[k]) continue;
+      const float l = x.row_lse(a.logits + s.rows[k] * V, V);
+      x.once([&] { s.lse[k] = l; });
+    }
+    x.once([&] {
+      s.prefix[0] = 0;
+      for (int64_t k = 0; k < K; ++k)
+        s.prefix[k + 1] = s.prefix[k] + (s.live[k] ? co[s.nodes[k] + 1] - co[s.nodes[k]] : 0);
+    });
+    const int64_t C = s.prefix[K];
+    x.for_each(C, [&](int64_t c) {
+      const int64_t k = owner_of(s.prefix, K, c);
+      const int64_t e = co[s.nodes[k]] + (c - s.prefix[k]);
+      s.tscore[c] = candidate_score(s.scores[k], X::to_float(a.logits[s.rows[k] * V + ct[e]]), s.lse[k]);
+      s.chosen[c] = 0;
+      s.dn[c] = -1;
+      s.qc[c] = 0.0;
+    });
+    const double M = x.max(C, [&](int64_t c) { return is_candidate(s.tscore[c]) ? scaled(s.tscore[c], T_) : -INFINITY; });
+    x.for_each(C, [&](int64_t c) { s.p[c] = is_candidate(s.tscore[c]) ? exp(scaled(s.tscore[c], T_) - M) : 0.0; });
+    const double Zp = x.sum(C, [&](int64_t c) { return s.p[c]; });
+    if (!(Zp > 0.0)) {  // no candidate at all: every slot invalid
+      x.for_each(K, [&](int64_t i) {
+        out.scores[i] = -INFINITY;
+        out.parents[i] = out.tokens[i] = out.nodes[i] = -1;
+      });
+      x.once([&] { *out.accepted = j - 1; });
+      return;
+    }
+    x.for_each(C, [&](int64_t c) { s.p[c] /= Zp; });
+
+    // (2) The draft's distribution q of level j: over the children of its W parents (level 1: the beams;
+    // level j > 1: drafted nodes 0..W-1 of level j - 1), with the draft's cumulative scores.
+    x.for_each(N, [&](int64_t n) { s.cur_node[n] = -1, s.tx[n] = -1, s.qx[n] = 0.0, s.acc[n] = 0, s.sel[n] = 0; });
+    if (drafted) {
+      const T* dlog = a.draft_logits + (j - 1) * W * V;
+      const float* dsc = a.draft_scores + (j - 1) * W;
+      const int64_t* lp = a.level_parent + (j - 1) * N;
+      const int64_t* lt = a.level_token + (j - 1) * N;
+      x.for_each(W, [&](int64_t w) {
+        if (j == 1) s.dnode[w] = (w < K && a.beam_live[w]) ? a.beam_nodes[w] : -1;
+        else s.dnode[w] = w < N ? s.prev_node[w] : -1;
+      });
+      for (int64_t w = 0; w < W; ++w) {
+        if (s.dnode[w] < 0) continue;
+        const float l = x.row_lse(dlog + w * V, V);
+        x.once([&] { s.dlse[w] = l; });
+      }
+      x.once([&] {
+        s.dprefix[0] = 0;
+        for (int64_t w = 0; w < W; ++w)
+          s.dprefix[w + 1] = s.dprefix[w] + (s.dnode[w] >= 0 ? co[s.dnode[w] + 1] - co[s.dnode[w]] : 0);
+      });
+      auto dscore = [&](int64_t w, int64_t token) {
+        return candidate_score(dsc[w], X::to_float(dlog[w * V + token]), s.dlse[w]);
+      };
+      auto dscore_flat = [&](int64_t c) {
+        const int64_t w = owner_of(s.dprefix, W, c);
+        return dscore(w, ct[co[s.dnode[w]] + (c - s.dprefix[w])]);
+      };
+      const int64_t Cq = s.dprefix[W];
+      const double Mq = x.max(Cq, [&](int64_t c) {
+        const float d = dscore_flat(c);
+        return is_candidate(d) ? scaled(d, T_) : -INFINITY;
+      });
+      const double Zq = x.sum(Cq, [&](int64_t c) {
+        const float d = dscore_flat(c);
+        return is_candidate(d) ? exp(scaled(d, T_) - Mq) : 0.0;
+      });
+      // q of the child `token` of draft parent w (0 if w is not a draft parent).
+      auto q = [&](int64_t w, int64_t token) -> double {
+        if (w < 0 || w >= W || s.dnode[w] < 0 || !(Zq > 0.0)) return 0.0;
+        const float d = dscore(w, token);
+        return is_candidate(d) ? exp(scaled(d, T_) - Mq) / Zq : 0.0;
+      };
+      // Each drafted node: its trie node, its target candidate (tx, -1 if its parent is not a current beam),
+      // its q; each target candidate: the drafted node it is (dn) and its q (qc).
+      x.for_each(NK, [&](int64_t i) { s.inv[i] = -1; });
+      x.for_each(K, [&](int64_t k) {
+        if (s.live[k] && s.index[k] >= 0 && s.index[k] < NK) s.inv[s.index[k]] = k;
+      });
+      x.for_each(N, [&](int64_t n) {
+        const int64_t par = lp[n], token = lt[n];
+        if (par < 0) return;
+        int64_t pnode = -1;
+        if (j == 1) pnode = (par < K && a.beam_live[par]) ? a.beam_nodes[par] : -1;
+        else pnode = par < N ? s.prev_node[par] : -1;
+        const int64_t node = pnode >= 0 ? child_node(co, ct, pnode, token) : -1;
+        if (node < 0) return;  // not a trie child (rejected by the CPU glue; ignored on the GPU)
+        s.cur_node[n] = node;
+        s.qx[n] = q(par, token);
+        const int64_t k = par < NK ? s.inv[par] : -1;
+        if (k < 0) return;
+        const int64_t c = s.prefix[k] + (node - 1 - co[s.nodes[k]]);
+        if (is_candidate(s.tscore[c])) {
+          s.tx[n] = c;
+          s.dn[c] = n;
+        }
+      });
+      x.for_each(C, [&](int64_t c) {
+        const int64_t k = owner_of(s.prefix, K, c);
+        s.qc[c] = q(s.index[k], ct[co[s.nodes[k]] + (c - s.prefix[k])]);
+      });
+    }
+
+    // (3) The rule: nA sampled candidates in s.A (draw order), and whether the round goes on.
+    int64_t nA = 0;
+    bool go_on = false;
+    if (a.exact) {
+      // Recursive rejection sampling, one draw of K at a time, consuming the proposals in their drafted
+      // (= sampled) order: draw d targets r = p without the accepted ones; the next proposal x follows
+      // s = q without the consumed ones; accept x with probability min(1, r(x) / s(x)); on rejection
+      // r <- normalise(max(0, r - s)); when the proposals run out, sample r by inverse CDF.
+      double consumed = 0.0;  // q mass of the consumed proposals
+      int64_t next = 0;
+      for (int64_t d = 0; d < K; ++d) {
+        x.for_each(C, [&](int64_t c) { s.r[c] = s.chosen[c] ? 0.0 : s.p[c]; });
+        const double Zr = x.sum(C, [&](int64_t c) { return s.r[c]; });
+        if (!(Zr > 0.0)) break;
+        x.for_each(C, [&](int64_t c) { s.r[c] /= Zr; });
+        int64_t pick = -1;
+        while (next < N) {
+          const int64_t n = next++;
+          if (s.cur_node[n] < 0) continue;  // empty slot
+          const double qn = s.qx[n];
+          const double den = fmax(1.0 - consumed, qn);  // unconsumed q mass (x included), guarded against rounding
+          consumed += qn;
+          const int64_t t = s.tx[n];
+          const double rx = t >= 0 ? s.r[t] : 0.0;
+          const double sx = den > 0.0 ? qn / den : 0.0;
+          if (u_acc[n] * sx < rx) {  // u < r(x) / s(x), without dividing
+            pick = t;
+            x.once([&] { s.qc[t] = 0.0; });
+            break;
+          }
+          if (sx > 0.0) {  // (a zero-probability proposal carries no information: r stays)
+            const double Zres = x.sum(C, [&](int64_t c) { return fmax(0.0, s.r[c] - s.qc[c] / den); });
+            if (Zres > 0.0) x.for_each(C, [&](int64_t c) { s.r[c] = fmax(0.0, s.r[c] - s.qc[c] / den) / Zres; });
+          }
+          if (t >= 0) x.once([&] { s.qc[t] = 0.0; });
+        }
+        if (pick < 0) pick = x.inverse_cdf(C, s.r, u_fb[d]);
+        if (pick < 0) break;
+        x.once([&] {
+          s.chosen[pick] = 1;
+          s.A[d] = pick;
+        });
+        nA = d + 1;
+      }
+      // Go on iff every sampled node was drafted (the target scored it in this round's call).
+      go_on = drafted && nA > 0 && x.sum(nA, [&](int64_t i) { return s.dn[s.A[i]] >= 0 ? 0.0 : 1.0; }) == 0.0;
+    } else {
+      // The paper's rule: accept each drafted node independently with probability min(1, p / q); with at
+      // least K' = min(K, #candidates) accepted keep K' of them uniformly at random (the K' smallest
+      // selection uniforms) and go on; otherwise complete the accepted ones without replacement from
+      // normalise(max(0, p - q)) (from p where that is exhausted) and stop.
+      const int64_t positive = static_cast<int64_t>(x.sum(C, [&](int64_t c) { return s.p[c] > 0.0 ? 1.0 : 0.0; }));
+      const int64_t Keff = positive < K ? positive : K;
+      x.for_each(N, [&](int64_t n) {
+        const double pn = s.tx[n] >= 0 ? s.p[s.tx[n]] : 0.0;
+        s.acc[n] = (s.cur_node[n] >= 0 && u_acc[n] * s.qx[n] < pn) ? 1 : 0;
+      });
+      const int64_t nacc = static_cast<int64_t>(x.sum(N, [&](int64_t n) { return s.acc[n] ? 1.0 : 0.0; }));
+      if (drafted && nacc >= Keff) {
+        x.once([&] {
+          for (int64_t i = 0; i < Keff; ++i) {
+            int64_t best = -1;
+            for (int64_t n = 0; n < N; ++n)
+              if (s.acc[n] && !s.sel[n] && (best < 0 || u_sel[n] < u_sel[best])) best = n;
+            s.sel[best] = 1;
+            s.A[i] = s.tx[best];
+            s.chosen[s.tx[best]] = 1;
+          }
+        });
+        nA = Keff;
+        go_on = true;
+      } else {
+        x.once([&] {
+          int64_t i = 0;
+          for (int64_t n = 0; n < N; ++n)
+            if (s.acc[n]) s.A[i++] = s.tx[n], s.chosen[s.tx[n]] = 1;
+        });
+        nA = nacc;
+        for (int64_t d = nacc; d < Keff; ++d) {
+          x.for_each(C, [&](int64_t c) { s.r[c] = s.chosen[c] ? 0.0 : fmax(0.0, s.p[c] - s.qc[c]); });
+          if (!(x.sum(C, [&](int64_t c) { return s.r[c]; }) > 0.0))  // residual exhausted: fall back to p
+            x.for_each(C, [&](int64_t c) { s.r[c] = s.chosen[c] ? 0.0 : s.p[c]; });
+          const int64_t pick = x.inverse_cdf(C, s.r, u_fb[d]);
+          if (pick < 0) break;
+          x.once([&] {
+            s.chosen[pick] = 1;
+            s.A[d] = pick;
+          });
+          nA = d + 1;
+        }
+      }
+    }
+
+    if (!go_on) {  // level j is the result
+      x.for_each(K, [&](int64_t i) {
+        if (i < nA) {
+          const int64_t c = s.A[i], k = owner_of(s.prefix, K, c);
+          const int64_t e = co[s.nodes[k]] + (c - s.prefix[k]);
+          out.scores[i] = s.tscore[c];
+          out.parents[i] = s.index[k];
+          out.tokens[i] = ct[e];
+          out.nodes[i] = e + 1;
+        } else {
+          out.scores[i] = -INFINITY;
+          out.parents[i] = out.tokens[i] = out.nodes[i] = -1;
+        }
+      });
+      x.once([&] { *out.accepted = j - 1; });
+      return;
+    }
+    // The sampled nodes (all drafted) become the current beams of level j.
+    const int64_t* lr = a.level_row + (j - 1) * N;
+    x.for_each(K, [&](int64_t i) {
+      if (i < nA) {
+        const int64_t c = s.A[i], k = owner_of(s.prefix, K, c);
+        s.t_rows[i] = lr[s.dn[c]];
+        s.t_scores[i] = s.tscore[c];
+        s.t_nodes[i] = co[s.nodes[k]] + (c - s.prefix[k]) + 1;
+        s.t_index[i] = s.dn[c];
+        s.t_live[i] = 1;
+      } else {
+        s.t_rows[i] = -1, s.t_scores[i] = -INFINITY, s.t_nodes[i] = -1, s.t_index[i] = -1, s.t_live[i] = 0;
+      }
+    });
+    x.for_each(K, [&](int64_t i) {
+      s.rows[i] = s.t_rows[i], s.scores[i] = s.t_scores[i], s.nodes[i] = s.t_nodes[i];
+      s.index[i] = s.t_index[i], s.live[i] = s.t_live[i];
+    });
+    x.for_each(N, [&](int64_t n) { s.prev_node[n] = s.cur_node[n]; });
+  }
+}
+
+}  // namespace atspeed_ext::sampling
