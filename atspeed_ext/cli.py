@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_options(draft)
     draft.add_argument("--target", required=True, help="the target checkpoint directory")
     draft.add_argument("--teacher", default=None, help="teacher data directory (needed unless --objective ce "
-                                                       "or --on-policy)")
+                       "or --on-policy; when given, training uses only the prompts it covers, whatever the objective)")
     draft.add_argument("--objective", choices=OBJECTIVES, default="atspeed-s")
     draft.add_argument("--preset", default="draft-1x128", help="draft model preset (default draft-1x128)")
     draft.add_argument("--init", default=None, metavar="DIR", help="start from this draft checkpoint instead")

@@ -44,11 +44,11 @@ def run_train_draft(args) -> int:
         raise SystemExit(f"error: {e}") from None
     target, tokenizer = load_checkpoint(args.target, device, identifiers=data.identifiers)
     target.requires_grad_(False)
+    if needs_teacher(align) and not args.teacher:
+        raise SystemExit(f"error: --objective {args.objective} needs --teacher DIR (see `atspeed-ext teacher`), "
+                         "or --on-policy")
     teacher = None
-    if needs_teacher(align):
-        if not args.teacher:
-            raise SystemExit(f"error: --objective {args.objective} needs --teacher DIR (see `atspeed-ext teacher`), "
-                             "or --on-policy")
+    if args.teacher:  # also restricts ce / on-policy training to the prompts it covers
         teacher = TeacherData(args.teacher, LevelView(tokenizer.trie(), tokenizer.item_token_ids), data.identifiers)
     if args.init:
         draft, _ = load_checkpoint(args.init, device, identifiers=data.identifiers)

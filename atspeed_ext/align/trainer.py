@@ -51,16 +51,16 @@ def train_draft(draft, target, tokenizer, data: RecData, out_dir: str | Path, cf
     """Train ``draft`` with ``(1 - alpha) * CE + alpha * L_align``; ``best/`` = highest validation mean
     accepted levels per round of strict speculative beam search with ``target``.
 
-    Training examples are ``data.train_examples()`` (the first ``len(teacher)`` of them when teacher data
-    covers only a prefix). ``target`` is needed for validation and for on-policy data."""
+    Training examples are ``data.train_examples()``, the first ``len(teacher)`` of them when teacher data is
+    given (also for ``ce`` and on-policy runs, so that objectives compare on the same examples). ``target`` is needed for validation and for on-policy data."""
     if cfg.with_eos:
         raise ValueError("draft alignment works on identifier tokens only (with_eos=False)")
     trie = tokenizer.trie()
     levels = LevelView(trie, tokenizer.item_token_ids)
     examples = data.train_examples()
-    if needs_teacher(align):
-        if teacher is None:
-            raise ValueError(f"objective {align.objective!r} needs teacher data (atspeed-ext teacher)")
+    if needs_teacher(align) and teacher is None:
+        raise ValueError(f"objective {align.objective!r} needs teacher data (atspeed-ext teacher)")
+    if teacher is not None:  # every objective then sees the same examples: those the teacher covers
         if len(teacher) > len(examples):
             raise ValueError(f"teacher data has {len(teacher)} rows but the data only {len(examples)} examples")
         examples = examples[:len(teacher)]
