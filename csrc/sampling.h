@@ -27,10 +27,14 @@
 
 #include <type_traits>
 
+// ATS_HD: the algorithm (device code in a .cu, plain C++ elsewhere); ATS_HOST_DEVICE: layout helpers the
+// CUDA glue also calls on the host.
 #if defined(__CUDACC__)
 #define ATS_HD __device__
+#define ATS_HOST_DEVICE __host__ __device__
 #else
 #define ATS_HD
+#define ATS_HOST_DEVICE
 #endif
 
 namespace atspeed_ext::sampling {
@@ -113,12 +117,12 @@ struct VerifyScratch {
   float *scores, *t_scores, *lse, *dlse, *tscore;
   unsigned char *live, *t_live, *chosen, *acc, *sel;
 
-  ATS_HD static int64_t bytes(int64_t K, int64_t N, int64_t W, int64_t Cmax) {
+  ATS_HOST_DEVICE static int64_t bytes(int64_t K, int64_t N, int64_t W, int64_t Cmax) {
     VerifyScratch s;
     return s.carve(nullptr, K, N, W, Cmax);
   }
   // Points the members into `base` (null: only measure) and returns the bytes used.
-  ATS_HD int64_t carve(unsigned char* base, int64_t K, int64_t N, int64_t W, int64_t Cmax) {
+  ATS_HOST_DEVICE int64_t carve(unsigned char* base, int64_t K, int64_t N, int64_t W, int64_t Cmax) {
     int64_t off = 0;
     auto take = [&](auto*& ptr, int64_t count) {
       using E = std::remove_pointer_t<std::remove_reference_t<decltype(ptr)>>;
