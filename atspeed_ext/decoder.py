@@ -1,7 +1,8 @@
-"""BeamSearchDecoder: target-only trie-constrained beam search with a shared prompt KV cache."""
+"""BeamSearchDecoder: target-only trie-constrained beam search (or beam sampling) with a shared prompt KV cache."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -15,9 +16,46 @@ from .trie import ItemTrie
 __all__ = ["BeamSearchDecoder", "BeamSearchOutput"]
 
 
+def check_temperature(temperature) -> float:
+    """A sampling temperature: a finite real number > 0 (ValueError otherwise)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
+            or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    return float(temperature)
+
+
+class SeededUniforms:
+    """The one source of randomness of a sampling decoder: float64 uniforms in [0, 1) from a host (CPU)
+    ``torch.Generator``, moved to the device, so that the same seed gives the same samples on CPU and GPU.
+
+    ``seed=None`` seeds the generator nondeterministically. The stream continues across ``generate`` calls:
+    two decoders built with the same seed and given the same calls return the same samples.
+    """
+
+    def __init__(self, seed: int | None):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64):
+            raise ValueError(f"seed must be None or an int in [0, 2**64), got {seed!r}")
+        self.seed = seed
+        self.generator = torch.Generator()
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+
+    def __call__(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        return torch.rand(shape, generator=self.generator, dtype=torch.float64).to(device)
+
+
+def best_first(scores: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Reorder ``[B, K]`` sampled beams by score, best first (equal scores keep their draw order; invalid
+    beams, score -inf, last)."""
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    return (scores.gather(1, order), *(x.gather(1, order) for x in others))
+
+
 @dataclass
 class BeamSearchOutput:
-    """Top-K identifiers per request, best first.
+    """Top-K (or K sampled) identifiers per request, best first.
 
     Attributes:
         sequences: ``[B, K, depth]`` int64 generated tokens (-1 in invalid slots).
@@ -42,19 +80,37 @@ class BeamSearchDecoder:
     request's own row with a tree attention mask (each token sees its prompt and its ancestors) and
     depth-based position ids.
 
+    With ``do_sample=True`` it does target-only *beam sampling* instead: at each step K distinct candidates
+    are drawn without replacement from all trie-allowed (beam, child token) candidates with probabilities
+    proportional to ``exp((beam score + token log-prob) / temperature)`` (the ``trie_beam_sample`` op,
+    Gumbel-top-k over uniforms from a seeded host generator). Scores stay the unscaled full-vocabulary
+    cumulative log-probabilities; the K results come out best score first (equal scores in draw order).
+
     Args:
         model: a Hugging Face causal LM (LLaMA, Qwen2, ...) whose vocabulary contains the trie's tokens.
         trie: the item trie.
         num_beams: K >= 1. If the trie allows fewer than K identifiers, the missing beams come out invalid.
+        do_sample: beam sampling instead of beam search.
+        temperature: T > 0 (sampling only).
+        seed: seed of the sampling generator (sampling only; None: nondeterministic). The stream continues
+            across ``generate`` calls.
     """
 
-    def __init__(self, model: torch.nn.Module, trie: ItemTrie, num_beams: int):
+    def __init__(self, model: torch.nn.Module, trie: ItemTrie, num_beams: int, do_sample: bool = False,
+                 temperature: float = 1.0, seed: int | None = None):
         if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
             raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}")
+        if not isinstance(do_sample, bool):
+            raise ValueError(f"do_sample must be a bool, got {do_sample!r}")
+        self.temperature = check_temperature(temperature)
+        if not do_sample and (temperature != 1.0 or seed is not None):
+            raise ValueError("temperature and seed only apply to beam sampling: pass do_sample=True")
         check_model_and_trie(model, trie)
         self.model = model
         self.trie = trie
         self.num_beams = num_beams
+        self.do_sample = do_sample
+        self._uniforms = SeededUniforms(seed) if do_sample else None
         self._vocab_in, _ = model_vocab_sizes(model)
         self._forward = ForwardSignature(model)
         pad = getattr(getattr(model, "config", None), "pad_token_id", None)
@@ -62,7 +118,7 @@ class BeamSearchDecoder:
 
     @torch.inference_mode()
     def generate(self, input_ids, attention_mask: torch.Tensor | None = None) -> BeamSearchOutput:
-        """Decode the top-K identifiers of each prompt.
+        """Decode the top-K (or K sampled) identifiers of each prompt.
 
         Args:
             input_ids: a left-padded ``[B, T]`` int64 tensor on the model's device, or a list of B token
@@ -91,8 +147,13 @@ class BeamSearchDecoder:
         live = torch.ones(B, 1, dtype=torch.bool, device=device)
         own_slot = torch.eye(K, dtype=torch.bool, device=device).expand(B, K, K)
         for step in range(depth):
-            scores, parents, tokens, nodes = _ops.trie_beam_step(
-                logits, scores, nodes, live, trie.child_offsets, trie.child_tokens, K)
+            if self.do_sample:
+                u = self._uniforms((B, scores.shape[1], trie.max_children), device)
+                scores, parents, tokens, nodes = _ops.trie_beam_sample(
+                    logits, scores, nodes, live, trie.child_offsets, trie.child_tokens, u, self.temperature, K)
+            else:
+                scores, parents, tokens, nodes = _ops.trie_beam_step(
+                    logits, scores, nodes, live, trie.child_offsets, trie.child_tokens, K)
             live = parents >= 0
             if step == depth - 1:
                 break
@@ -108,6 +169,8 @@ class BeamSearchDecoder:
             )
             logits = out.logits
 
+        if self.do_sample:
+            scores, nodes, live = best_first(scores, nodes, live)
         sequences = trie.sequences_of_nodes(nodes)
         host_nodes = nodes.tolist()
         item_ids = [[trie.items_of_leaf(n) if n >= 0 else [] for n in row] for row in host_nodes]

@@ -1,4 +1,5 @@
-"""SpecBeamDecoder: speculative trie-constrained beam search with strict top-K verification (lossless).
+"""SpecBeamDecoder: speculative trie-constrained beam search (strict top-K verification, lossless) and beam
+sampling (relaxed or exact sampling verification).
 
 Per round and request (beams at depth t, ``g = min(gamma, depth - t - 1)``):
 
@@ -11,6 +12,11 @@ Per round and request (beams at depth t, ``g = min(gamma, depth - t - 1)``):
 
 The result is identical to :class:`BeamSearchDecoder` whatever the draft. Requests of a batch progress
 independently; finished requests leave the batch.
+
+Sampling verification replaces steps 1 and 3: the draft *samples* each level (Gumbel-top-N with its own
+scores), and the target's K beams of each level are *sampled* from the drafted ones: ``"relaxed"`` is the
+paper's rule (lossy), ``"exact"`` recursive rejection sampling, whose K-sets have exactly the distribution of
+``BeamSearchDecoder(do_sample=True)``. Rules and proof: ``atspeed_ext/docs/sampling_verification.md``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import torch
 from . import _ops
 from ._nvtx import nvtx_range
 from ._inputs import check_model_and_trie, model_device, model_vocab_sizes, normalise_prompts
-from .decoder import BeamSearchOutput
+from .decoder import BeamSearchOutput, SeededUniforms, best_first, check_temperature
 from .tree_kv import NOT_TREE, ROOT, TreeKV
 from .trie import ItemTrie
 
@@ -30,6 +36,9 @@ __all__ = ["SpecBeamDecoder", "SpecBeamOutput", "SpecStats"]
 
 NOT_FED = -3  # a tree node the draft has not processed (the last drafted level)
 POLICIES = ("beam", "anchored")
+VERIFICATIONS = ("strict", "relaxed", "exact")
+#: The draft policy each verification uses unless told otherwise (the paper's for strict and relaxed).
+DEFAULT_POLICY = {"strict": "beam", "relaxed": "beam", "exact": "anchored"}
 
 
 @dataclass
@@ -70,6 +79,10 @@ class _Level:
     target_row: torch.Tensor | None = None   # row of the target logits of this node
     target_slot: torch.Tensor | None = None  # its slot in the target cache
     draft_slot: torch.Tensor | None = None   # its slot in the draft cache, or NOT_FED
+    # Sampling only: the draft's logits [B, W, V] and cumulative scores [B, W] at the W parents the level was
+    # sampled from (padded to the policy's width), for the verification's q.
+    parent_logits: torch.Tensor | None = None
+    parent_scores: torch.Tensor | None = None
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -127,7 +140,9 @@ class _BeamState:
 
 
 class SpecBeamDecoder:
-    """Speculative constrained beam search: same output as :class:`BeamSearchDecoder`, fewer target calls.
+    """Speculative constrained beam search (same output as :class:`BeamSearchDecoder`) or beam sampling
+    (relaxed: lossy, the paper's; exact: the distribution of ``BeamSearchDecoder(do_sample=True)``), with
+    fewer target calls.
 
     Args:
         target, draft: Hugging Face causal LMs on the same device with the same vocabulary.
@@ -135,21 +150,37 @@ class SpecBeamDecoder:
         num_beams: K >= 1.
         draft_beams: N >= K, the width of each drafted level.
         gamma: drafted levels per round (>= 1).
-        verification: ``"strict"`` (lossless top-K verification).
-        draft_policy: ``"beam"`` (the paper: the draft's own width-N beam search) or ``"anchored"`` (each level
-            first keeps the draft's top-K among the children of the previous level's K anchored nodes, i.e.
-            what the target keeps if it agrees with the draft, then fills up to N with the best others).
+        verification: ``"strict"`` (lossless top-K verification of beam search), ``"relaxed"`` (the paper's
+            sampling verification: independent acceptance with min(1, p/q), K kept uniformly among the
+            accepted, residual resampling otherwise; **lossy**) or ``"exact"`` (recursive rejection sampling:
+            every level's K-set is an exact sample of target-only beam sampling, whatever the draft).
+        draft_policy: how the N slots of a drafted level are filled. ``"beam"`` (the paper): the draft's own
+            width-N beam search (sampling modes: width-N beam sampling over the children of all N nodes of
+            the previous level). ``"anchored"``: strict mode keeps the draft's top-K among the children of the
+            previous level's K anchored nodes, then fills up to N with the best others; sampling modes draw
+            all N (without replacement) from the children of the K anchored nodes, the first K drawn being the
+            level's anchored nodes. Default: ``"beam"`` for strict and relaxed, ``"anchored"`` for exact.
+        temperature: T > 0, sampling modes only: both models sample ``softmax(cumulative score / T)``.
+        seed: seed of the sampling generator (sampling modes only; None: nondeterministic). All random numbers
+            (the draft's draws, acceptance and fallback uniforms) come from it, on the host.
     """
 
     def __init__(self, target: torch.nn.Module, draft: torch.nn.Module, trie: ItemTrie, num_beams: int,
-                 draft_beams: int, gamma: int = 3, verification: str = "strict", draft_policy: str = "beam"):
+                 draft_beams: int, gamma: int = 3, verification: str = "strict", draft_policy: str | None = None,
+                 temperature: float = 1.0, seed: int | None = None):
         for name, value in (("num_beams", num_beams), ("draft_beams", draft_beams), ("gamma", gamma)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if draft_beams < num_beams:
             raise ValueError(f"draft_beams (N = {draft_beams}) must be >= num_beams (K = {num_beams})")
-        if verification != "strict":
-            raise ValueError(f"verification must be 'strict' (the only rule implemented so far), got {verification!r}")
+        if verification not in VERIFICATIONS:
+            raise ValueError(f"verification must be one of {VERIFICATIONS}, got {verification!r}")
+        self.temperature = check_temperature(temperature)
+        if verification == "strict" and (temperature != 1.0 or seed is not None):
+            raise ValueError("temperature and seed only apply to sampling verification ('relaxed' or 'exact'); "
+                             "strict verification is deterministic beam search")
+        if draft_policy is None:
+            draft_policy = DEFAULT_POLICY[verification]
         if draft_policy not in POLICIES:
             raise ValueError(f"draft_policy must be one of {POLICIES}, got {draft_policy!r}")
         check_model_and_trie(target, trie, "target")
@@ -164,6 +195,8 @@ class SpecBeamDecoder:
         self.target, self.draft, self.trie = target, draft, trie
         self.num_beams, self.draft_beams, self.gamma = num_beams, draft_beams, gamma
         self.verification, self.draft_policy = verification, draft_policy
+        self._sampling = verification != "strict"
+        self._uniforms = SeededUniforms(seed) if self._sampling else None
         self._vocab_in = t_in
         pad = getattr(getattr(target, "config", None), "pad_token_id", None)
         self._pad_token_id = pad if isinstance(pad, int) else 0
@@ -188,10 +221,19 @@ class SpecBeamDecoder:
         return (torch.cat([anchor[0], rest_scores], 1), torch.cat([anchor[1], rest[1]], 1),
                 torch.cat([anchor[2], rest[2]], 1), torch.cat([anchor[3], rest[3]], 1))
 
+    def _sample_level(self, logits, scores, nodes, live, trie, width):
+        """One drafted level sampled from the children of the first ``width`` nodes of the previous level:
+        N draws without replacement (Gumbel-top-N), in draw order."""
+        u = self._uniforms((logits.shape[0], width, trie.max_children), logits.device)
+        return _ops.trie_beam_sample(logits[:, :width].contiguous(), scores[:, :width].contiguous(),
+                                     nodes[:, :width].contiguous(), live[:, :width].contiguous(), trie.child_offsets,
+                                     trie.child_tokens, u, self.temperature, self.draft_beams)
+
     # ------------------------------------------------------------------ decode
     @torch.inference_mode()
     def generate(self, input_ids, attention_mask: torch.Tensor | None = None) -> SpecBeamOutput:
-        """Decode the top-K identifiers of each prompt (inputs as :meth:`BeamSearchDecoder.generate`)."""
+        """Decode the top-K (or K sampled) identifiers of each prompt (inputs as
+        :meth:`BeamSearchDecoder.generate`)."""
         device = model_device(self.target)
         ids, mask = normalise_prompts(input_ids, attention_mask, device, self._vocab_in, self._pad_token_id)
         trie = self.trie.to(device)
@@ -247,6 +289,8 @@ class SpecBeamDecoder:
                 if dft.cache is not None:
                     dft.select(sel)
 
+        if self._sampling:  # best score first, like BeamSearchDecoder(do_sample=True)
+            out_scores, out_nodes = best_first(out_scores, out_nodes)
         sequences = trie.sequences_of_nodes(out_nodes)
         item_ids = [[trie.items_of_leaf(n) if n >= 0 else [] for n in row] for row in out_nodes.tolist()]
         return SpecBeamOutput(sequences=sequences, scores=out_scores, valid=out_nodes >= 0, item_ids=item_ids,
@@ -266,10 +310,23 @@ class SpecBeamDecoder:
                                                                state.live & (g_dev >= 1).unsqueeze(1))
         prev_scores, prev_nodes, prev_live, prev_dslot, width = state.scores, state.nodes, state.live, state.dft_anchor, K
         levels = []
+        W = N if self.draft_policy == "beam" else K  # the draft parents of a level, padded (sampling)
         for j in range(1, G + 1):
-            lvl_scores, parent, token, node = self._draft_level(
-                prev_logits, prev_scores, prev_nodes, prev_live & (g_dev >= j).unsqueeze(1), trie, width)
-            level = _Level(parent=parent, token=token, node=node, live=parent >= 0)
+            live_j = prev_live & (g_dev >= j).unsqueeze(1)
+            if self._sampling:
+                # beam: all nodes of the previous level (level 1: the K beams); anchored: its first K
+                width = prev_logits.shape[1] if self.draft_policy == "beam" else K
+                lvl_scores, parent, token, node = self._sample_level(prev_logits, prev_scores, prev_nodes, live_j,
+                                                                     trie, width)
+                pad = W - width
+                level = _Level(parent=parent, token=token, node=node, live=parent >= 0,
+                               parent_logits=torch.nn.functional.pad(prev_logits[:, :width], (0, 0, 0, pad)),
+                               parent_scores=torch.nn.functional.pad(prev_scores[:, :width], (0, pad),
+                                                                     value=float("-inf")))
+            else:
+                lvl_scores, parent, token, node = self._draft_level(prev_logits, prev_scores, prev_nodes, live_j,
+                                                                    trie, width)
+                level = _Level(parent=parent, token=token, node=node, live=parent >= 0)
             if j < G:  # feed this level to the draft for the next one
                 first = dft.num_slots
                 prev_logits = dft.feed(torch.where(level.live, token, 0),
@@ -329,9 +386,13 @@ class SpecBeamDecoder:
         else:
             empty = torch.full((rows, 0, N), -1, dtype=torch.long, device=logits.device)
             lvl = {"parent": empty, "token": empty, "target_row": empty}
-        accepted, scores, parents, tokens, nodes = _ops.strict_verify(
-            logits, beam_rows, state.scores, state.nodes, state.live, lvl["parent"], lvl["token"],
-            lvl["target_row"], g_dev, trie.child_offsets, trie.child_tokens)
+        if self._sampling:
+            accepted, scores, parents, tokens, nodes = self._sample_verify(state, levels, logits, beam_rows, lvl,
+                                                                           g_dev, trie)
+        else:
+            accepted, scores, parents, tokens, nodes = _ops.strict_verify(
+                logits, beam_rows, state.scores, state.nodes, state.live, lvl["parent"], lvl["token"],
+                lvl["target_row"], g_dev, trie.child_offsets, trie.child_tokens)
 
         # Where each node of levels 0..G sits: [rows, G + 1, W] tables, read at (accepted, parent).
         W = max(K, N)
@@ -353,6 +414,26 @@ class SpecBeamDecoder:
                                      lambda i, level: _gather(dslots[i], level.parent))),
                "ptoken": pick(table(torch.full_like(state.nodes, -1), lambda i, level: level.token))}
         return accepted, new
+
+    def _sample_verify(self, state: "_BeamState", levels: list[_Level], logits: torch.Tensor,
+                       beam_rows: torch.Tensor, lvl: dict[str, torch.Tensor], g_dev: torch.Tensor, trie: ItemTrie):
+        """Relaxed or exact sampling verification of every level of every request (one op call)."""
+        rows, K = state.scores.shape
+        N, V = self.draft_beams, logits.shape[-1]
+        W = N if self.draft_policy == "beam" else K
+        if levels:
+            d_logits = torch.stack([level.parent_logits for level in levels], 1)
+            d_scores = torch.stack([level.parent_scores for level in levels], 1).contiguous()
+        else:
+            d_logits = logits.new_zeros(rows, 0, W, V)
+            d_scores = state.scores.new_zeros(rows, 0, W)
+        if d_logits.dtype != logits.dtype:  # lossless for the ops, which round every logit to float32 first
+            logits, d_logits = logits.float(), d_logits.float()
+        u = self._uniforms((rows, len(levels) + 1, 2 * N + K), logits.device)
+        op = _ops.exact_verify if self.verification == "exact" else _ops.relaxed_verify
+        return op(logits, beam_rows, state.scores, state.nodes, state.live, lvl["parent"], lvl["token"],
+                  lvl["target_row"], g_dev, d_logits, d_scores, u, trie.child_offsets, trie.child_tokens,
+                  self.temperature)
 
     def _feed_pending(self, kv: TreeKV, pending: torch.Tensor, anchor: torch.Tensor, live: torch.Tensor):
         """Feed each beam's pending draft tokens (a chain of 1 or 2); return the logits after each chain and
