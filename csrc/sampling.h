@@ -109,20 +109,20 @@ struct VerifyOut {
 };
 
 // Per-request working memory, carved from one byte buffer (same layout on both devices). Cmax bounds the
-// candidates of one level: K beams times the largest number of children of a trie node.
+// target candidates of a level (K beams times the trie's largest fan-out), Cqmax the draft's (W parents).
 struct VerifyScratch {
-  double *p, *r, *qc, *qx;
+  double *p, *r, *qc, *qx, *tsx, *dx;
   int64_t *prefix, *rows, *nodes, *index, *t_rows, *t_nodes, *t_index, *A, *dnode, *dprefix, *prev_node, *cur_node,
-      *inv, *tx, *dn;
+      *inv, *tx, *dn, *dflat, *pflat;
   float *scores, *t_scores, *lse, *dlse, *tscore;
-  unsigned char *live, *t_live, *chosen, *acc, *sel;
+  unsigned char *live, *t_live, *chosen, *acc, *sel, *dcons;
 
-  ATS_HOST_DEVICE static int64_t bytes(int64_t K, int64_t N, int64_t W, int64_t Cmax) {
+  ATS_HOST_DEVICE static int64_t bytes(int64_t K, int64_t N, int64_t W, int64_t Cmax, int64_t Cqmax) {
     VerifyScratch s;
-    return s.carve(nullptr, K, N, W, Cmax);
+    return s.carve(nullptr, K, N, W, Cmax, Cqmax);
   }
   // Points the members into `base` (null: only measure) and returns the bytes used.
-  ATS_HOST_DEVICE int64_t carve(unsigned char* base, int64_t K, int64_t N, int64_t W, int64_t Cmax) {
+  ATS_HOST_DEVICE int64_t carve(unsigned char* base, int64_t K, int64_t N, int64_t W, int64_t Cmax, int64_t Cqmax) {
     int64_t off = 0;
     auto take = [&](auto*& ptr, int64_t count) {
       using E = std::remove_pointer_t<std::remove_reference_t<decltype(ptr)>>;
@@ -130,19 +130,32 @@ struct VerifyScratch {
       off += ((count * static_cast<int64_t>(sizeof(E)) + 7) / 8) * 8;  // keep every array 8-byte aligned
     };
     const int64_t NK = N > K ? N : K;
-    take(p, Cmax), take(r, Cmax), take(qc, Cmax), take(qx, N);
+    take(p, Cmax), take(r, Cmax), take(qc, Cmax), take(qx, N), take(tsx, Cmax), take(dx, Cqmax);
     take(prefix, K + 1), take(rows, K), take(nodes, K), take(index, K), take(t_rows, K), take(t_nodes, K);
     take(t_index, K), take(A, K), take(dnode, W), take(dprefix, W + 1), take(prev_node, N), take(cur_node, N);
-    take(inv, NK), take(tx, N), take(dn, Cmax);
+    take(inv, NK), take(tx, N), take(dn, Cmax), take(dflat, Cmax), take(pflat, N);
     take(scores, K), take(t_scores, K), take(lse, K), take(dlse, W), take(tscore, Cmax);
-    take(live, K), take(t_live, K), take(chosen, Cmax), take(acc, N), take(sel, N);
+    take(live, K), take(t_live, K), take(chosen, Cmax), take(acc, N), take(sel, N), take(dcons, Cqmax);
     return off;
   }
 };
 
+// log(sum(exp(v(i)))) over [0, n) (-inf when empty or all -inf), max-shifted so nothing underflows.
+template <class X, class F>
+ATS_HD double log_sum_exp(const X& x, int64_t n, F&& v) {
+  const double m = x.max(n, v);
+  if (m == -INFINITY) return -INFINITY;
+  return m + log(x.sum(n, [&](int64_t i) { return exp(v(i) - m); }));
+}
+
 // The algorithm of relaxed_verify / exact_verify for one request (spec: reference/sample_verify.py). Level j
 // (1-based) runs for j = 1 .. g + 1; level g + 1 (and any level without drafted nodes) samples from the target
 // directly. Returns after writing the new beams to `out`.
+//
+// Numerics: every draw from the target samples the softmax of the tempered scores over the candidates not yet
+// drawn, max-shifted afresh, and the exact rule tracks the draft's proposal law as a log-sum-exp over the
+// unconsumed draft candidates; so however low the temperature, nothing that can still be drawn underflows to a
+// zero weight (a level with >= K candidates always yields K beams).
 template <class X, typename T>
 ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifyScratch& s, const VerifyOut& out) {
   const int64_t K = a.K, N = a.N, W = a.W, V = a.V, U = 2 * N + K;
@@ -165,7 +178,8 @@ ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifySc
     const double* u_sel = u_acc + N;
     const double* u_fb = u_acc + 2 * N;
 
-    // (1) The target's sampling distribution p over the children of the current beams.
+    // (1) The target's candidates (children of the current beams), their tempered scores tsx (-inf: not a
+    // candidate) and p = softmax(tsx).
     for (int64_t k = 0; k < K; ++k) {
       if (!s.live[k]) continue;
       const float l = x.row_lse(a.logits + s.rows[k] * V, V);
@@ -180,15 +194,16 @@ ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifySc
     x.for_each(C, [&](int64_t c) {
       const int64_t k = owner_of(s.prefix, K, c);
       const int64_t e = co[s.nodes[k]] + (c - s.prefix[k]);
-      s.tscore[c] = candidate_score(s.scores[k], X::to_float(a.logits[s.rows[k] * V + ct[e]]), s.lse[k]);
+      const float score = candidate_score(s.scores[k], X::to_float(a.logits[s.rows[k] * V + ct[e]]), s.lse[k]);
+      s.tscore[c] = score;
+      s.tsx[c] = is_candidate(score) ? scaled(score, T_) : -INFINITY;
       s.chosen[c] = 0;
       s.dn[c] = -1;
+      s.dflat[c] = -1;
       s.qc[c] = 0.0;
     });
-    const double M = x.max(C, [&](int64_t c) { return is_candidate(s.tscore[c]) ? scaled(s.tscore[c], T_) : -INFINITY; });
-    x.for_each(C, [&](int64_t c) { s.p[c] = is_candidate(s.tscore[c]) ? exp(scaled(s.tscore[c], T_) - M) : 0.0; });
-    const double Zp = x.sum(C, [&](int64_t c) { return s.p[c]; });
-    if (!(Zp > 0.0)) {  // no candidate at all: every slot invalid
+    const double M = x.max(C, [&](int64_t c) { return s.tsx[c]; });
+    if (M == -INFINITY) {  // no candidate at all: every slot invalid
       x.for_each(K, [&](int64_t i) {
         out.scores[i] = -INFINITY;
         out.parents[i] = out.tokens[i] = out.nodes[i] = -1;
@@ -196,11 +211,29 @@ ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifySc
       x.once([&] { *out.accepted = j - 1; });
       return;
     }
+    x.for_each(C, [&](int64_t c) { s.p[c] = exp(s.tsx[c] - M); });
+    const double Zp = x.sum(C, [&](int64_t c) { return s.p[c]; });
     x.for_each(C, [&](int64_t c) { s.p[c] /= Zp; });
+    // r <- softmax of tsx over the candidates not drawn yet (max-shifted afresh); false if none is left.
+    auto remaining_law = [&]() {
+      const double m = x.max(C, [&](int64_t c) { return s.chosen[c] ? -INFINITY : s.tsx[c]; });
+      if (m == -INFINITY) return false;
+      x.for_each(C, [&](int64_t c) { s.r[c] = s.chosen[c] ? 0.0 : exp(s.tsx[c] - m); });
+      const double z = x.sum(C, [&](int64_t c) { return s.r[c]; });
+      x.for_each(C, [&](int64_t c) { s.r[c] /= z; });
+      return true;
+    };
 
-    // (2) The draft's distribution q of level j: over the children of its W parents (level 1: the beams;
-    // level j > 1: drafted nodes 0..W-1 of level j - 1), with the draft's cumulative scores.
-    x.for_each(N, [&](int64_t n) { s.cur_node[n] = -1, s.tx[n] = -1, s.qx[n] = 0.0, s.acc[n] = 0, s.sel[n] = 0; });
+    // (2) The draft's law q of level j over the children of its W parents (level 1: the beams; level j > 1:
+    // drafted nodes 0..W-1 of level j - 1), from the draft's cumulative scores: tempered scores dx over the
+    // flat draft candidates, q = exp(dx - Mq) / Zq. Then the drafted nodes of level j (the draft's draws, in
+    // order) as proposals: trie node, flat draft index pflat, target candidate tx (-1: parent not a current
+    // beam), q; and per target candidate: the drafted node it is (dn), its flat draft index and q.
+    x.for_each(N, [&](int64_t n) {
+      s.cur_node[n] = -1, s.tx[n] = -1, s.pflat[n] = -1, s.qx[n] = 0.0, s.acc[n] = 0, s.sel[n] = 0;
+    });
+    double Mq = -INFINITY, Zq = 0.0, lse_q = -INFINITY;  // lse_q: log-sum-exp of dx over the unconsumed
+    int64_t Cq = 0;
     if (drafted) {
       const T* dlog = a.draft_logits + (j - 1) * W * V;
       const float* dsc = a.draft_scores + (j - 1) * W;
@@ -220,30 +253,20 @@ ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifySc
         for (int64_t w = 0; w < W; ++w)
           s.dprefix[w + 1] = s.dprefix[w] + (s.dnode[w] >= 0 ? co[s.dnode[w] + 1] - co[s.dnode[w]] : 0);
       });
-      auto dscore = [&](int64_t w, int64_t token) {
-        return candidate_score(dsc[w], X::to_float(dlog[w * V + token]), s.dlse[w]);
-      };
-      auto dscore_flat = [&](int64_t c) {
+      Cq = s.dprefix[W];
+      x.for_each(Cq, [&](int64_t c) {
         const int64_t w = owner_of(s.dprefix, W, c);
-        return dscore(w, ct[co[s.dnode[w]] + (c - s.dprefix[w])]);
-      };
-      const int64_t Cq = s.dprefix[W];
-      const double Mq = x.max(Cq, [&](int64_t c) {
-        const float d = dscore_flat(c);
-        return is_candidate(d) ? scaled(d, T_) : -INFINITY;
+        const float d = candidate_score(dsc[w], X::to_float(dlog[w * V + ct[co[s.dnode[w]] + (c - s.dprefix[w])]]),
+                                        s.dlse[w]);
+        s.dx[c] = is_candidate(d) ? scaled(d, T_) : -INFINITY;
+        s.dcons[c] = 0;
       });
-      const double Zq = x.sum(Cq, [&](int64_t c) {
-        const float d = dscore_flat(c);
-        return is_candidate(d) ? exp(scaled(d, T_) - Mq) : 0.0;
-      });
-      // q of the child `token` of draft parent w (0 if w is not a draft parent).
-      auto q = [&](int64_t w, int64_t token) -> double {
-        if (w < 0 || w >= W || s.dnode[w] < 0 || !(Zq > 0.0)) return 0.0;
-        const float d = dscore(w, token);
-        return is_candidate(d) ? exp(scaled(d, T_) - Mq) / Zq : 0.0;
-      };
-      // Each drafted node: its trie node, its target candidate (tx, -1 if its parent is not a current beam),
-      // its q; each target candidate: the drafted node it is (dn) and its q (qc).
+      Mq = x.max(Cq, [&](int64_t c) { return s.dx[c]; });
+      if (Mq > -INFINITY) {
+        Zq = x.sum(Cq, [&](int64_t c) { return exp(s.dx[c] - Mq); });
+        lse_q = Mq + log(Zq);
+      }
+      auto q_of_flat = [&](int64_t f) { return (f >= 0 && Zq > 0.0) ? exp(s.dx[f] - Mq) / Zq : 0.0; };
       x.for_each(NK, [&](int64_t i) { s.inv[i] = -1; });
       x.for_each(K, [&](int64_t k) {
         if (s.live[k] && s.index[k] >= 0 && s.index[k] < NK) s.inv[s.index[k]] = k;
@@ -257,7 +280,8 @@ ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifySc
         const int64_t node = pnode >= 0 ? child_node(co, ct, pnode, token) : -1;
         if (node < 0) return;  // not a trie child (rejected by the CPU glue; ignored on the GPU)
         s.cur_node[n] = node;
-        s.qx[n] = q(par, token);
+        if (par < W && s.dnode[par] >= 0) s.pflat[n] = s.dprefix[par] + (node - 1 - co[s.dnode[par]]);
+        s.qx[n] = q_of_flat(s.pflat[n]);
         const int64_t k = par < NK ? s.inv[par] : -1;
         if (k < 0) return;
         const int64_t c = s.prefix[k] + (node - 1 - co[s.nodes[k]]);
@@ -266,47 +290,54 @@ ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifySc
           s.dn[c] = n;
         }
       });
-      x.for_each(C, [&](int64_t c) {
-        const int64_t k = owner_of(s.prefix, K, c);
-        s.qc[c] = q(s.index[k], ct[co[s.nodes[k]] + (c - s.prefix[k])]);
+      x.for_each(C, [&](int64_t c) {  // a target candidate's parent is draft parent w iff w = its index < W
+        const int64_t k = owner_of(s.prefix, K, c), w = s.index[k];
+        if (w >= 0 && w < W && s.dnode[w] >= 0) s.dflat[c] = s.dprefix[w] + (c - s.prefix[k]);
+        s.qc[c] = q_of_flat(s.dflat[c]);
       });
     }
 
-    // (3) The rule: nA sampled candidates in s.A (draw order), and whether the round goes on.
+    // (3) The rule: nA sampled candidates in s.A (draw order), and whether the walk goes on.
     int64_t nA = 0;
     bool go_on = false;
     if (a.exact) {
       // Recursive rejection sampling, one draw of K at a time, consuming the proposals in their drafted
-      // (= sampled) order: draw d targets r = p without the accepted ones; the next proposal x follows
-      // s = q without the consumed ones; accept x with probability min(1, r(x) / s(x)); on rejection
-      // r <- normalise(max(0, r - s)); when the proposals run out, sample r by inverse CDF.
-      double consumed = 0.0;  // q mass of the consumed proposals
+      // (= sampled) order: draw d targets r = p without the drawn ones; the next proposal x follows
+      // s = q without the consumed ones, s(y) = exp(dx(y) - lse_q); x is accepted with probability
+      // min(1, r(x) / s(x)); on rejection r <- normalise(max(0, r - s)); when the proposals run out, r is
+      // sampled by inverse CDF.
+      auto s_of_flat = [&](int64_t f) {
+        return (f >= 0 && !s.dcons[f] && lse_q > -INFINITY) ? exp(s.dx[f] - lse_q) : 0.0;
+      };
+      auto consume = [&](int64_t f, double sx) {  // drop proposal f from s (f >= 0, still unconsumed)
+        x.once([&] { s.dcons[f] = 1; });
+        if (sx <= 0.5) {
+          lse_q += log1p(-sx);
+        } else {  // x held most of the mass left: recompute rather than cancel
+          lse_q = log_sum_exp(x, Cq, [&](int64_t c) { return s.dcons[c] ? -INFINITY : s.dx[c]; });
+        }
+      };
       int64_t next = 0;
       for (int64_t d = 0; d < K; ++d) {
-        x.for_each(C, [&](int64_t c) { s.r[c] = s.chosen[c] ? 0.0 : s.p[c]; });
-        const double Zr = x.sum(C, [&](int64_t c) { return s.r[c]; });
-        if (!(Zr > 0.0)) break;
-        x.for_each(C, [&](int64_t c) { s.r[c] /= Zr; });
+        if (!remaining_law()) break;
         int64_t pick = -1;
         while (next < N) {
           const int64_t n = next++;
           if (s.cur_node[n] < 0) continue;  // empty slot
-          const double qn = s.qx[n];
-          const double den = fmax(1.0 - consumed, qn);  // unconsumed q mass (x included), guarded against rounding
-          consumed += qn;
-          const int64_t t = s.tx[n];
+          const int64_t t = s.tx[n], f = s.pflat[n];
+          const double sx = s_of_flat(f);
           const double rx = t >= 0 ? s.r[t] : 0.0;
-          const double sx = den > 0.0 ? qn / den : 0.0;
           if (u_acc[n] * sx < rx) {  // u < r(x) / s(x), without dividing
             pick = t;
-            x.once([&] { s.qc[t] = 0.0; });
+            if (f >= 0) consume(f, sx);
             break;
           }
           if (sx > 0.0) {  // (a zero-probability proposal carries no information: r stays)
-            const double Zres = x.sum(C, [&](int64_t c) { return fmax(0.0, s.r[c] - s.qc[c] / den); });
-            if (Zres > 0.0) x.for_each(C, [&](int64_t c) { s.r[c] = fmax(0.0, s.r[c] - s.qc[c] / den) / Zres; });
+            const double Zres = x.sum(C, [&](int64_t c) { return fmax(0.0, s.r[c] - s_of_flat(s.dflat[c])); });
+            if (Zres > 0.0)
+              x.for_each(C, [&](int64_t c) { s.r[c] = fmax(0.0, s.r[c] - s_of_flat(s.dflat[c])) / Zres; });
           }
-          if (t >= 0) x.once([&] { s.qc[t] = 0.0; });
+          if (f >= 0) consume(f, sx);
         }
         if (pick < 0) pick = x.inverse_cdf(C, s.r, u_fb[d]);
         if (pick < 0) break;
@@ -323,8 +354,8 @@ ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifySc
       // least K' = min(K, #candidates) accepted keep K' of them uniformly at random (the K' smallest
       // selection uniforms) and go on; otherwise complete the accepted ones without replacement from
       // normalise(max(0, p - q)) (from p where that is exhausted) and stop.
-      const int64_t positive = static_cast<int64_t>(x.sum(C, [&](int64_t c) { return s.p[c] > 0.0 ? 1.0 : 0.0; }));
-      const int64_t Keff = positive < K ? positive : K;
+      const int64_t cands = static_cast<int64_t>(x.sum(C, [&](int64_t c) { return s.tsx[c] > -INFINITY ? 1.0 : 0.0; }));
+      const int64_t Keff = cands < K ? cands : K;
       x.for_each(N, [&](int64_t n) {
         const double pn = s.tx[n] >= 0 ? s.p[s.tx[n]] : 0.0;
         s.acc[n] = (s.cur_node[n] >= 0 && u_acc[n] * s.qx[n] < pn) ? 1 : 0;
@@ -352,8 +383,7 @@ ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifySc
         nA = nacc;
         for (int64_t d = nacc; d < Keff; ++d) {
           x.for_each(C, [&](int64_t c) { s.r[c] = s.chosen[c] ? 0.0 : fmax(0.0, s.p[c] - s.qc[c]); });
-          if (!(x.sum(C, [&](int64_t c) { return s.r[c]; }) > 0.0))  // residual exhausted: fall back to p
-            x.for_each(C, [&](int64_t c) { s.r[c] = s.chosen[c] ? 0.0 : s.p[c]; });
+          if (!(x.sum(C, [&](int64_t c) { return s.r[c]; }) > 0.0) && !remaining_law()) break;  // residual exhausted: p
           const int64_t pick = x.inverse_cdf(C, s.r, u_fb[d]);
           if (pick < 0) break;
           x.once([&] {

@@ -133,6 +133,18 @@ def test_zero_probability_candidates_are_never_selected():
                 assert valid.any()
 
 
+def test_low_temperatures_do_not_lose_beams():
+    # At T = 1e-3 every probability but the top one underflows when normalised once; each draw re-normalises
+    # over what is left, so a level with >= K candidates still yields K beams (here every node has >= 2 children).
+    for rule in ("relaxed", "exact"):
+        op, ref = OPS[rule]
+        for seed in range(4):
+            case = make_case(6, 2, 5, 2, V=40, seed=seed, T=1e-3, policy=["anchored", "beam"][seed % 2])
+            out = op(*case)
+            assert_same(out, ref(*case))
+            assert (out[2] >= 0).all()
+
+
 def _tiny_tree():
     """Trie a->{c, d}, b->{e, f}; K = 2 beams at the root (one live), target rows: root, a, b."""
     trie = ItemTrie([[3, 5], [3, 6], [4, 7], [4, 8]])

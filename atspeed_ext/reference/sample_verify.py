@@ -13,11 +13,16 @@ Distributions (float64, from the float32 candidate scores of ``trie_beam_step``,
 
 Uniforms ``[G + 1, 2N + K]`` per request and level: ``u_acc[N]``, ``u_sel[N]`` (relaxed only), ``u_fb[K]``.
 Sums run sequentially in candidate order (beam-major, token order), like the CPU kernel, and
-``inverse_cdf`` is the rule documented in ``csrc/sampling.h``. The exactness proof is in
-``atspeed_ext/docs/sampling_verification.md``.
+``inverse_cdf`` is the rule documented in ``csrc/sampling.h``. Numerics: a draw from "p without the drawn
+candidates" is the softmax of the tempered scores over the remaining candidates, max-shifted afresh, and the
+exact rule's proposal law ``s`` is ``exp(dx - lse_q)`` with ``lse_q`` the log-sum-exp of the draft's tempered
+scores ``dx`` over the unconsumed draft candidates, so nothing that can still be drawn underflows at low
+temperatures. The exactness proof is in ``atspeed_ext/docs/sampling_verification.md``.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -105,14 +110,25 @@ def children(logits_rows, rows, scores, nodes, live, co, ct):
     return owner, edge, score
 
 
-def distribution(score: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``exp(score / T)`` normalised over the candidates (score > -inf), float64; all zero if none."""
-    ok = score > NEG_INF
-    if not bool(ok.any()):
-        return torch.zeros(score.shape, dtype=torch.float64)
-    x = score.double() / temperature
-    w = torch.where(ok, torch.exp(x - x[ok].max()), torch.zeros_like(x))
+def tempered(score: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``score / T`` in float64 for candidates (score > -inf), -inf otherwise."""
+    return torch.where(score > NEG_INF, score.double() / temperature, torch.full(score.shape, NEG_INF,
+                                                                                 dtype=torch.float64))
+
+
+def softmax_seq(x: torch.Tensor) -> torch.Tensor | None:
+    """``exp(x - max) / sum`` (sequential sum), or None if every entry is -inf."""
+    if x.numel() == 0 or not bool((x > NEG_INF).any()):
+        return None
+    w = torch.exp(x - x.max())
     return w / seq_sum(w)
+
+
+def log_sum_exp(x: torch.Tensor) -> float:
+    if x.numel() == 0 or not bool((x > NEG_INF).any()):
+        return NEG_INF
+    m = float(x.max())
+    return m + math.log(seq_sum(torch.exp(x - m)))
 
 
 # ----------------------------------------------------------------------------------------------- the walk
@@ -147,17 +163,26 @@ def _verify_request(exact, logits, rows, scores, nodes, live, lp, lt, lr, g, N, 
         u = uniforms[j - 1].tolist()
         u_acc, u_sel, u_fb = u[:N], u[N:2 * N], u[2 * N:]
 
-        # (1) the target's p over the children of the current beams
+        # (1) the target's candidates, tempered scores tsx and p = softmax(tsx)
         owner, edge, tscore = children(logits, rows, scores, nodes, live, co, ct)
         C = len(owner)
-        p = distribution(tscore, T)
-        if not seq_sum(p) > 0:
+        tsx = tempered(tscore, T)
+        p = softmax_seq(tsx)
+        if p is None:
             return j - 1, []
+        chosen = torch.zeros(C, dtype=torch.bool)
 
-        # (2) the draft's q, the drafted nodes as proposals (tx: their target candidate), dn / qc per candidate
+        def remaining_law():
+            """softmax of tsx over the candidates not drawn yet (None if none is left)."""
+            return softmax_seq(torch.where(chosen, NEG_INF, tsx))
+
+        # (2) the draft's law over the children of its W parents (tempered scores dx, flat order), the drafted
+        # nodes as proposals (tx: their target candidate; pflat: their flat draft index), dn / dflat / qc per
+        # target candidate
+        dn, dflat = [-1] * C, [-1] * C
         qc = torch.zeros(C, dtype=torch.float64)
-        dn = [-1] * C
-        cur_nodes, tx, qx = [-1] * N, [-1] * N, [0.0] * N
+        cur_nodes, tx, pflat, qx = [-1] * N, [-1] * N, [-1] * N, [0.0] * N
+        dx = torch.zeros(0, dtype=torch.float64)
         if drafted:
             if j == 1:
                 dnodes = [nodes[w] if w < K and live[w] else -1 for w in range(W)]
@@ -165,8 +190,9 @@ def _verify_request(exact, logits, rows, scores, nodes, live, lp, lt, lr, g, N, 
                 dnodes = [prev_nodes[w] if w < N else -1 for w in range(W)]
             d_owner, d_edge, dscore = children(draft_logits[j - 1], list(range(W)), draft_scores[j - 1], dnodes,
                                                [n >= 0 for n in dnodes], co, ct)
-            q_all = distribution(dscore, T)
-            q_of = {(w, ct[e]): float(q_all[i]) for i, (w, e) in enumerate(zip(d_owner, d_edge))}
+            dx = tempered(dscore, T)
+            q = softmax_seq(dx)
+            flat_of = {(w, ct[e]): i for i, (w, e) in enumerate(zip(d_owner, d_edge))}
             cand_of = {(index[owner[c]], ct[edge[c]]): c for c in range(C)}  # (parent index, token) -> candidate
             for n in range(N):
                 par, token = lp[j - 1][n], lt[j - 1][n]
@@ -176,45 +202,57 @@ def _verify_request(exact, logits, rows, scores, nodes, live, lp, lt, lr, g, N, 
                 node = child_node(co, ct, pnode, token) if pnode >= 0 else -1
                 if node < 0:
                     continue
-                cur_nodes[n], qx[n] = node, q_of.get((par, token), 0.0)
+                cur_nodes[n] = node
+                pflat[n] = flat_of.get((par, token), -1)
+                qx[n] = float(q[pflat[n]]) if q is not None and pflat[n] >= 0 else 0.0
                 c = cand_of.get((par, token), -1)
                 if c >= 0 and tscore[c] > NEG_INF:
                     tx[n], dn[c] = c, n
-            qc = torch.tensor([q_of.get((index[owner[c]], ct[edge[c]]), 0.0) for c in range(C)], dtype=torch.float64)
+            dflat = [flat_of.get((index[owner[c]], ct[edge[c]]), -1) for c in range(C)]
+            qc = torch.tensor([float(q[f]) if q is not None and f >= 0 else 0.0 for f in dflat], dtype=torch.float64)
 
         # (3) the rule
-        chosen = torch.zeros(C, dtype=torch.bool)
         A: list[int] = []
         if exact:
-            consumed, nxt = 0.0, 0
+            consumed = torch.zeros(len(dx), dtype=torch.bool)
+            lse_q = log_sum_exp(dx)  # over the unconsumed draft candidates
+
+            def s_of(f: int) -> float:
+                return math.exp(float(dx[f]) - lse_q) if f >= 0 and not consumed[f] and lse_q > NEG_INF else 0.0
+
+            def consume(f: int, sx: float) -> float:
+                consumed[f] = True
+                if sx <= 0.5:
+                    return lse_q + math.log1p(-sx)
+                return log_sum_exp(torch.where(consumed, NEG_INF, dx))  # recompute rather than cancel
+
+            nxt = 0
             for d in range(K):
-                r = torch.where(chosen, 0.0, p)
-                Zr = seq_sum(r)
-                if not Zr > 0:
+                r = remaining_law()
+                if r is None:
                     break
-                r = r / Zr
                 pick = -1
                 while nxt < N:
                     n = nxt
                     nxt += 1
                     if cur_nodes[n] < 0:
                         continue
-                    den = max(1.0 - consumed, qx[n])
-                    consumed += qx[n]
-                    t = tx[n]
+                    t, f = tx[n], pflat[n]
+                    sx = s_of(f)
                     rx = float(r[t]) if t >= 0 else 0.0
-                    sx = qx[n] / den if den > 0 else 0.0
                     if u_acc[n] * sx < rx:
                         pick = t
-                        qc[t] = 0.0
+                        if f >= 0:
+                            lse_q = consume(f, sx)
                         break
                     if sx > 0:
-                        res = (r - qc / den).clamp(min=0.0)
+                        s_all = torch.tensor([s_of(f2) for f2 in dflat], dtype=torch.float64)
+                        res = (r - s_all).clamp(min=0.0)
                         Zres = seq_sum(res)
                         if Zres > 0:
                             r = res / Zres
-                    if t >= 0:
-                        qc[t] = 0.0
+                    if f >= 0:
+                        lse_q = consume(f, sx)
                 if pick < 0:
                     pick = inverse_cdf(r, u_fb[d])
                 if pick < 0:
@@ -223,7 +261,7 @@ def _verify_request(exact, logits, rows, scores, nodes, live, lp, lt, lr, g, N, 
                 A.append(pick)
             go_on = drafted and len(A) > 0 and all(dn[c] >= 0 for c in A)
         else:
-            k_eff = min(K, int((p > 0).sum()))
+            k_eff = min(K, int((tsx > NEG_INF).sum()))
             acc = [cur_nodes[n] >= 0 and u_acc[n] * qx[n] < (float(p[tx[n]]) if tx[n] >= 0 else 0.0)
                    for n in range(N)]
             accepted_nodes = [n for n in range(N) if acc[n]]
@@ -236,8 +274,10 @@ def _verify_request(exact, logits, rows, scores, nodes, live, lp, lt, lr, g, N, 
                 chosen[A] = True
                 for d in range(len(A), k_eff):
                     w = torch.where(chosen, 0.0, (p - qc).clamp(min=0.0))
-                    if not seq_sum(w) > 0:  # the residual is exhausted: fall back to p
-                        w = torch.where(chosen, 0.0, p)
+                    if not seq_sum(w) > 0:  # the residual is exhausted: fall back to p over the rest
+                        w = remaining_law()
+                        if w is None:
+                            break
                     pick = inverse_cdf(w, u_fb[d])
                     if pick < 0:
                         break

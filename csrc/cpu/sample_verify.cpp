@@ -129,8 +129,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_ve
   int64_t max_children = 0;
   for (int64_t n = 0; n + 1 < co.size(0); ++n)
     max_children = std::max(max_children, co.data_ptr<int64_t>()[n + 1] - co.data_ptr<int64_t>()[n]);
-  const int64_t Cmax = K * max_children;
-  const int64_t scratch_bytes = sampling::VerifyScratch::bytes(K, N, W, Cmax);
+  const int64_t Cmax = K * max_children, Cqmax = W * max_children;
+  const int64_t scratch_bytes = sampling::VerifyScratch::bytes(K, N, W, Cmax, Cqmax);
 
   auto opts = beam_scores.options();
   at::Tensor accepted = at::empty({B}, opts.dtype(at::kLong));
@@ -141,7 +141,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_ve
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       std::vector<unsigned char> buffer(static_cast<size_t>(scratch_bytes));
       sampling::VerifyScratch s;
-      s.carve(buffer.data(), K, N, W, Cmax);
+      s.carve(buffer.data(), K, N, W, Cmax, Cqmax);
       for (int64_t b = begin; b < end; ++b) {
         const sampling::VerifyRequest<scalar_t> req{
             x.data_ptr<scalar_t>() + b * R * V, V, br.data_ptr<int64_t>() + b * K, bs.data_ptr<float>() + b * K,

@@ -41,8 +41,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_ve
   at::Tensor tokens = at::empty({B, K}, opts.dtype(at::kLong)), nodes = at::empty({B, K}, opts.dtype(at::kLong));
   if (B == 0) return {accepted, scores, parents, tokens, nodes};
   const int64_t max_children = co.size(0) > 1 ? co.diff().max().item<int64_t>() : 0;
-  const int64_t Cmax = K * max_children;
-  const int64_t scratch_bytes = sampling::VerifyScratch::bytes(K, N, W, Cmax);
+  const int64_t Cmax = K * max_children, Cqmax = W * max_children;
+  const int64_t scratch_bytes = sampling::VerifyScratch::bytes(K, N, W, Cmax, Cqmax);
   at::Tensor scratch = at::empty({B, scratch_bytes}, opts.dtype(at::kByte));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sample_verify_cuda", [&] {
     using T = typename cuda_type<scalar_t>::type;
@@ -51,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_ve
         bn.data_ptr<int64_t>(), bl.data_ptr<bool>(), K, lp.data_ptr<int64_t>(), lt.data_ptr<int64_t>(),
         lr.data_ptr<int64_t>(), nl.data_ptr<int64_t>(), G, N, reinterpret_cast<const T*>(dx.data_ptr<scalar_t>()),
         ds.data_ptr<float>(), W, un.data_ptr<double>(), co.data_ptr<int64_t>(), ct.data_ptr<int64_t>(), temperature,
-        scratch.data_ptr<uint8_t>(), scratch_bytes, Cmax, accepted.data_ptr<int64_t>(), scores.data_ptr<float>(),
+        scratch.data_ptr<uint8_t>(), scratch_bytes, Cmax, Cqmax, accepted.data_ptr<int64_t>(), scores.data_ptr<float>(),
         parents.data_ptr<int64_t>(), tokens.data_ptr<int64_t>(), nodes.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

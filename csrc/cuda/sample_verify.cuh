@@ -123,7 +123,7 @@ __global__ void sample_verify_kernel(bool exact, const T* __restrict__ logits, i
                                      int64_t W, const double* __restrict__ uniforms,
                                      const int64_t* __restrict__ child_offsets,
                                      const int64_t* __restrict__ child_tokens, double temperature,
-                                     unsigned char* __restrict__ scratch, int64_t scratch_bytes, int64_t Cmax,
+                                     unsigned char* __restrict__ scratch, int64_t scratch_bytes, int64_t Cmax, int64_t Cqmax,
                                      int64_t* __restrict__ accepted, float* __restrict__ out_scores,
                                      int64_t* __restrict__ out_parents, int64_t* __restrict__ out_tokens,
                                      int64_t* __restrict__ out_nodes) {
@@ -135,7 +135,7 @@ __global__ void sample_verify_kernel(bool exact, const T* __restrict__ logits, i
                                        uniforms + b * (G + 1) * (2 * N + K), child_offsets, child_tokens, temperature,
                                        exact};
   sampling::VerifyScratch s;
-  s.carve(scratch + b * scratch_bytes, K, N, W, Cmax);
+  s.carve(scratch + b * scratch_bytes, K, N, W, Cmax, Cqmax);
   const sampling::VerifyOut out{accepted + b, out_scores + b * K, out_parents + b * K, out_tokens + b * K,
                                 out_nodes + b * K};
   sampling::verify_request(BlockExec{}, req, s, out);
