@@ -100,9 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     draft.add_argument("--init", default=None, metavar="DIR", help="start from this draft checkpoint instead")
     draft.add_argument("--alpha", type=float, default=0.7, help="weight of the alignment term (default 0.7)")
     draft.add_argument("--temperature", type=float, default=1.0)
-    draft.add_argument("--topk", type=_positive, default=20, help="AtSpeed-S top-K set size / on-policy beams (default 20)")
-    draft.add_argument("--on-policy", action="store_true",
-                       help="align along the draft's own beams scored by the target (DistillSpec style)")
+    draft.add_argument("--topk", type=_positive, default=20, help="AtSpeed-S: size of the draft's top-K set (default 20)")
+    draft.add_argument("--on-policy", action="store_true", help="atspeed-s / atspeed-r along the draft's own beams "
+                       "scored by the target (DistillSpec style) instead of the target's beams")
+    draft.add_argument("--on-policy-beams", type=_positive, default=20, help="draft beams per prompt (default 20)")
     draft.add_argument("--val-beams", type=_positive, default=10, help="validation K (default 10)")
     draft.add_argument("--val-draft-beams", type=_positive, default=40, help="validation N (default 40)")
     draft.add_argument("--val-gamma", type=_positive, default=3, help="validation gamma (default 3)")

@@ -81,8 +81,15 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, rank: int = 0,
     for start in range(0, len(order), pool):
         chunk = sorted(order[start:start + pool], key=lambda i: lengths[i])
         batches += [chunk[i:i + batch_size * world] for i in range(0, len(chunk), batch_size * world)]
+    batches = [b for b in batches if len(b) >= world]  # a last batch too small to give every rank an example
     batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
     return [b[rank::world] for b in batches]
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, world: int = 1) -> int:
+    """How many batches :func:`epoch_batches` cuts (the same on every rank)."""
+    full, rest = divmod(num_examples, batch_size * world)
+    return full + (1 if rest >= world else 0)
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -148,7 +155,7 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
 
 
 def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths: list[int], batch_loss, validate,
-               metric: str, resume: bool = False, progress: bool = True) -> dict:
+               metric: str, resume: bool = False, progress: bool = True, extra_config: dict | None = None) -> dict:
     """The training loop shared by the target and draft trainers: AdamW, warm-up + cosine, clipping,
     (bfloat16 autocast), validation every ``cfg.eval_every`` steps or epoch, early stopping on ``metric``
     (higher is better), ``best/`` and ``last/`` checkpoints, exact resume, DDP under torchrun.
@@ -157,19 +164,25 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
         lengths: the length of each training example (batches group similar lengths).
         batch_loss: ``(train_model, example indices) -> loss`` (``train_model`` is the DDP wrapper if any).
         validate: ``() -> metrics`` on rank 0, with ``metric`` among them.
+        extra_config: more settings of the run (e.g. the alignment objective): kept in the trainer state and
+            in ``best/meta.json``; a resume with different ones is refused.
     """
     rank, world = _dist()
     out_dir = Path(out_dir)
     device = next(model.parameters()).device
-    steps_per_epoch = math.ceil(len(lengths) / (cfg.batch_size * world))
-    total = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+    epoch_steps = steps_per_epoch(len(lengths), cfg.batch_size, world)
+    total = cfg.epochs * epoch_steps if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * epoch_steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(int(cfg.warmup_ratio * total), total))
+    extra_config = extra_config or {}
     state = {"step": 0, "epoch": 0, "metric": metric, "best": -math.inf, "bad_evals": 0, "history": [],
-             "config": asdict(cfg), "examples": len(lengths)}
+             "config": asdict(cfg), "extra_config": extra_config, "examples": len(lengths)}
     last = out_dir / "last"
     if resume and (last / "trainer_state.json").exists():
         state = json.loads((last / "trainer_state.json").read_text())
+        if state.get("extra_config", {}) != json.loads(json.dumps(extra_config)):
+            raise ValueError(f"{last} was trained with other settings ({state.get('extra_config')}); resume with the "
+                             "same ones or use another output directory")
         state.setdefault("metric", metric)
         state.setdefault("best", state.pop("best_recall@10", -math.inf))  # states written before "best" existed
         model.load_state_dict(load_file(str(last / "model.safetensors"), device=str(device)), strict=False)
@@ -192,7 +205,7 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
             state["history"].append({"step": state["step"], "epoch": state["epoch"], **metrics})
             if improved:
                 state["best"], state["bad_evals"] = metrics[metric], 0
-                save_checkpoint(out_dir / "best", model, tokenizer, {"step": state["step"], **metrics})
+                save_checkpoint(out_dir / "best", model, tokenizer, {"step": state["step"], **metrics, **extra_config})
             else:
                 state["bad_evals"] += 1
             # Written to a side folder and swapped in, so a crash never leaves a half-written `last`.
@@ -214,8 +227,8 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
     loss_ema, stopped, last_eval = None, False, -1
     while not stopped and state["epoch"] < cfg.epochs and state["step"] < total:
         batches = epoch_batches(lengths, cfg.batch_size, cfg.seed + state["epoch"], rank, world)
-        epoch_end = (state["epoch"] + 1) * steps_per_epoch
-        first = state["step"] - state["epoch"] * steps_per_epoch  # > 0 when resuming inside an epoch
+        epoch_end = (state["epoch"] + 1) * epoch_steps
+        first = state["step"] - state["epoch"] * epoch_steps  # > 0 when resuming inside an epoch
         for batch in batches[first:]:
             t0 = time.perf_counter()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):

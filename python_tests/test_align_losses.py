@@ -66,13 +66,16 @@ def _batch(seed=0, B=3, M=4, Lv=3, C=6):
 
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_one_sgd_step_lowers_every_objective_and_no_nan(objective):
+    """alpha = 1: the alignment term alone (for ``ce``, the CE); teacher values are -inf outside the trie, as
+    stored teacher data is."""
     logits, p, allowed, slots = _batch()
-    loss = alignment_loss(objective, logits.log_softmax(-1), p, allowed, slots, alpha=0.7, topk=3)
+    p = p.masked_fill(~allowed, float("-inf"))
+    loss = alignment_loss(objective, logits.log_softmax(-1), p, allowed, slots, alpha=1.0, topk=3)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
     with torch.no_grad():
         stepped = (logits - 0.5 * logits.grad).log_softmax(-1)
-        after = alignment_loss(objective, stepped, p, allowed, slots, alpha=0.7, topk=3)
+        after = alignment_loss(objective, stepped, p, allowed, slots, alpha=1.0, topk=3)
     assert after < loss
 
 
@@ -109,6 +112,14 @@ def test_alignment_loss_mixes_ce_and_align():
     tvd_beams = total_variation(q[:, 1:].reshape(-1, C), p[:, 1:].reshape(-1, C), allowed[:, 1:].reshape(-1, C))
     got = alignment_loss("atspeed-r", q, p, allowed, slots, alpha=0.7)
     assert got.item() == pytest.approx((0.3 * ce + 0.7 * tvd_beams).item(), rel=1e-6)
+    beams = lambda x: x[:, 1:].reshape(-1, C)  # noqa: E731
+    truth = lambda x: x[:, 0].reshape(-1, C)   # noqa: E731
+    want = {"wordkd": forward_kl(truth(q), truth(p), truth(allowed)),
+            "seqkd": token_nll(beams(q), slots[:, 1:].reshape(-1)),
+            "atspeed-s": topk_reverse_kl(beams(q), beams(p), beams(allowed), k=3)}
+    for objective, align in want.items():  # each objective reads the chains it should (truth or beams)
+        got = alignment_loss(objective, q, p, allowed, slots, alpha=0.7, topk=3)
+        assert got.item() == pytest.approx((0.3 * ce + 0.7 * align).item(), rel=1e-6), objective
     with pytest.raises(ValueError, match="objective must be one of"):
         alignment_loss("kl", q, p, allowed, slots)
     with pytest.raises(ValueError, match="alpha"):

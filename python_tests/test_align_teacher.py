@@ -50,8 +50,11 @@ def test_level_view_walk_matches_the_trie(setup):
     data, tok, levels = setup
     trie = tok.trie()
     chains = tok.item_token_ids[:10].clone()
-    chains[3, 2] = tok.item_token_ids[4, 2] if tok.item_token_ids[4, 2] != chains[3, 2] else chains[3, 2]
+    # row 3: a depth-1 code that exists at depth 1 but not under row 3's first code -> nothing allowed after it
+    under = set(trie.children(chains[3, :1].tolist()))
+    chains[3, 1] = next(t for t in levels.level_tokens[1].tolist() if t >= 0 and t not in under)
     slots, allowed = levels.walk(chains)
+    assert allowed[3, 1].any() and not allowed[3, 2:].any()
     for r in range(10):
         seq = chains[r].tolist()
         for d in range(levels.depth):
@@ -76,9 +79,12 @@ def test_teacher_data_round_trip_deterministic_and_resumable(setup, tmp_path):
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["num_examples"] == 70 and len(meta["shards"]) == 3 and meta["bytes"] > 0
     first = {s: (tmp_path / s).read_bytes() for s in meta["shards"]}
+    stamps = {s: (tmp_path / s).stat().st_mtime_ns for s in meta["shards"]}
     (tmp_path / meta["shards"][1]).unlink()                  # an interrupted run: resume writes only that shard
     generate_teacher_data(model, tok, examples, tmp_path, num_beams=4, batch_size=9, shard_size=32, progress=False)
     assert {s: (tmp_path / s).read_bytes() for s in meta["shards"]} == first  # deterministic: the same bytes
+    for s in (meta["shards"][0], meta["shards"][2]):
+        assert (tmp_path / s).stat().st_mtime_ns == stamps[s]  # finished shards were left alone
 
     teacher = TeacherData(tmp_path, levels, tok.identifiers)
     rows = [0, 33, 69]
@@ -92,13 +98,51 @@ def test_teacher_data_round_trip_deterministic_and_resumable(setup, tmp_path):
         assert torch.allclose(logp[r][allowed[0]], want[allowed[0]], atol=2e-3)  # float16 storage
         assert torch.isinf(logp[r][~allowed[0]]).all()     # nothing stored outside the trie
 
-    with pytest.raises(ValueError, match="other settings"):
-        generate_teacher_data(model, tok, examples, tmp_path, num_beams=5, shard_size=32, progress=False)
+    with pytest.raises(ValueError, match="other settings.*num_beams"):
+        generate_teacher_data(model, tok, examples, tmp_path, num_beams=5, batch_size=9, shard_size=32,
+                              progress=False)
+    other = build_model("tiny-1x64", tok.vocab_size, seed=7)
+    with pytest.raises(ValueError, match="other settings.*model_hash"):  # another target cannot resume it
+        generate_teacher_data(other, tok, examples, tmp_path, num_beams=4, batch_size=9, shard_size=32,
+                              progress=False)
+    with pytest.raises(ValueError, match="no teacher rows"):
+        teacher.get([])
     with pytest.raises(IndexError, match="out of range"):
         teacher.get([70])
     (tmp_path / meta["shards"][2]).unlink()
     with pytest.raises(ValueError, match="incomplete"):
         TeacherData(tmp_path, levels)
+
+
+def test_teacher_with_uneven_levels_and_invalid_beams(tmp_path):
+    """Levels of 3, 5 and 2 codes (padding slots) and more beams than items (invalid beams): stored and read
+    back exactly where the trie allows, -inf elsewhere, and every loss stays finite."""
+    from atspeed_ext.align.losses import OBJECTIVES, alignment_loss
+
+    g = torch.Generator().manual_seed(0)
+    idents = sorted({(f"<a_{int(a)}>", f"<b_{int(b)}>", f"<c_{int(c)}>")
+                     for a, b, c in zip(torch.randint(0, 3, (30,), generator=g), torch.randint(0, 5, (30,), generator=g),
+                                        torch.randint(0, 2, (30,), generator=g))})
+    tok = CodeTokenizer(idents)
+    levels = LevelView(tok.trie(), tok.item_token_ids)
+    assert (levels.level_tokens < 0).any()                  # padding slots exist
+    examples = [((i % len(idents), (i + 1) % len(idents)), (i + 2) % len(idents)) for i in range(12)]
+    model = build_model("tiny-1x64", tok.vocab_size, seed=0)
+    K = len(idents) + 3
+    generate_teacher_data(model, tok, examples, tmp_path, num_beams=K, batch_size=5, progress=False)
+    chains, logp = TeacherData(tmp_path, levels, tok.identifiers).get(list(range(12)))
+    assert (chains[:, 1:, 0] < 0).any()                       # invalid beams
+    prompts = [tok.encode_prompt(h) for h, _ in examples]
+    want = forced_level_log_probs(model, prompts, chains, levels.level_tokens)
+    _, allowed = levels.walk(chains)
+    assert torch.allclose(logp[allowed], want[allowed], atol=2e-3) and torch.isinf(logp[~allowed]).all()
+    slots, _ = levels.walk(chains)
+    q = want.detach().clone().requires_grad_(True)
+    for objective in OBJECTIVES:
+        loss = alignment_loss(objective, q, logp, allowed, slots, topk=4)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(q.grad).all(), objective
+        q.grad = None
 
 
 def test_on_policy_chains_are_the_drafts_beams_scored_by_the_target(setup):
@@ -142,6 +186,38 @@ def test_train_draft_validates_by_accepted_levels(setup, tmp_path, objective, on
     assert sum(rounds) / len(rounds) == pytest.approx(state["best"])  # the saved best is what was measured
 
 
+def test_train_draft_resumes_exactly_and_refuses_other_settings(setup, tmp_path, monkeypatch):
+    data, tok, levels = setup
+    target = build_model("tiny-1x64", tok.vocab_size, seed=1).eval()
+    generate_teacher_data(target, tok, data.train_examples()[:96], tmp_path / "teacher", num_beams=3, progress=False)
+    teacher = TeacherData(tmp_path / "teacher", levels)
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=5e-3, eval_prompts=6)
+    align = AlignConfig(objective="atspeed-s", topk=3, val_beams=3, val_draft_beams=6)
+    whole = build_model("tiny-1x64", tok.vocab_size, seed=5)
+    train_draft(whole, target, tok, data, tmp_path / "whole", cfg, align, teacher=teacher, progress=False)
+    import atspeed_ext.train as train_module
+
+    def crash_after_first_checkpoint(message):  # the same run, killed after its first checkpoint
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module.tqdm, "write", crash_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train_draft(build_model("tiny-1x64", tok.vocab_size, seed=5), target, tok, data, tmp_path / "part", cfg,
+                    align, teacher=teacher, progress=False)
+    monkeypatch.undo()
+    resumed = build_model("tiny-1x64", tok.vocab_size, seed=9)  # other weights: the resume must load them
+    state = train_draft(resumed, target, tok, data, tmp_path / "part", cfg, align, teacher=teacher, resume=True,
+                        progress=False)
+    assert state["step"] == 6
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="other settings"):
+        train_draft(resumed, target, tok, data, tmp_path / "part", cfg, AlignConfig(objective="atspeed-r", topk=3,
+                    val_beams=3, val_draft_beams=6), teacher=teacher, resume=True, progress=False)
+    meta = json.loads((tmp_path / "whole" / "best" / "meta.json").read_text())
+    assert meta["align"]["objective"] == "atspeed-s"         # the checkpoint says how it was trained
+
+
 def test_train_draft_bad_inputs(setup, tmp_path):
     data, tok, levels = setup
     with pytest.raises(ValueError, match="objective must be one of"):
@@ -150,7 +226,17 @@ def test_train_draft_bad_inputs(setup, tmp_path):
         AlignConfig(alpha=-0.1)
     with pytest.raises(ValueError, match=r"val_draft_beams \(N\) must be >= val_beams"):
         AlignConfig(val_beams=10, val_draft_beams=5)
+    with pytest.raises(ValueError, match="on-policy data applies"):
+        AlignConfig(objective="wordkd", on_policy=True)
     model = build_model("tiny-1x64", tok.vocab_size)
+    generate_teacher_data(model, tok, data.train_examples()[:20], tmp_path / "t", num_beams=2, progress=False)
+    data.max_history = 1  # other prompts than the teacher's
+    try:
+        with pytest.raises(ValueError, match="made for other prompts"):
+            train_draft(model, model, tok, data, tmp_path / "x", TrainConfig(epochs=1), AlignConfig(objective="seqkd"),
+                        teacher=TeacherData(tmp_path / "t", levels))
+    finally:
+        data.max_history = 20
     with pytest.raises(ValueError, match="needs teacher data"):
         train_draft(model, model, tok, data, tmp_path, TrainConfig(epochs=1), AlignConfig(objective="seqkd"))
 

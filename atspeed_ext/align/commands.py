@@ -11,10 +11,28 @@ from .teacher import TeacherData, generate_teacher_data
 from .trainer import AlignConfig, needs_teacher, train_draft
 
 
+def _fail(e: Exception):
+    raise SystemExit(f"error: {e}") from None
+
+
 def run_teacher(args) -> int:
+    try:
+        return _teacher(args)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+
+
+def run_train_draft(args) -> int:
+    try:
+        return _train_draft(args)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+
+
+def _teacher(args) -> int:
     data = data_of(args)
     if args.with_eos:
-        raise SystemExit("error: teacher data covers identifier tokens only; drop --with-eos")
+        raise ValueError("teacher data covers identifier tokens only; drop --with-eos")
     device = device_of(args)
     target, tokenizer = load_checkpoint(args.checkpoint, device, identifiers=data.identifiers)
     examples = data.train_examples()
@@ -32,16 +50,13 @@ def run_teacher(args) -> int:
     return 0
 
 
-def run_train_draft(args) -> int:
+def _train_draft(args) -> int:
     data = data_of(args)
     device = device_of(args)
-    try:
-        align = AlignConfig(objective=args.objective, alpha=args.alpha, temperature=args.temperature, topk=args.topk,
-                            on_policy=args.on_policy, val_beams=args.val_beams, val_draft_beams=args.val_draft_beams,
-                            val_gamma=args.val_gamma)
-        cfg = train_config(args)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    align = AlignConfig(objective=args.objective, alpha=args.alpha, temperature=args.temperature, topk=args.topk,
+                        on_policy=args.on_policy, on_policy_beams=args.on_policy_beams, val_beams=args.val_beams,
+                        val_draft_beams=args.val_draft_beams, val_gamma=args.val_gamma)
+    cfg = train_config(args)
     target, tokenizer = load_checkpoint(args.target, device, identifiers=data.identifiers)
     target.requires_grad_(False)
     if needs_teacher(align) and not args.teacher:

@@ -23,6 +23,11 @@ def forcing_rows(prompts: list[list[int]], chains: torch.Tensor, pad_token_id: i
         the position whose logits predict token ``l`` of chain ``m``.
     """
     B, M, L = chains.shape
+    if B == 0 or B != len(prompts):
+        raise ValueError(f"need one chain set per prompt and at least one prompt, got {len(prompts)} prompts and "
+                         f"chains of shape {tuple(chains.shape)}")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (its last position predicts the first code)")
     n = L - 1  # fed tokens per chain
     lengths = torch.tensor([len(p) for p in prompts])
     T = int(lengths.max()) + M * n
@@ -56,10 +61,11 @@ def forced_level_log_probs(model, prompts: list[list[int]], chains: torch.Tensor
                            pad_token_id: int = 0) -> torch.Tensor:
     """``[B, M, L, C]`` full-vocabulary log-probabilities of the model at every position of every chain,
     at the level slots of ``level_tokens`` ``[L, C]`` (-inf in padding slots). Differentiable."""
-    device = next(model.parameters()).device
+    param = next(model.parameters())  # (works for a DDP wrapper too, which has no .dtype)
+    device = param.device
     ids, pos, visible, read_at = forcing_rows(prompts, chains, pad_token_id)
     mask = additive_mask(visible.to(device), torch.get_autocast_dtype(device.type)
-                         if torch.is_autocast_enabled(device.type) else model.dtype)
+                         if torch.is_autocast_enabled(device.type) else param.dtype)
     logits = model(input_ids=ids.to(device), position_ids=pos.to(device), attention_mask=mask).logits
     logits = logits if logits.dtype == torch.float64 else logits.float()
     B, M, L = chains.shape

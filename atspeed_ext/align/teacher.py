@@ -18,6 +18,7 @@ Reading is memory-mapped (``safetensors.safe_open``): only the rows asked for ar
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -67,17 +68,24 @@ def generate_teacher_data(model, tokenizer, examples: list[tuple[tuple[int, ...]
         raise ValueError("no examples to teach")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()  # dropout off: the data must not depend on the model's mode
     trie = tokenizer.trie()
     levels = LevelView(trie, tokenizer.item_token_ids)
     shards = [(s, min(s + shard_size, len(examples))) for s in range(0, len(examples), shard_size)]
+    # Everything that determines the bytes; a resume must match all of it.
     meta = {"format": FORMAT, "num_examples": len(examples), "num_beams": num_beams, "depth": levels.depth,
-            "shard_size": shard_size, "shards": [f"shard_{i:05d}.safetensors" for i in range(len(shards))],
-            "identifiers_hash": hash_identifiers(tokenizer.identifiers), "source": source or {}}
+            "shard_size": shard_size, "batch_size": batch_size,
+            "shards": [f"shard_{i:05d}.safetensors" for i in range(len(shards))],
+            "identifiers_hash": hash_identifiers(tokenizer.identifiers),
+            "level_tokens": levels.level_tokens.tolist(), "examples_hash": hash_examples(tokenizer, examples),
+            "model_hash": hash_model(model), "source": source or {}}
     meta_path = out_dir / "meta.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
-        if {k: old.get(k) for k in meta if k != "source"} != {k: v for k, v in meta.items() if k != "source"}:
-            raise ValueError(f"{out_dir} holds teacher data of other settings; use another directory")
+        changed = [k for k in meta if k != "source" and old.get(k) != meta[k]]
+        if changed:
+            raise ValueError(f"{out_dir} holds teacher data of other settings ({', '.join(changed)} differ); "
+                             "use another directory")
     meta_path.write_text(json.dumps(meta, indent=2))
     todo = [i for i, _ in enumerate(shards) if not (out_dir / meta["shards"][i]).exists()]
     started = time.perf_counter()
@@ -109,9 +117,25 @@ def generate_teacher_data(model, tokenizer, examples: list[tuple[tuple[int, ...]
 
 
 def hash_identifiers(identifiers) -> str:
-    import hashlib
-
     return hashlib.sha256(json.dumps([list(i) for i in identifiers]).encode()).hexdigest()[:16]
+
+
+def hash_examples(tokenizer, examples) -> str:
+    """A fingerprint of the encoded prompts and targets, so that teacher rows cannot be paired with other
+    examples (another history length, another data set) without an error."""
+    h = hashlib.sha256()
+    for history, target in examples:
+        h.update(json.dumps([tokenizer.encode_prompt(history), int(target)]).encode())
+    return h.hexdigest()[:16]
+
+
+def hash_model(model) -> str:
+    """A fingerprint of the model's weights (the teacher must not change under a resume)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _split_rows(part: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -134,8 +158,8 @@ class TeacherData:
 
     Args:
         directory: written by :func:`generate_teacher_data`.
-        levels: the :class:`LevelView` of the same trie (checked against the stored identifiers' hash when
-            ``identifiers`` is given).
+        levels: the :class:`LevelView` of the same trie (its level tokens must equal the stored ones).
+        identifiers: if given, checked against the stored identifiers' hash.
     """
 
     def __init__(self, directory: str | Path, levels: LevelView, identifiers=None):
@@ -152,8 +176,8 @@ class TeacherData:
                              f"{missing[0]}); rerun `atspeed-ext teacher` to finish it")
         if identifiers is not None and hash_identifiers(identifiers) != self.meta["identifiers_hash"]:
             raise ValueError(f"{self.directory}: teacher data of other item identifiers")
-        if levels.depth != self.meta["depth"]:
-            raise ValueError(f"{self.directory}: depth {self.meta['depth']} != the trie's {levels.depth}")
+        if levels.level_tokens.tolist() != self.meta["level_tokens"]:
+            raise ValueError(f"{self.directory}: teacher data of another identifier vocabulary (level tokens differ)")
         self.levels = levels
         self.num_beams = self.meta["num_beams"]
         self._root_slots = _root_slots(levels)
@@ -170,6 +194,8 @@ class TeacherData:
     def get(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``chains`` ``[n, K + 1, L]`` (int64, -1 = invalid) and dense ``logp`` ``[n, K + 1, L, C]``
         (float32; -inf at every slot the trie does not allow) of the given rows."""
+        if len(indices) == 0:
+            raise ValueError("no teacher rows asked for")
         size = self.meta["shard_size"]
         chains, roots, values = [], [], []
         for i in indices:

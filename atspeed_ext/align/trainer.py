@@ -3,7 +3,7 @@ data, validated by the mean accepted levels of strict speculative beam search wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -15,7 +15,7 @@ from ..train import TrainConfig, train_loop
 from .forcing import forced_level_log_probs
 from .levels import LevelView
 from .losses import OBJECTIVES, alignment_loss
-from .teacher import TeacherData
+from .teacher import TeacherData, hash_examples
 
 
 @dataclass
@@ -25,6 +25,7 @@ class AlignConfig:
     temperature: float = 1.0
     topk: int = 20                # AtSpeed-S: size of the draft's top-K set S
     on_policy: bool = False       # align along the draft's own beams, scored by the target (DistillSpec style)
+    on_policy_beams: int = 20     # how many of the draft's beams (on-policy data)
     val_beams: int = 10           # validation: strict SpecBeamDecoder with K, N, gamma
     val_draft_beams: int = 40
     val_gamma: int = 3
@@ -38,6 +39,16 @@ class AlignConfig:
             raise ValueError(f"need temperature > 0 and topk >= 1, got {self.temperature} and {self.topk}")
         if self.val_draft_beams < self.val_beams:
             raise ValueError("val_draft_beams (N) must be >= val_beams (K)")
+        if self.on_policy and self.objective not in ON_POLICY_OBJECTIVES:
+            raise ValueError(f"on-policy data applies to the distribution-matching objectives along beams "
+                             f"({', '.join(ON_POLICY_OBJECTIVES)}), not to {self.objective!r}")
+        if self.on_policy_beams < 1:
+            raise ValueError(f"on_policy_beams must be >= 1, got {self.on_policy_beams}")
+
+
+#: objectives computed along the (target's or on-policy) beams; the others only use the ground truth
+BEAM_OBJECTIVES = ("seqkd", "atspeed-s", "atspeed-r")
+ON_POLICY_OBJECTIVES = ("atspeed-s", "atspeed-r")
 
 
 def needs_teacher(align: AlignConfig) -> bool:
@@ -64,6 +75,9 @@ def train_draft(draft, target, tokenizer, data: RecData, out_dir: str | Path, cf
         if len(teacher) > len(examples):
             raise ValueError(f"teacher data has {len(teacher)} rows but the data only {len(examples)} examples")
         examples = examples[:len(teacher)]
+        if hash_examples(tokenizer, examples) != teacher.meta["examples_hash"]:
+            raise ValueError(f"{teacher.directory}: the teacher data was made for other prompts (another data set, "
+                             "history length or tokenizer)")
     prompts = [tokenizer.encode_prompt(h) for h, _ in examples]
     truths = tokenizer.item_token_ids[[t for _, t in examples]]
     lengths = [len(p) for p in prompts]
@@ -77,10 +91,14 @@ def train_draft(draft, target, tokenizer, data: RecData, out_dir: str | Path, cf
         if align.objective == "ce":
             chains = truth
         elif align.on_policy:
-            chains, p_logp = on_policy_chains(draft, target, trie, levels, batch_prompts, truth, align.topk,
-                                              tokenizer.pad_token_id)
+            chains, p_logp = on_policy_chains(draft, target, trie, levels, batch_prompts, truth,
+                                              align.on_policy_beams, tokenizer.pad_token_id)
         else:
             chains, p_logp = teacher.get(indices)
+            if not torch.equal(chains[:, 0], truth[:, 0]):
+                raise RuntimeError("teacher rows do not match the training examples' targets")
+            if align.objective not in BEAM_OBJECTIVES:  # the beams are not used: do not feed them
+                chains, p_logp = chains[:, :1], p_logp[:, :1]
         q_logp = forced_level_log_probs(train_model, batch_prompts, chains, levels.level_tokens,
                                         tokenizer.pad_token_id)
         slots, allowed = levels.walk(chains)
@@ -99,8 +117,9 @@ def train_draft(draft, target, tokenizer, data: RecData, out_dir: str | Path, cf
         return {"accepted_levels": sum(levels_per_round) / max(1, len(levels_per_round)),
                 "target_calls": sum(calls) / max(1, len(calls))}
 
+    extra = {"align": asdict(align), "teacher": str(teacher.directory) if teacher is not None else None}
     return train_loop(draft, tokenizer, out_dir, cfg, lengths, batch_loss, validate, "accepted_levels",
-                      resume=resume, progress=progress)
+                      resume=resume, progress=progress, extra_config=extra)
 
 
 @torch.no_grad()
