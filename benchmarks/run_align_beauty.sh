@@ -15,6 +15,7 @@ DRAFT_EPOCHS=${DRAFT_EPOCHS:-2}
 TEST_PROMPTS=${TEST_PROMPTS:-100}
 OBJECTIVES=${OBJECTIVES:-"ce wordkd tvdkd seqkd atspeed-s atspeed-r"}
 DRAFT_BEAMS=${DRAFT_BEAMS:-"40"}
+BENCH=${BENCH:-1}                   # 0: train only (run the benchmark later, on a quiet machine)
 target=$CACHE/beauty-target-8x512
 ce=$CACHE/beauty-draft-1x128-ce
 teacher=$CACHE/beauty-teacher-8x512-k20-n$TEACHER_PROMPTS
@@ -34,5 +35,6 @@ for obj in $OBJECTIVES; do
       --eval-prompts 200 --val-beams 10 --val-draft-beams 40 --val-gamma 3 --out "$out"
   drafts+=(--draft "$obj=$out/best")
 done
+[ "$BENCH" = 1 ] || exit 0
 python benchmarks/bench_align.py --data "$DATA" --target "$target/best" "${drafts[@]}" --beams 5 10 20 \
     --draft-beams $DRAFT_BEAMS --gamma 3 --requests "$TEST_PROMPTS"
