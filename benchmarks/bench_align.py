@@ -22,20 +22,8 @@ import common  # noqa: E402
 
 from atspeed_ext import BeamSearchDecoder, SpecBeamDecoder  # noqa: E402
 from atspeed_ext.data import load_lcrec  # noqa: E402
-from atspeed_ext.metrics import hits_of_ranking, recall_ndcg  # noqa: E402
 from atspeed_ext.models import load_checkpoint  # noqa: E402
 from atspeed_ext.tokenizer import CodeTokenizer  # noqa: E402
-
-
-def quality(outs, prompts, K: int) -> tuple[float, float]:
-    rec, ndcg = [], []
-    flat = [(o, r) for o in outs for r in range(o.sequences.shape[0])]
-    for (out, row), p in zip(flat, prompts):
-        ranked = [out.item_ids[row][k] for k in range(K) if bool(out.valid[row, k])]
-        r, n = recall_ndcg(hits_of_ranking(ranked, p.truth), len(p.truth), K)
-        rec.append(r)
-        ndcg.append(n)
-    return sum(rec) / len(rec), sum(ndcg) / len(ndcg)
 
 
 def main(argv=None):
@@ -74,7 +62,7 @@ def main(argv=None):
         base = BeamSearchDecoder(target, trie, K)
         base.generate(batches[0])
         base_ms, base_outs = common.timed_run(base.generate, batches)
-        rec, ndcg = quality(base_outs, test, K)
+        rec, ndcg = common.quality(base_outs, test, K)
         rows.append({"K": K, "N": "", "draft": "(target only)", "accepted": "", "target_calls": float(trie.depth),
                      "ms_per_req": base_ms / len(test), "speedup": 1.0, "recall": rec, "ndcg": ndcg, "identical": True})
         _print(rows[-1])
@@ -88,7 +76,7 @@ def main(argv=None):
                 same = all(torch.equal(a.sequences, b.sequences) for a, b in zip(outs, base_outs))
                 rounds = [n for o in outs for r in o.stats.accepted_levels for n in r]
                 calls = [c for o in outs for c in o.stats.target_calls]
-                rec, ndcg = quality(outs, test, K)
+                rec, ndcg = common.quality(outs, test, K)
                 rows.append({"K": K, "N": N, "draft": name, "accepted": sum(rounds) / len(rounds),
                              "target_calls": sum(calls) / len(calls), "ms_per_req": ms / len(test),
                              "speedup": base_ms / ms, "recall": rec, "ndcg": ndcg, "identical": same})

@@ -25,23 +25,10 @@ import common  # noqa: E402
 
 from atspeed_ext import BeamSearchDecoder, SpecBeamDecoder  # noqa: E402
 from atspeed_ext.data import load_lcrec  # noqa: E402
-from atspeed_ext.metrics import hits_of_ranking, recall_ndcg  # noqa: E402
 from atspeed_ext.models import load_checkpoint  # noqa: E402
 from atspeed_ext.tokenizer import CodeTokenizer  # noqa: E402
 
 COLUMNS = ["K", "decoder", "draft", "N", "accepted", "target_calls", "ms_per_req", "speedup", "recall", "ndcg"]
-
-
-def quality(outs, prompts, K: int) -> tuple[float, float]:
-    """Mean Recall@K and NDCG@K of the decoders' outputs (best score first) over the prompts."""
-    rec, ndcg = [], []
-    flat = [(o, r) for o in outs for r in range(o.sequences.shape[0])]
-    for (out, row), p in zip(flat, prompts):
-        ranked = [out.item_ids[row][k] for k in range(K) if bool(out.valid[row, k])]
-        r, n = recall_ndcg(hits_of_ranking(ranked, p.truth), len(p.truth), K)
-        rec.append(r)
-        ndcg.append(n)
-    return sum(rec) / len(rec), sum(ndcg) / len(ndcg)
 
 
 def parse_drafts(specs: list[str]) -> dict[str, str]:
@@ -61,7 +48,7 @@ def parse_drafts(specs: list[str]) -> dict[str, str]:
 def run(decoder, batches, prompts, K, row: dict, base_ms: float | None) -> dict:
     decoder.generate(batches[0])  # warm-up
     ms, outs = common.timed_run(decoder.generate, batches)
-    rec, ndcg = quality(outs, prompts, K)
+    rec, ndcg = common.quality(outs, prompts, K)
     stats = [o.stats for o in outs if getattr(o, "stats", None) is not None]
     if stats:
         rounds = [n for s in stats for r in s.accepted_levels for n in r]

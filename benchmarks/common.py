@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from atspeed_ext.metrics import hits_of_ranking, recall_ndcg
+
 SPECIAL = 3  # token ids 0..2 are special; codes start at 3
 
 
@@ -75,6 +77,18 @@ def timed_run(decode, batches) -> tuple[float, list]:
         sync()
         total += (time.perf_counter() - t0) * 1e3
     return total, outs
+
+
+def quality(outs, prompts, K: int) -> tuple[float, float]:
+    """Mean Recall@K and NDCG@K of the decoders' outputs (best score first) over the prompts."""
+    rec, ndcg = [], []
+    flat = [(o, r) for o in outs for r in range(o.sequences.shape[0])]
+    for (out, row), p in zip(flat, prompts):
+        ranked = [out.item_ids[row][k] for k in range(K) if bool(out.valid[row, k])]
+        r, n = recall_ndcg(hits_of_ranking(ranked, p.truth), len(p.truth), K)
+        rec.append(r)
+        ndcg.append(n)
+    return sum(rec) / len(rec), sum(ndcg) / len(ndcg)
 
 
 def machine() -> str:
