@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_options(train)
     train.add_argument("--preset", default="target-8x512", help="model preset (default target-8x512)")
     train.add_argument("--init", default=None, metavar="DIR",
-                       help="start from a local Hugging Face causal LM and its tokenizer instead of a preset "
-                            "(text instruction prompts; the codes are added to its vocabulary)")
+                       help="start from a checkpoint instead of a preset: one of ours (continue training with a "
+                            "new schedule) or any local Hugging Face causal LM and its tokenizer (text instruction "
+                            "prompts; the codes are added to its vocabulary)")
     train_options(train)
 
     ev = sub.add_parser("eval", help="Recall/NDCG@{5,10,20} of a checkpoint (and popularity), as a JSON report")
