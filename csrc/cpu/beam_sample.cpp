@@ -4,14 +4,13 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <limits>
 #include <vector>
 
+#include "../beam_outputs.h"
 #include "../ops.h"
 #include "../sampling.h"
 #include "beam_sample_common.h"
@@ -105,17 +104,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> trie_beam_sample_cpu(
   for (int64_t i = 0; i < un.numel(); ++i) {
     TORCH_CHECK(u[i] >= 0.0 && u[i] <= 1.0, "uniforms must lie in [0, 1], found ", u[i]);
   }
-  auto opts = beam_scores.options();
-  at::Tensor scores = at::empty({B, num_out}, opts);
-  at::Tensor parents = at::empty({B, num_out}, opts.dtype(at::kLong));
-  at::Tensor tokens = at::empty_like(parents), nodes = at::empty_like(parents);
+  const BeamOutputs out(B, num_out, beam_scores.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "trie_beam_sample_cpu", [&] {
     beam_sample_kernel<scalar_t>(x.data_ptr<scalar_t>(), sc.data_ptr<float>(), nd.data_ptr<int64_t>(),
                                  lv.data_ptr<bool>(), off, ct.data_ptr<int64_t>(), u, C, temperature, B, W, V, num_out,
-                                 scores.data_ptr<float>(), parents.data_ptr<int64_t>(), tokens.data_ptr<int64_t>(),
-                                 nodes.data_ptr<int64_t>());
+                                 out.scores.data_ptr<float>(), out.parents.data_ptr<int64_t>(),
+                                 out.tokens.data_ptr<int64_t>(), out.nodes.data_ptr<int64_t>());
   });
-  return {scores, parents, tokens, nodes};
+  return out.tuple();
 }
 
 TORCH_LIBRARY_IMPL(atspeed_ext, CPU, m) { m.impl("trie_beam_sample", &trie_beam_sample_cpu); }

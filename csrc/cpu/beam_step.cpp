@@ -4,12 +4,11 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <vector>
 
+#include "../beam_outputs.h"
 #include "../checks.h"
 #include "../ops.h"
 #include "beam_select.h"
@@ -52,17 +51,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> trie_beam_step_cpu(
   const int64_t B = logits.size(0), W = logits.size(1), V = logits.size(2);
   const at::Tensor x = logits.contiguous(), sc = beam_scores.contiguous(), nd = beam_nodes.contiguous(),
                    lv = beam_live.contiguous(), co = child_offsets.contiguous(), ct = child_tokens.contiguous();
-  auto opts = beam_scores.options();
-  at::Tensor scores = at::empty({B, num_out}, opts);
-  at::Tensor parents = at::empty({B, num_out}, opts.dtype(at::kLong));
-  at::Tensor tokens = at::empty_like(parents), nodes = at::empty_like(parents);
+  const BeamOutputs out(B, num_out, beam_scores.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "trie_beam_step_cpu", [&] {
     beam_step_kernel<scalar_t>(x.data_ptr<scalar_t>(), sc.data_ptr<float>(), nd.data_ptr<int64_t>(),
                                lv.data_ptr<bool>(), co.data_ptr<int64_t>(), ct.data_ptr<int64_t>(), B, W, V,
-                               num_out, scores.data_ptr<float>(), parents.data_ptr<int64_t>(),
-                               tokens.data_ptr<int64_t>(), nodes.data_ptr<int64_t>());
+                               num_out, out.scores.data_ptr<float>(), out.parents.data_ptr<int64_t>(),
+                               out.tokens.data_ptr<int64_t>(), out.nodes.data_ptr<int64_t>());
   });
-  return {scores, parents, tokens, nodes};
+  return out.tuple();
 }
 
 TORCH_LIBRARY_IMPL(atspeed_ext, CPU, m) { m.impl("trie_beam_step", &trie_beam_step_cpu); }

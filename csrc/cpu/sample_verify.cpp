@@ -3,12 +3,12 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
+#include "../beam_outputs.h"
 #include "../ops.h"
 #include "../sampling.h"
 #include "beam_select.h"
@@ -132,11 +132,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_ve
   const int64_t Cmax = K * max_children, Cqmax = W * max_children;
   const int64_t scratch_bytes = sampling::VerifyScratch::bytes(K, N, W, Cmax, Cqmax);
 
-  auto opts = beam_scores.options();
-  at::Tensor accepted = at::empty({B}, opts.dtype(at::kLong));
-  at::Tensor scores = at::empty({B, K}, opts);
-  at::Tensor parents = at::empty({B, K}, opts.dtype(at::kLong));
-  at::Tensor tokens = at::empty({B, K}, opts.dtype(at::kLong)), nodes = at::empty({B, K}, opts.dtype(at::kLong));
+  const VerifyOutputs out(B, K, beam_scores.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sample_verify_cpu", [&] {
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       std::vector<unsigned char> buffer(static_cast<size_t>(scratch_bytes));
@@ -150,14 +146,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_ve
             dx.data_ptr<scalar_t>() + b * G * W * V, ds.data_ptr<float>() + b * G * W, W,
             un.data_ptr<double>() + b * (G + 1) * (2 * N + K), co.data_ptr<int64_t>(), ct.data_ptr<int64_t>(),
             temperature, exact};
-        const sampling::VerifyOut out{accepted.data_ptr<int64_t>() + b, scores.data_ptr<float>() + b * K,
-                                      parents.data_ptr<int64_t>() + b * K, tokens.data_ptr<int64_t>() + b * K,
-                                      nodes.data_ptr<int64_t>() + b * K};
-        sampling::verify_request(SerialExec{}, req, s, out);
+        const sampling::VerifyOut request_out{
+            out.accepted.data_ptr<int64_t>() + b, out.scores.data_ptr<float>() + b * K,
+            out.parents.data_ptr<int64_t>() + b * K, out.tokens.data_ptr<int64_t>() + b * K,
+            out.nodes.data_ptr<int64_t>() + b * K};
+        sampling::verify_request(SerialExec{}, req, s, request_out);
       }
     });
   });
-  return {accepted, scores, parents, tokens, nodes};
+  return out.tuple();
 }
 
 }  // namespace

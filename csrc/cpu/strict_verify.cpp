@@ -3,12 +3,12 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <memory>
 #include <vector>
 
+#include "../beam_outputs.h"
 #include "../ops.h"
 #include "beam_select.h"
 #include "strict_verify_common.h"
@@ -97,11 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> strict_ve
                   " is not a logits row in [0, ", R, ")");
     }
   }
-  auto opts = beam_scores.options();
-  at::Tensor accepted = at::empty({B}, opts.dtype(at::kLong));
-  at::Tensor scores = at::empty({B, K}, opts);
-  at::Tensor parents = at::empty({B, K}, opts.dtype(at::kLong));
-  at::Tensor tokens = at::empty({B, K}, opts.dtype(at::kLong)), nodes = at::empty({B, K}, opts.dtype(at::kLong));
+  const VerifyOutputs out(B, K, beam_scores.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "strict_verify_cpu", [&] {
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
@@ -110,13 +106,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> strict_ve
                                  bl.data_ptr<bool>() + b * K, lp.data_ptr<int64_t>() + b * G * N,
                                  lt.data_ptr<int64_t>() + b * G * N, lr.data_ptr<int64_t>() + b * G * N,
                                  nl.data_ptr<int64_t>()[b], K, N, co.data_ptr<int64_t>(), ct.data_ptr<int64_t>(),
-                                 accepted.data_ptr<int64_t>() + b, scores.data_ptr<float>() + b * K,
-                                 parents.data_ptr<int64_t>() + b * K, tokens.data_ptr<int64_t>() + b * K,
-                                 nodes.data_ptr<int64_t>() + b * K);
+                                 out.accepted.data_ptr<int64_t>() + b, out.scores.data_ptr<float>() + b * K,
+                                 out.parents.data_ptr<int64_t>() + b * K, out.tokens.data_ptr<int64_t>() + b * K,
+                                 out.nodes.data_ptr<int64_t>() + b * K);
       }
     });
   });
-  return {accepted, scores, parents, tokens, nodes};
+  return out.tuple();
 }
 
 TORCH_LIBRARY_IMPL(atspeed_ext, CPU, m) { m.impl("strict_verify", &strict_verify_cpu); }

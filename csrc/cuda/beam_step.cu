@@ -2,7 +2,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -10,6 +9,7 @@
 
 #include <type_traits>
 
+#include "../beam_outputs.h"
 #include "../cpu/beam_step_common.h"
 #include "cuda_types.cuh"
 #include "beam_step.cuh"
@@ -28,12 +28,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> trie_beam_step_cuda(
   TORCH_CHECK(num_out <= (1 << 30), "num_out is too large: ", num_out);
   const at::Tensor x = logits.contiguous(), sc = beam_scores.contiguous(), nd = beam_nodes.contiguous(),
                    lv = beam_live.contiguous(), co = child_offsets.contiguous(), ct = child_tokens.contiguous();
-  auto opts = beam_scores.options();
-  at::Tensor scores = at::empty({B, num_out}, opts);
-  at::Tensor parents = at::empty({B, num_out}, opts.dtype(at::kLong));
-  at::Tensor tokens = at::empty_like(parents), nodes = at::empty_like(parents);
-  if (B == 0) return {scores, parents, tokens, nodes};
-  at::Tensor lse = at::empty({B, W}, opts);
+  const BeamOutputs out(B, num_out, beam_scores.options());
+  if (B == 0) return out.tuple();
+  at::Tensor lse = at::empty({B, W}, beam_scores.options());
 
   // Shared memory: the per-beam prefix counts, then as many cached scores as fit in 40 KiB.
   const int64_t smem_budget = 40 * 1024;
@@ -51,10 +48,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> trie_beam_step_cuda(
     cuda::select_candidates_kernel<T><<<B, cuda::kBeamStepThreads, smem, stream>>>(
         xp, sc.data_ptr<float>(), nd.data_ptr<int64_t>(), lv.data_ptr<bool>(), co.data_ptr<int64_t>(),
         ct.data_ptr<int64_t>(), lse.data_ptr<float>(), static_cast<int>(W), V, static_cast<int>(num_out), cache_cap,
-        scores.data_ptr<float>(), parents.data_ptr<int64_t>(), tokens.data_ptr<int64_t>(), nodes.data_ptr<int64_t>());
+        out.scores.data_ptr<float>(), out.parents.data_ptr<int64_t>(), out.tokens.data_ptr<int64_t>(),
+        out.nodes.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {scores, parents, tokens, nodes};
+  return out.tuple();
 }
 
 TORCH_LIBRARY_IMPL(atspeed_ext, CUDA, m) { m.impl("trie_beam_step", &trie_beam_step_cuda); }

@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "../beam_outputs.h"
 #include "../cpu/sample_verify_common.h"
 #include "cuda_types.cuh"
 #include "sample_verify.cuh"
@@ -35,11 +36,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_ve
                    dx = draft_logits.contiguous(), ds = draft_scores.contiguous(), un = uniforms.contiguous(),
                    co = child_offsets.contiguous(), ct = child_tokens.contiguous();
   auto opts = beam_scores.options();
-  at::Tensor accepted = at::empty({B}, opts.dtype(at::kLong));
-  at::Tensor scores = at::empty({B, K}, opts);
-  at::Tensor parents = at::empty({B, K}, opts.dtype(at::kLong));
-  at::Tensor tokens = at::empty({B, K}, opts.dtype(at::kLong)), nodes = at::empty({B, K}, opts.dtype(at::kLong));
-  if (B == 0) return {accepted, scores, parents, tokens, nodes};
+  const VerifyOutputs out(B, K, opts);
+  if (B == 0) return out.tuple();
   const int64_t max_children = co.size(0) > 1 ? co.diff().max().item<int64_t>() : 0;
   const int64_t Cmax = K * max_children, Cqmax = W * max_children;
   const int64_t scratch_bytes = sampling::VerifyScratch::bytes(K, N, W, Cmax, Cqmax);
@@ -51,11 +49,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_ve
         bn.data_ptr<int64_t>(), bl.data_ptr<bool>(), K, lp.data_ptr<int64_t>(), lt.data_ptr<int64_t>(),
         lr.data_ptr<int64_t>(), nl.data_ptr<int64_t>(), G, N, reinterpret_cast<const T*>(dx.data_ptr<scalar_t>()),
         ds.data_ptr<float>(), W, un.data_ptr<double>(), co.data_ptr<int64_t>(), ct.data_ptr<int64_t>(), temperature,
-        scratch.data_ptr<uint8_t>(), scratch_bytes, Cmax, Cqmax, accepted.data_ptr<int64_t>(), scores.data_ptr<float>(),
-        parents.data_ptr<int64_t>(), tokens.data_ptr<int64_t>(), nodes.data_ptr<int64_t>());
+        scratch.data_ptr<uint8_t>(), scratch_bytes, Cmax, Cqmax, out.accepted.data_ptr<int64_t>(),
+        out.scores.data_ptr<float>(), out.parents.data_ptr<int64_t>(), out.tokens.data_ptr<int64_t>(),
+        out.nodes.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {accepted, scores, parents, tokens, nodes};
+  return out.tuple();
 }
 
 }  // namespace

@@ -1,12 +1,12 @@
 // CUDA glue of strict top-K verification: validate, guard the device, one block per request.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "../beam_outputs.h"
 #include "../cpu/beam_step_common.h"
 #include "cuda_types.cuh"
 #include "../cpu/strict_verify_common.h"
@@ -30,12 +30,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> strict_ve
                    bn = beam_nodes.contiguous(), bl = beam_live.contiguous(), lp = level_parent.contiguous(),
                    lt = level_token.contiguous(), lr = level_row.contiguous(), nl = num_levels.contiguous(),
                    co = child_offsets.contiguous(), ct = child_tokens.contiguous();
-  auto opts = beam_scores.options();
-  at::Tensor accepted = at::empty({B}, opts.dtype(at::kLong));
-  at::Tensor scores = at::empty({B, K}, opts);
-  at::Tensor parents = at::empty({B, K}, opts.dtype(at::kLong));
-  at::Tensor tokens = at::empty({B, K}, opts.dtype(at::kLong)), nodes = at::empty({B, K}, opts.dtype(at::kLong));
-  if (B == 0) return {accepted, scores, parents, tokens, nodes};
+  const VerifyOutputs out(B, K, beam_scores.options());
+  if (B == 0) return out.tuple();
   const size_t fixed = cuda::strict_verify_smem(static_cast<int>(K), 0);
   const int cache_cap = static_cast<int>((40 * 1024 - static_cast<int64_t>(fixed)) / static_cast<int64_t>(sizeof(float)));
   const size_t smem = cuda::strict_verify_smem(static_cast<int>(K), cache_cap);
@@ -45,11 +41,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> strict_ve
         reinterpret_cast<const T*>(x.data_ptr<scalar_t>()), R, V, br.data_ptr<int64_t>(), bs.data_ptr<float>(),
         bn.data_ptr<int64_t>(), bl.data_ptr<bool>(), lp.data_ptr<int64_t>(), lt.data_ptr<int64_t>(),
         lr.data_ptr<int64_t>(), nl.data_ptr<int64_t>(), static_cast<int>(K), G, N, co.data_ptr<int64_t>(),
-        ct.data_ptr<int64_t>(), cache_cap, accepted.data_ptr<int64_t>(), scores.data_ptr<float>(),
-        parents.data_ptr<int64_t>(), tokens.data_ptr<int64_t>(), nodes.data_ptr<int64_t>());
+        ct.data_ptr<int64_t>(), cache_cap, out.accepted.data_ptr<int64_t>(), out.scores.data_ptr<float>(),
+        out.parents.data_ptr<int64_t>(), out.tokens.data_ptr<int64_t>(), out.nodes.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {accepted, scores, parents, tokens, nodes};
+  return out.tuple();
 }
 
 TORCH_LIBRARY_IMPL(atspeed_ext, CUDA, m) { m.impl("strict_verify", &strict_verify_cuda); }
