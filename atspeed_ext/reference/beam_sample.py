@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .beam_step import row_logsumexp
+from .beam_step import candidates, take
 
 
 def trie_beam_sample(
@@ -28,43 +28,19 @@ def trie_beam_sample(
     sampling without replacement with probabilities proportional to ``exp(score / T)`` (Gumbel-top-k), so
     the output order is the draw order. Missing candidates: score -inf, parent/token/node -1.
     """
-    B, W, V = logits.shape
-    device = logits.device
-    lse = row_logsumexp(logits)
-    scores = beam_scores.float().unsqueeze(-1) + (logits.float() - lse.unsqueeze(-1))  # [B, W, V] float32
-
-    # Dense [B, W, V] tables: which tokens are candidates, their edge and their uniform.
-    allowed = torch.zeros(B, W, V, dtype=torch.bool, device=device)
-    edge_of = torch.full((B, W, V), -1, dtype=torch.long, device=device)
-    u = torch.full((B, W, V), 0.5, dtype=torch.float64, device=device)
-    offsets = child_offsets.tolist()
-    for b in range(B):
-        for w in range(W):
-            if not bool(beam_live[b, w]):
-                continue
-            node = int(beam_nodes[b, w])
-            edges = torch.arange(offsets[node], offsets[node + 1], device=device)
-            tokens = child_tokens[edges]
-            allowed[b, w, tokens] = True
-            edge_of[b, w, tokens] = edges
-            u[b, w, tokens] = uniforms[b, w, :len(edges)]
-    candidate = allowed & (scores > float("-inf"))  # also drops NaN
+    scores, candidate, edge_of = candidates(logits, beam_scores, beam_nodes, beam_live, child_offsets,
+                                            child_tokens)
+    # The uniform of the i-th child (token order) of a beam's node, i = edge - first edge of the node; 0.5
+    # (an extra column) for the other tokens, which are no candidates anyway.
+    child = edge_of - child_offsets[beam_nodes.clamp(min=0)].unsqueeze(-1)
+    u = torch.nn.functional.pad(uniforms.double(), (0, 1), value=0.5).gather(
+        2, torch.where(edge_of >= 0, child, uniforms.shape[2]))
     keys = scores.double() / temperature - torch.log(-torch.log(u))
-    keys = torch.where(candidate, keys, torch.full_like(keys, float("-inf"))).reshape(B, W * V)
+    keys = torch.where(candidate, keys, torch.full_like(keys, float("-inf"))).flatten(1)
 
     # Stable sorts compose: by key (descending, ties in flat = beam-major token order), then candidates first
     # (a candidate whose key is -inf, from u = 0, still comes before every non-candidate).
     order = torch.sort(keys, dim=1, descending=True, stable=True).indices
-    is_cand = candidate.reshape(B, W * V).gather(1, order)
+    is_cand = candidate.flatten(1).gather(1, order)
     order = order.gather(1, torch.sort(is_cand.to(torch.int8), dim=1, descending=True, stable=True).indices)
-    order = order[:, :num_out]
-    k = order.shape[1]
-    out_scores = torch.full((B, num_out), float("-inf"), dtype=torch.float32, device=device)
-    out_parents = torch.full((B, num_out), -1, dtype=torch.long, device=device)
-    out_tokens, out_nodes = out_parents.clone(), out_parents.clone()
-    valid = candidate.reshape(B, W * V).gather(1, order)
-    out_scores[:, :k] = torch.where(valid, scores.reshape(B, W * V).gather(1, order), out_scores[:, :k])
-    out_parents[:, :k] = torch.where(valid, order // V, -1)
-    out_tokens[:, :k] = torch.where(valid, order % V, -1)
-    out_nodes[:, :k] = torch.where(valid, edge_of.reshape(B, W * V).gather(1, order) + 1, -1)
-    return out_scores, out_parents, out_tokens, out_nodes
+    return take(order, scores, candidate, edge_of, num_out)

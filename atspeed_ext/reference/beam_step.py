@@ -37,12 +37,22 @@ def trie_beam_step(
     first; equal scores go to the lower beam index, then the lower token. Missing candidates come out as
     score -inf, parent/token/node -1. Edge ``e`` of the trie leads to node ``e + 1``.
     """
+    scores, candidate, edge_of = candidates(logits, beam_scores, beam_nodes, beam_live, child_offsets,
+                                            child_tokens)
+    flat = torch.where(candidate, scores, torch.full_like(scores, float("-inf"))).flatten(1)
+    # Stable sort keeps equal scores in flat order (beam-major, then token): exactly the tie-break rule.
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    return take(order, scores, candidate, edge_of, num_out)
+
+
+def candidates(logits: torch.Tensor, beam_scores: torch.Tensor, beam_nodes: torch.Tensor, beam_live: torch.Tensor,
+               child_offsets: torch.Tensor, child_tokens: torch.Tensor):
+    """Dense ``[B, W, V]`` tables of the (beam, token) pairs, shared by the beam ops: the float32 score
+    ``beam_score + (logit - logsumexp)``, whether the pair is a candidate (the token is a trie child of a live
+    beam's node and the score is above -inf; NaN is not) and its trie edge (-1 for non-children)."""
     B, W, V = logits.shape
     device = logits.device
-    lse = row_logsumexp(logits)
-    scores = beam_scores.float().unsqueeze(-1) + (logits.float() - lse.unsqueeze(-1))  # [B, W, V]
-
-    # Dense [B, W, V] masks: allowed[b, w, t] iff t is a child of the live beam's node; edge_of gives its edge.
+    scores = beam_scores.float().unsqueeze(-1) + (logits.float() - row_logsumexp(logits).unsqueeze(-1))
     allowed = torch.zeros(B, W, V, dtype=torch.bool, device=device)
     edge_of = torch.full((B, W, V), -1, dtype=torch.long, device=device)
     offsets = child_offsets.tolist()
@@ -54,20 +64,22 @@ def trie_beam_step(
             edges = torch.arange(offsets[node], offsets[node + 1], device=device)
             allowed[b, w, child_tokens[edges]] = True
             edge_of[b, w, child_tokens[edges]] = edges
-    candidate = allowed & (scores > float("-inf"))  # also drops NaN
-    flat = torch.where(candidate, scores, torch.full_like(scores, float("-inf"))).reshape(B, W * V)
+    return scores, allowed & (scores > float("-inf")), edge_of
 
-    # Stable sort keeps equal scores in flat order (beam-major, then token): exactly the tie-break rule.
-    order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :num_out]
+
+def take(order: torch.Tensor, scores: torch.Tensor, candidate: torch.Tensor, edge_of: torch.Tensor, num_out: int):
+    """The beam ops' outputs for the flat (beam-major) indices ``order`` ``[B, >= k]``, best first: the first
+    ``num_out``, non-candidates and missing slots as score -inf, parent/token/node -1. Edge ``e`` of the trie
+    leads to node ``e + 1``."""
+    B, W, V = scores.shape
+    order = order[:, :num_out]
     k = order.shape[1]
-    out_scores = torch.full((B, num_out), float("-inf"), dtype=torch.float32, device=device)
-    out_parents = torch.full((B, num_out), -1, dtype=torch.long, device=device)
+    out_scores = torch.full((B, num_out), float("-inf"), dtype=torch.float32, device=scores.device)
+    out_parents = torch.full((B, num_out), -1, dtype=torch.long, device=scores.device)
     out_tokens, out_nodes = out_parents.clone(), out_parents.clone()
-    valid = candidate.reshape(B, W * V).gather(1, order)
-    parent, token = order // V, order % V
-    edge = edge_of.reshape(B, W * V).gather(1, order)
-    out_scores[:, :k] = torch.where(valid, flat.gather(1, order), out_scores[:, :k])
-    out_parents[:, :k] = torch.where(valid, parent, -1)
-    out_tokens[:, :k] = torch.where(valid, token, -1)
-    out_nodes[:, :k] = torch.where(valid, edge + 1, -1)
+    valid = candidate.flatten(1).gather(1, order)
+    out_scores[:, :k] = torch.where(valid, scores.flatten(1).gather(1, order), out_scores[:, :k])
+    out_parents[:, :k] = torch.where(valid, order // V, -1)
+    out_tokens[:, :k] = torch.where(valid, order % V, -1)
+    out_nodes[:, :k] = torch.where(valid, edge_of.flatten(1).gather(1, order) + 1, -1)
     return out_scores, out_parents, out_tokens, out_nodes
