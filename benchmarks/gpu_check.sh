@@ -38,6 +38,8 @@ if [ -d ../shared/data/beauty ] || [ -d shared/data/beauty ]; then
   export ATSPEED_CACHE=${ATSPEED_CACHE:-$log/cache}
   python benchmarks/bench_spec_beauty.py --device cuda --data "$beauty" --beams 10 20 --gammas 1 2 3 \
       --requests 64 --batches 1 16 | tee "$log/bench_spec_beauty.txt"
+  python benchmarks/bench_spec_beauty.py --device cuda --data "$beauty" --beams 10 --gammas 1 2 3 \
+      --requests 64 --batches 1 16 --dtype bfloat16 --name spec_beauty_cuda_bf16 | tee "$log/bench_spec_beauty_bf16.txt"
 else
   echo "(no Beauty data found: skipping bench_spec_beauty.py)" | tee "$log/bench_spec_beauty.txt"
 fi
@@ -47,3 +49,4 @@ echo "== summary ($(python -c 'import torch; print(torch.cuda.get_device_name())
 grep "^B " "$log/bench_beam_step.txt" | sed 's/^/beam_step   /'
 grep "^batch" "$log/bench_beam_search.txt" | sed 's/^/beam_search /'
 grep -E "^K +(10|20) B" "$log/bench_spec_beauty.txt" | grep -E "BeamSearch|HF|g 3 anchored" | sed 's/^/spec_beauty /' || true
+grep -E "^K +10 B" "$log/bench_spec_beauty_bf16.txt" | grep -E "BeamSearch|HF|g 1 anchored" | sed 's/^/spec_bf16   /' || true
