@@ -158,7 +158,8 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
                metric: str, resume: bool = False, progress: bool = True, extra_config: dict | None = None) -> dict:
     """The training loop shared by the target and draft trainers: AdamW, warm-up + cosine, clipping,
     (bfloat16 autocast), validation every ``cfg.eval_every`` steps or epoch, early stopping on ``metric``
-    (higher is better), ``best/`` and ``last/`` checkpoints, exact resume, DDP under torchrun.
+    (higher is better), ``best/`` and ``last/`` checkpoints, exact resume, DDP under torchrun. Each validation
+    is recorded in the returned state's ``history`` with the mean training loss since the previous one.
 
     Args:
         lengths: the length of each training example (batches group similar lengths).
@@ -194,6 +195,8 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(model)
 
+    interval_losses: list[float] = []  # this rank's training losses since the last validation
+
     def validate_and_save() -> bool:
         """Validation on rank 0, checkpoints; returns True when training should stop."""
         stop = torch.zeros(1, device=device)
@@ -202,7 +205,10 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
             metrics = validate()
             model.train()
             improved = metrics[metric] > state["best"]
-            state["history"].append({"step": state["step"], "epoch": state["epoch"], **metrics})
+            train_loss = sum(interval_losses) / len(interval_losses) if interval_losses else None
+            interval_losses.clear()
+            state["history"].append({"step": state["step"], "epoch": state["epoch"], "train_loss": train_loss,
+                                     **metrics})
             if improved:
                 state["best"], state["bad_evals"] = metrics[metric], 0
                 save_checkpoint(out_dir / "best", model, tokenizer, {"step": state["step"], **metrics, **extra_config})
@@ -216,7 +222,9 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
             (tmp / "trainer_state.json").write_text(json.dumps({**state, "scheduler": scheduler.state_dict()}, indent=2))
             shutil.rmtree(last, ignore_errors=True)
             tmp.rename(last)
-            tqdm.write(f"step {state['step']}: valid {metric} {metrics[metric]:.4f} (best {state['best']:.4f})")
+            loss_note = f"train loss {train_loss:.4f}, " if train_loss is not None else ""
+            tqdm.write(f"step {state['step']}: {loss_note}valid {metric} {metrics[metric]:.4f} "
+                       f"(best {state['best']:.4f})")
             stop[0] = float(state["bad_evals"] >= cfg.patience)
         if world > 1:
             torch.distributed.broadcast(stop, 0)
@@ -240,6 +248,7 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
             scheduler.step()
             state["step"] += 1
             value = loss.item()
+            interval_losses.append(value)
             loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
             state["loss"] = loss_ema
             bar.update(1)

@@ -34,6 +34,7 @@ def test_training_learns_and_beats_popularity(small_data, tmp_path, precision):
     assert next(model.parameters()).dtype == torch.float32  # autocast leaves the master weights in float32
     recalls = [h["recall@10"] for h in state["history"]]
     assert max(recalls) > recalls[0]
+    assert state["history"][-1]["train_loss"] < 0.9 * state["history"][0]["train_loss"]  # mean per epoch
     best, tok2 = load_checkpoint(tmp_path / "best")
     test = data.test_prompts()
     ours = evaluate_model(best, tok2, test, ks=(10,), progress=False)["recall@10"]
