@@ -4,7 +4,9 @@ The trained target and a draft trained with plain cross-entropy decode a fixed s
 (the first R, in file order), side by side in one run: for each K, the target-only decoders first, then every
 (N, gamma, draft policy) of the grid. Every speculative output is checked to equal BeamSearchDecoder's.
 Reported per point: mean accepted levels per round, target calls per request, ms per request at batch 1 and
-requests per second at batch 16, and speedups over BeamSearchDecoder and HF.
+requests per second at batch 16, and speedups over BeamSearchDecoder and HF. Times are medians over --reps
+passes, and each speculative pass is paired with a BeamSearchDecoder pass run just before it: the speedup is the
+median of those paired ratios, so a machine whose speed drifts during the grid does not bias it.
 
 ``--dtype bfloat16`` runs both models in bfloat16 (AMX on recent Xeons, tensor cores on GPUs). Rounding then
 depends on the shapes of each call (a tree of N nodes vs K beams, batch 1 vs 16), so a few near-tied lists can
@@ -53,6 +55,9 @@ def main(argv=None):
     p.add_argument("--policies", nargs="+", default=["beam", "anchored"])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--requests", type=int, default=48, help="test prompts decoded per point (default 48)")
+    p.add_argument("--reps", type=int, default=3,
+                   help="timed passes per point; each speculative pass is paired with a BeamSearchDecoder pass "
+                        "right before it and vs_beam is the median of the paired ratios (default 3)")
     p.add_argument("--no-hf", action="store_true", help="skip Hugging Face generate")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
@@ -86,7 +91,7 @@ def main(argv=None):
             batches = [prompts[i:i + B] for i in range(0, len(prompts), B)]
             base = BeamSearchDecoder(target, trie, K)
             base.generate(batches[0])  # warm-up
-            base_ms, base_outs = common.timed_run(base.generate, batches)
+            base_ms, base_outs = common.median_run(base.generate, batches, args.reps)
             if K in first_batch_outs:  # BeamSearchDecoder against itself at another batch size
                 noise_floor[f"K={K}, batch {B} vs {args.batches[0]}"] = same_lists(base_outs, first_batch_outs[K])
             else:
@@ -100,7 +105,8 @@ def main(argv=None):
             hf_ms = None
             if not args.no_hf:
                 padded = [common.left_pad(b, tokenizer.pad_token_id, device) for b in batches]
-                hf_ms, hf_outs = common.timed_run(lambda x: hf_constrained_beam_search(target, trie, x[0], x[1], K), padded)
+                hf_ms, hf_outs = common.median_run(lambda x: hf_constrained_beam_search(target, trie, x[0], x[1], K),
+                                                   padded, args.reps)
                 same = identical(hf_outs)
                 rows.append({**row0, "decoder": "HF generate", "ms_per_req": hf_ms / len(prompts),
                              "req_per_s": 1e3 * len(prompts) / hf_ms, "vs_beam": base_ms / hf_ms, "vs_hf": 1.0,
@@ -113,14 +119,14 @@ def main(argv=None):
                     for policy in args.policies:
                         spec = SpecBeamDecoder(target, draft, trie, K, N, gamma, draft_policy=policy)
                         spec.generate(batches[0])  # warm-up
-                        ms, outs = common.timed_run(spec.generate, batches)
+                        ms, vs_beam, outs = common.paired_runs(base.generate, spec.generate, batches, args.reps)
                         same = identical(outs)
                         calls = [c for o in outs for c in o.stats.target_calls]
                         rounds = [n for o in outs for r in o.stats.accepted_levels for n in r]
                         rows.append({"K": K, "batch": B, "decoder": "SpecBeamDecoder", "N": N, "gamma": gamma,
                                      "policy": policy, "accepted": sum(rounds) / len(rounds),
                                      "target_calls": sum(calls) / len(calls), "ms_per_req": ms / len(prompts),
-                                     "req_per_s": 1e3 * len(prompts) / ms, "vs_beam": base_ms / ms,
+                                     "req_per_s": 1e3 * len(prompts) / ms, "vs_beam": vs_beam,
                                      "vs_hf": hf_ms / ms if hf_ms else "", "identical": same,
                                      "recall": recall(outs)})
                         _print(rows[-1:])
@@ -130,7 +136,9 @@ def main(argv=None):
               "draft": args.draft or "draft-1x128, cross-entropy (trained by this script)",
               "dtype": args.dtype,
               "note": "accepted = mean accepted levels per round; target_calls per request; vs_beam / vs_hf = "
-                      "speedup of this row over BeamSearchDecoder / HF generate at the same K and batch; "
+                      "speedup of this row over BeamSearchDecoder / HF generate at the same K and batch (vs_beam: median of "
+                      "per-round ratios, each speculative pass timed right after a BeamSearchDecoder pass; ms: "
+                      "medians over --reps passes); "
                       "identical = requests whose K sequences equal BeamSearchDecoder's, in order; recall = Recall@K "
                       "of the row's lists"}
     if noise_floor:

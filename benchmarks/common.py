@@ -79,6 +79,28 @@ def timed_run(decode, batches) -> tuple[float, list]:
     return total, outs
 
 
+def median_run(decode, batches, reps: int) -> tuple[float, list]:
+    """Median over ``reps`` passes of :func:`timed_run`'s total milliseconds, and the last pass's outputs."""
+    times, outs = [], None
+    for _ in range(reps):
+        ms, outs = timed_run(decode, batches)
+        times.append(ms)
+    return statistics.median(times), outs
+
+
+def paired_runs(base_decode, decode, batches, reps: int) -> tuple[float, float, list]:
+    """``reps`` rounds of (a pass of ``base_decode``, then a pass of ``decode``) over ``batches``: the median
+    milliseconds of ``decode``, the median of the per-round speedups ``base / decode`` (robust to the machine's
+    speed drifting between rounds) and ``decode``'s last outputs."""
+    times, ratios, outs = [], [], None
+    for _ in range(reps):
+        base_ms, _ = timed_run(base_decode, batches)
+        ms, outs = timed_run(decode, batches)
+        times.append(ms)
+        ratios.append(base_ms / ms)
+    return statistics.median(times), statistics.median(ratios), outs
+
+
 def quality(outs, prompts, K: int) -> tuple[float, float]:
     """Mean Recall@K and NDCG@K of the decoders' outputs (best score first) over the prompts."""
     rec, ndcg = [], []
