@@ -64,6 +64,8 @@ def main(argv=None):
                    help="weights and compute of both models (default float32)")
     p.add_argument("--name", default=None, help="results file name (default spec_beauty_<device>)")
     args = p.parse_args(argv)
+    if args.reps < 1 or args.requests < 1:
+        p.error(f"--reps and --requests must be >= 1, got {args.reps} and {args.requests}")
 
     device = torch.device(args.device)
     data = load_lcrec(args.data)
