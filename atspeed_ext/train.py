@@ -195,7 +195,7 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(model)
 
-    interval_losses: list[float] = []  # this rank's training losses since the last validation
+    interval_losses: list[float] = []  # rank 0's training losses since the last validation
 
     def validate_and_save() -> bool:
         """Validation on rank 0, checkpoints; returns True when training should stop."""
@@ -248,7 +248,8 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
             scheduler.step()
             state["step"] += 1
             value = loss.item()
-            interval_losses.append(value)
+            if rank == 0:
+                interval_losses.append(value)
             loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
             state["loss"] = loss_ema
             bar.update(1)

@@ -2,7 +2,7 @@
 
 The trained target and a draft trained with plain cross-entropy decode a fixed subset of Beauty test prompts
 (the first R, in file order), side by side in one run: for each K, the target-only decoders first, then every
-(N, gamma, draft policy) of the grid. Every speculative output is checked to equal BeamSearchDecoder's.
+(N, gamma, draft policy) of the grid. Every output is compared with BeamSearchDecoder's (identical lists counted).
 Reported per point: mean accepted levels per round, target calls per request, ms per request at batch 1 and
 requests per second at batch 16, and speedups over BeamSearchDecoder and HF. Times are medians over --reps
 passes, and each speculative pass is paired with a BeamSearchDecoder pass run just before it: the speedup is the
@@ -138,11 +138,10 @@ def main(argv=None):
               "draft": args.draft or "draft-1x128, cross-entropy (trained by this script)",
               "dtype": args.dtype,
               "note": "accepted = mean accepted levels per round; target_calls per request; vs_beam / vs_hf = "
-                      "speedup of this row over BeamSearchDecoder / HF generate at the same K and batch (vs_beam: median of "
-                      "per-round ratios, each speculative pass timed right after a BeamSearchDecoder pass; ms: "
-                      "medians over --reps passes); "
-                      "identical = requests whose K sequences equal BeamSearchDecoder's, in order; recall = Recall@K "
-                      "of the row's lists"}
+                      "speedup of this row over BeamSearchDecoder / HF generate at the same K and batch (vs_beam: "
+                      "median of per-round ratios, each speculative pass timed right after a BeamSearchDecoder "
+                      "pass; ms: medians over --reps passes); identical = requests whose K sequences equal "
+                      "BeamSearchDecoder's, in order; recall = Recall@K of the row's lists"}
     if noise_floor:
         header["BeamSearchDecoder vs itself (identical lists)"] = noise_floor
     md = common.write_results(args.name or f"spec_beauty_{device.type}", header, rows,
@@ -164,7 +163,8 @@ def _print(rows):
         vs_hf = f"{r['vs_hf']:.2f}x" if r["vs_hf"] != "" else "  -  "
         print(f"K {r['K']:2d} B {r['batch']:2d} {r['decoder']:17s} N {str(r['N']):>3s} g {str(r['gamma']):>1s} "
               f"{r['policy']:8s} acc {acc} calls {r['target_calls']:.2f} {r['ms_per_req']:8.2f} ms/req "
-              f"{r['req_per_s']:7.1f} req/s  vs beam {r['vs_beam']:.2f}x  vs HF {vs_hf}  same {r['identical']} R@K {r['recall']:.4f}",
+              f"{r['req_per_s']:7.1f} req/s  vs beam {r['vs_beam']:.2f}x  vs HF {vs_hf}  same {r['identical']} "
+              f"R@K {r['recall']:.4f}",
               flush=True)
 
 
