@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .commands import trained_model
 from .data import load_lcrec
 from .decoder import BeamSearchDecoder
-from .metrics import hits_of_ranking, recall_ndcg
+from .evaluate import output_recall_ndcg
 from .spec_decoder import SpecBeamDecoder
 from .synthetic import synthetic_recdata
 from .tokenizer import CodeTokenizer
@@ -68,10 +68,8 @@ def run_demo(args) -> int:
             out, ms = _timed(lambda: dec.generate(encoded))
             latency[name].append(ms / len(batch))
             outputs.setdefault(name, []).append(out)
-            valid = out.valid.tolist()
             for row, p in enumerate(batch):
-                ranked = [out.item_ids[row][r] for r in range(K) if valid[row][r]]
-                r, n = recall_ndcg(hits_of_ranking(ranked, p.truth), len(p.truth), K)
+                r, n = output_recall_ndcg(out, row, p.truth, K)
                 quality[name][0].append(r)
                 quality[name][1].append(n)
             if hasattr(out, "stats") and out.stats is not None:

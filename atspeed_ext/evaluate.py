@@ -12,11 +12,19 @@ from .decoder import BeamSearchDecoder
 from .metrics import hits_of_ranking, popularity_ranking, recall_ndcg
 from .tokenizer import CodeTokenizer
 
-__all__ = ["evaluate_model", "evaluate_popularity"]
+__all__ = ["evaluate_model", "evaluate_popularity", "output_recall_ndcg"]
 
 
 def _mean(xs: list[float]) -> float:
     return sum(xs) / max(1, len(xs))
+
+
+def output_recall_ndcg(out, row: int, truth, k: int) -> tuple[float, float]:
+    """Recall@k and NDCG@k of row ``row`` of a decoder output (its valid beams, best first) against ``truth``
+    (a set of item ids); an identifier hits when any of its items is in the truth, once."""
+    valid = out.valid[row].tolist()
+    ranked = [out.item_ids[row][r] for r in range(k) if valid[r]]
+    return recall_ndcg(hits_of_ranking(ranked, truth), len(truth), k)
 
 
 @torch.inference_mode()
@@ -37,10 +45,8 @@ def evaluate_model(model, tokenizer: CodeTokenizer, prompts: Sequence[Prompt], k
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         for batch in tqdm(batches, desc=f"eval K={k}", unit="batch", disable=not progress, leave=False):
             out = decoder.generate([tokenizer.encode_prompt(prompts[i].history) for i in batch])
-            valid = out.valid.tolist()
             for row, i in enumerate(batch):
-                ranked = [out.item_ids[row][r] for r in range(k) if valid[row][r]]
-                r, n = recall_ndcg(hits_of_ranking(ranked, prompts[i].truth), len(prompts[i].truth), k)
+                r, n = output_recall_ndcg(out, row, prompts[i].truth, k)
                 recalls.append(r)
                 ndcgs.append(n)
         metrics[f"recall@{k}"] = _mean(recalls)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from atspeed_ext.metrics import hits_of_ranking, recall_ndcg
+from atspeed_ext.evaluate import output_recall_ndcg
 
 SPECIAL = 3  # token ids 0..2 are special; codes start at 3
 
@@ -103,14 +103,9 @@ def paired_runs(base_decode, decode, batches, reps: int) -> tuple[float, float, 
 
 def quality(outs, prompts, K: int) -> tuple[float, float]:
     """Mean Recall@K and NDCG@K of the decoders' outputs (best score first) over the prompts."""
-    rec, ndcg = [], []
     flat = [(o, r) for o in outs for r in range(o.sequences.shape[0])]
-    for (out, row), p in zip(flat, prompts):
-        ranked = [out.item_ids[row][k] for k in range(K) if bool(out.valid[row, k])]
-        r, n = recall_ndcg(hits_of_ranking(ranked, p.truth), len(p.truth), K)
-        rec.append(r)
-        ndcg.append(n)
-    return sum(rec) / len(rec), sum(ndcg) / len(ndcg)
+    scores = [output_recall_ndcg(out, row, p.truth, K) for (out, row), p in zip(flat, prompts)]
+    return sum(r for r, _ in scores) / len(scores), sum(n for _, n in scores) / len(scores)
 
 
 def machine() -> str:
