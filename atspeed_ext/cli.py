@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--weight-decay", type=float, default=0.01)
         p.add_argument("--warmup-ratio", type=float, default=0.05)
         p.add_argument("--max-grad-norm", type=float, default=1.0)
+        p.add_argument("--dropout", type=float, default=0.0,
+                       help="dropout on the embeddings and residual branches while training (default 0)")
         p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
         p.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0: every epoch)")
         p.add_argument("--eval-prompts", type=_positive, default=eval_prompts,

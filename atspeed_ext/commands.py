@@ -83,7 +83,8 @@ def train_config(args) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm, seed=args.seed,
                        eval_every=args.eval_every, eval_prompts=args.eval_prompts, patience=args.patience,
-                       with_eos=args.with_eos, max_steps=args.max_steps, precision=args.precision)
+                       with_eos=args.with_eos, max_steps=args.max_steps, precision=args.precision,
+                       dropout=args.dropout)
 
 
 def run_eval(args) -> int:

@@ -20,7 +20,10 @@ from .evaluate import evaluate_model
 from .models import save_checkpoint
 from .tokenizer import CodeTokenizer
 
-__all__ = ["TrainConfig", "train_next_item", "train_loop", "encode_examples", "collate"]
+__all__ = ["TrainConfig", "train_next_item", "train_loop", "encode_examples", "collate", "add_dropout"]
+
+#: Modules whose outputs get dropout: the token embeddings and each block's two residual branches (LLaMA, Qwen2).
+_DROPOUT_SUFFIXES = ("embed_tokens", "self_attn.o_proj", "mlp.down_proj")
 
 
 @dataclass
@@ -39,6 +42,7 @@ class TrainConfig:
     with_eos: bool = False         # end every target identifier with <eos> (and decode with an EOS trie)
     max_steps: int = 0             # 0 = no limit
     precision: str = "fp32"        # "bf16": bfloat16 autocast (AMX / tensor cores); weights stay float32
+    dropout: float = 0.0           # residual + embedding dropout while training (see add_dropout)
     history: list = field(default_factory=list)
 
     def __post_init__(self):
@@ -47,8 +51,30 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or not 0 <= self.warmup_ratio < 1 or self.max_grad_norm <= 0:
             raise ValueError("need lr > 0, 0 <= warmup_ratio < 1 and max_grad_norm > 0")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+
+
+def add_dropout(model, p: float) -> list:
+    """Dropout with probability ``p`` on the token embeddings and on the output of every attention and MLP
+    branch before it joins the residual stream (as in GPT-2 / T5), active in ``train()`` mode only.
+
+    The LLaMA and Qwen2 configs have no hidden dropout, and our small models overfit Beauty without it. Done
+    with forward hooks, so the saved checkpoints stay plain HF models. Returns the hook handles (``.remove()``
+    each to undo)."""
+    if p == 0:
+        return []
+    modules = [m for name, m in model.named_modules() if name.endswith(_DROPOUT_SUFFIXES)]
+    if not modules:
+        raise ValueError(f"dropout={p}: {type(model).__name__} has no {', '.join(_DROPOUT_SUFFIXES)} modules "
+                         "(LLaMA / Qwen2 naming); train it with dropout 0")
+
+    def hook(module, args, output):
+        return torch.nn.functional.dropout(output, p, training=module.training)
+
+    return [m.register_forward_hook(hook) for m in modules]
 
 
 def encode_examples(tokenizer: CodeTokenizer, examples, with_eos: bool) -> list[tuple[list[int], int]]:
@@ -230,6 +256,7 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
             torch.distributed.broadcast(stop, 0)
         return bool(stop[0])
 
+    dropout_hooks = add_dropout(model, cfg.dropout)
     model.train()
     bar = tqdm(total=total, initial=state["step"], desc="train", unit="step", disable=not progress or rank != 0)
     loss_ema, stopped, last_eval = None, False, -1
@@ -266,4 +293,6 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
     bar.close()
     if last_eval != state["step"] and not stopped:  # always end on a validated checkpoint
         validate_and_save()
+    for handle in dropout_hooks:
+        handle.remove()
     return state

@@ -9,7 +9,7 @@ from atspeed_ext.evaluate import evaluate_model, evaluate_popularity
 from atspeed_ext.models import build_model, load_checkpoint
 from atspeed_ext.synthetic import synthetic_recdata
 from atspeed_ext.tokenizer import CodeTokenizer
-from atspeed_ext.train import TrainConfig, collate, train_next_item
+from atspeed_ext.train import TrainConfig, add_dropout, collate, train_next_item
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,40 @@ def test_bad_configuration():
         TrainConfig(lr=0)
     with pytest.raises(ValueError, match="precision must be"):
         TrainConfig(precision="fp8")
+    for p in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+            TrainConfig(dropout=p)
+    with pytest.raises(ValueError, match="no embed_tokens"):
+        add_dropout(torch.nn.Sequential(torch.nn.Linear(2, 2)), 0.1)
     with pytest.raises(ValueError, match="unknown preset"):
         build_model("huge", 10)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_checkpoint("/nonexistent")
+
+
+def test_dropout_acts_in_train_mode_only_and_comes_off(small_data):
+    _, tok = small_data
+    model = build_model("tiny-1x64", tok.vocab_size, seed=0)
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9, 10]])
+    model.eval()
+    plain = model(ids).logits
+    hooks = add_dropout(model, 0.3)
+    assert len(hooks) == 3  # embeddings + one attention and one MLP branch (1 layer)
+    assert torch.equal(model(ids).logits, plain)  # eval mode: no dropout
+    model.train()
+    torch.manual_seed(0)
+    first = model(ids).logits
+    assert not torch.allclose(first, plain, atol=1e-3) and not torch.allclose(model(ids).logits, first, atol=1e-3)
+    for h in hooks:
+        h.remove()
+    assert torch.equal(model(ids).logits, plain)  # hooks removed: the plain model again
+
+
+def test_training_with_dropout_learns_and_leaves_a_plain_model(small_data, tmp_path):
+    data, tok = small_data
+    model = build_model("tiny-1x64", tok.vocab_size, seed=0)
+    cfg = TrainConfig(epochs=4, batch_size=32, lr=1e-2, eval_prompts=100, patience=4, dropout=0.1)
+    state = train_next_item(model, tok, data, tmp_path, cfg, progress=False)
+    assert state["config"]["dropout"] == 0.1
+    assert state["history"][-1]["train_loss"] < 0.9 * state["history"][0]["train_loss"]
+    assert not any(m._forward_hooks for m in model.modules())  # the dropout hooks are gone after training
