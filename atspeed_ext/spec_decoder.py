@@ -345,45 +345,32 @@ class SpecBeamDecoder:
         first round). Sets each level's ``target_slot`` / ``target_row``; returns the logits and the logits
         row of each current beam."""
         rows, K = state.scores.shape
-        device = state.scores.device
-        # Columns of the call: the pending beam tokens (after the first round), then each level's N nodes.
-        blocks = [] if first_round else [(state.tgt_pending, state.live)]
-        blocks += [(level.token, level.live) for level in levels]
-        live = torch.cat([b[1] for b in blocks], 1) if blocks else state.live.new_zeros(rows, 0)
-        # On a CPU every token costs compute: drop the columns that are dead in every request (deep trie levels
-        # often have fewer than N children). On a GPU they are nearly free, and dropping them needs a host sync.
-        if device.type == "cpu":
-            kept = live.any(0)
-            columns = kept.nonzero().squeeze(1)
-            column_slot = kept.cumsum(0) - 1
+        N, device = self.draft_beams, state.scores.device
+        tokens, parents = [], []
+        if first_round:  # the beam is the root: its logits are the last prompt position's (row 0)
+            base, row_shift = ids.shape[1], 1
+            beam_slot = torch.full((rows, K), ROOT, dtype=torch.long, device=device)
         else:
-            columns = column_slot = torch.arange(live.shape[1], device=device)
-        base = ids.shape[1] if first_round else tgt.num_slots
-        row_shift = 1 if first_round else 0  # first round: row 0 holds the last prompt position's logits
-        start, slots = 0, []
-        for tokens, alive in blocks:
-            width = tokens.shape[1]
-            slots.append(torch.where(alive, base + column_slot[start:start + width], NOT_TREE))
-            start += width
-        if first_round:  # the beam is the root
-            state.beam_tslot = torch.full((rows, K), ROOT, dtype=torch.long, device=device)
-        else:
-            state.beam_tslot = slots.pop(0)
-        parents = [] if first_round else [torch.where(state.live, state.tgt_anchor, NOT_TREE)]
-        prev_slot = state.beam_tslot
-        for level, slot in zip(levels, slots):
-            level.target_slot = slot
-            level.target_row = (slot - base + row_shift).clamp(min=0)
+            base, row_shift = tgt.num_slots, 0
+            tokens.append(torch.where(state.live, state.tgt_pending, 0))
+            parents.append(torch.where(state.live, state.tgt_anchor, NOT_TREE))
+            beam_slot = torch.where(state.live, base + torch.arange(K, device=device), NOT_TREE)
+        state.beam_tslot = beam_slot
+        offset, prev_slot = base + len(tokens) * K, beam_slot
+        for level in levels:
+            level.target_slot = torch.where(level.live, offset + torch.arange(N, device=device), NOT_TREE)
+            level.target_row = (level.target_slot - base + row_shift).clamp(min=0)
+            tokens.append(torch.where(level.live, level.token, 0))
             parents.append(torch.where(level.live, _gather(prev_slot, level.parent), NOT_TREE))
-            prev_slot = slot
-        beam_rows = (state.beam_tslot - base + row_shift).clamp(min=0)
-        empty = ids.new_zeros(rows, 0)
-        tokens = torch.cat([torch.where(alive, tok, 0) for tok, alive in blocks], 1) if blocks else empty
-        parents = torch.cat(parents, 1) if parents else empty
-        tokens, parents = tokens.index_select(1, columns), parents.index_select(1, columns)
+            prev_slot, offset = level.target_slot, offset + N
+        beam_rows = (beam_slot - base + row_shift).clamp(min=0)
         if first_round:
-            return tgt.prefill(ids, mask, tokens, parents), beam_rows
-        return tgt.feed(tokens, parents), beam_rows
+            empty = ids.new_zeros(rows, 0)
+            logits = tgt.prefill(ids, mask, torch.cat(tokens, 1) if tokens else empty,
+                                 torch.cat(parents, 1) if parents else empty)
+        else:
+            logits = tgt.feed(torch.cat(tokens, 1), torch.cat(parents, 1))
+        return logits, beam_rows
 
     def _verify(self, state: "_BeamState", levels: list[_Level], logits: torch.Tensor, beam_rows: torch.Tensor,
                 g_dev: torch.Tensor, trie: ItemTrie) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
