@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from .align.losses import OBJECTIVES
@@ -15,6 +16,16 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _float_in(low: float, high: float, low_open: bool = False):
+    """An argparse type: a float in [low, high) (or (low, high) when ``low_open``)."""
+    def parse(text: str) -> float:
+        value = float(text)
+        if not (low < value if low_open else low <= value) or not value < high:
+            raise argparse.ArgumentTypeError(f"must be in {'(' if low_open else '['}{low}, {high}), got {value}")
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,11 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", default=None, help="output directory (default: the user cache directory)")
         p.add_argument("--epochs", type=_positive, default=epochs)
         p.add_argument("--batch-size", type=_positive, default=64)
-        p.add_argument("--lr", type=float, default=lr)
-        p.add_argument("--weight-decay", type=float, default=0.01)
-        p.add_argument("--warmup-ratio", type=float, default=0.05)
-        p.add_argument("--max-grad-norm", type=float, default=1.0)
-        p.add_argument("--dropout", type=float, default=0.0,
+        p.add_argument("--lr", type=_float_in(0, math.inf, low_open=True), default=lr)
+        p.add_argument("--weight-decay", type=_float_in(0, math.inf), default=0.01)
+        p.add_argument("--warmup-ratio", type=_float_in(0, 1), default=0.05)
+        p.add_argument("--max-grad-norm", type=_float_in(0, math.inf, low_open=True), default=1.0)
+        p.add_argument("--dropout", type=_float_in(0, 1), default=0.0,
                        help="dropout on the embeddings and residual branches while training (default 0)")
         p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
         p.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0: every epoch)")

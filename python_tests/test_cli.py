@@ -60,3 +60,14 @@ def test_eval_refuses_a_checkpoint_of_other_data(tmp_path):
     with pytest.raises(SystemExit, match="identifiers differ"):
         main(["eval", "--checkpoint", str(out / "best"), "--synthetic-users", "50", "--synthetic-items", "31",
               "--device", "cpu"])
+
+
+@pytest.mark.parametrize("option, value, message", [("--dropout", "1", "must be in [0, 1), got 1.0"),
+                                                    ("--warmup-ratio", "-0.1", "must be in [0, 1), got -0.1"),
+                                                    ("--lr", "0", "must be in (0, inf), got 0.0"),
+                                                    ("--weight-decay", "-1", "must be in [0, inf), got -1.0")])
+def test_bad_training_options_are_refused_before_any_work(option, value, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train-target", "--preset", "tiny-1x64", option, value])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: {message}" in capsys.readouterr().err
