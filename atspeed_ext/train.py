@@ -257,42 +257,44 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
         return bool(stop[0])
 
     dropout_hooks = add_dropout(model, cfg.dropout)
-    model.train()
-    bar = tqdm(total=total, initial=state["step"], desc="train", unit="step", disable=not progress or rank != 0)
-    loss_ema, stopped, last_eval = None, False, -1
-    while not stopped and state["epoch"] < cfg.epochs and state["step"] < total:
-        batches = epoch_batches(lengths, cfg.batch_size, cfg.seed + state["epoch"], rank, world)
-        epoch_end = (state["epoch"] + 1) * epoch_steps
-        first = state["step"] - state["epoch"] * epoch_steps  # > 0 when resuming inside an epoch
-        for batch in batches[first:]:
-            t0 = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                loss = batch_loss(train_model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            state["step"] += 1
-            value = loss.item()
-            if rank == 0:
-                interval_losses.append(value)
-            loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
-            state["loss"] = loss_ema
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                            ex_s=f"{len(batch) * world / (time.perf_counter() - t0):.0f}")
-            if cfg.eval_every and state["step"] % cfg.eval_every == 0:
-                stopped, last_eval = validate_and_save(), state["step"]
-            if stopped or state["step"] >= total:
-                break
-        if state["step"] >= epoch_end:  # the epoch is complete
-            state["epoch"] += 1
-            if not cfg.eval_every and not stopped:
-                stopped, last_eval = validate_and_save(), state["step"]
-    bar.close()
-    if last_eval != state["step"] and not stopped:  # always end on a validated checkpoint
-        validate_and_save()
-    for handle in dropout_hooks:
-        handle.remove()
+    try:
+        model.train()
+        bar = tqdm(total=total, initial=state["step"], desc="train", unit="step", disable=not progress or rank != 0)
+        loss_ema, stopped, last_eval = None, False, -1
+        while not stopped and state["epoch"] < cfg.epochs and state["step"] < total:
+            batches = epoch_batches(lengths, cfg.batch_size, cfg.seed + state["epoch"], rank, world)
+            epoch_end = (state["epoch"] + 1) * epoch_steps
+            first = state["step"] - state["epoch"] * epoch_steps  # > 0 when resuming inside an epoch
+            for batch in batches[first:]:
+                t0 = time.perf_counter()
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                    loss = batch_loss(train_model, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                state["step"] += 1
+                value = loss.item()
+                if rank == 0:
+                    interval_losses.append(value)
+                loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
+                state["loss"] = loss_ema
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                                ex_s=f"{len(batch) * world / (time.perf_counter() - t0):.0f}")
+                if cfg.eval_every and state["step"] % cfg.eval_every == 0:
+                    stopped, last_eval = validate_and_save(), state["step"]
+                if stopped or state["step"] >= total:
+                    break
+            if state["step"] >= epoch_end:  # the epoch is complete
+                state["epoch"] += 1
+                if not cfg.eval_every and not stopped:
+                    stopped, last_eval = validate_and_save(), state["step"]
+        bar.close()
+        if last_eval != state["step"] and not stopped:  # always end on a validated checkpoint
+            validate_and_save()
+    finally:  # the model leaves without the dropout hooks, even on an exception
+        for handle in dropout_hooks:
+            handle.remove()
     return state

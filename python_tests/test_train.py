@@ -9,7 +9,7 @@ from atspeed_ext.evaluate import evaluate_model, evaluate_popularity
 from atspeed_ext.models import build_model, load_checkpoint
 from atspeed_ext.synthetic import synthetic_recdata
 from atspeed_ext.tokenizer import CodeTokenizer
-from atspeed_ext.train import TrainConfig, add_dropout, collate, train_next_item
+from atspeed_ext.train import TrainConfig, add_dropout, collate, train_loop, train_next_item
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +130,16 @@ def test_training_with_dropout_learns_and_leaves_a_plain_model(small_data, tmp_p
     assert state["config"]["dropout"] == 0.1
     assert state["history"][-1]["train_loss"] < 0.9 * state["history"][0]["train_loss"]
     assert not any(m._forward_hooks for m in model.modules())  # the dropout hooks are gone after training
+
+
+def test_dropout_hooks_come_off_when_training_fails(small_data, tmp_path):
+    _, tok = small_data
+    model = build_model("tiny-1x64", tok.vocab_size, seed=0)
+
+    def failing_loss(train_model, indices):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        train_loop(model, tok, tmp_path, TrainConfig(epochs=1, dropout=0.1), [5] * 8, failing_loss,
+                   lambda: {"recall@10": 0.0}, "recall@10", progress=False)
+    assert not any(m._forward_hooks for m in model.modules())
