@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 from .align.losses import OBJECTIVES
@@ -18,12 +17,14 @@ def _positive(text: str) -> int:
     return value
 
 
-def _float_in(low: float, high: float, low_open: bool = False):
-    """An argparse type: a float in [low, high) (or (low, high) when ``low_open``)."""
+def _train_float(name: str):
+    """An argparse type: a float in the range TrainConfig allows for ``name`` (checked before data loads)."""
     def parse(text: str) -> float:
+        from .train import range_error
         value = float(text)
-        if not (low < value if low_open else low <= value) or not value < high:
-            raise argparse.ArgumentTypeError(f"must be in {'(' if low_open else '['}{low}, {high}), got {value}")
+        error = range_error(name, value)
+        if error:
+            raise argparse.ArgumentTypeError(error)
         return value
     return parse
 
@@ -60,11 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", default=None, help="output directory (default: the user cache directory)")
         p.add_argument("--epochs", type=_positive, default=epochs)
         p.add_argument("--batch-size", type=_positive, default=64)
-        p.add_argument("--lr", type=_float_in(0, math.inf, low_open=True), default=lr)
-        p.add_argument("--weight-decay", type=_float_in(0, math.inf), default=0.01)
-        p.add_argument("--warmup-ratio", type=_float_in(0, 1), default=0.05)
-        p.add_argument("--max-grad-norm", type=_float_in(0, math.inf, low_open=True), default=1.0)
-        p.add_argument("--dropout", type=_float_in(0, 1), default=0.0,
+        p.add_argument("--lr", type=_train_float("lr"), default=lr)
+        p.add_argument("--weight-decay", type=_train_float("weight_decay"), default=0.01)
+        p.add_argument("--warmup-ratio", type=_train_float("warmup_ratio"), default=0.05)
+        p.add_argument("--max-grad-norm", type=_train_float("max_grad_norm"), default=1.0)
+        p.add_argument("--dropout", type=_train_float("dropout"), default=0.0,
                        help="dropout on the embeddings and residual branches while training (default 0)")
         p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
         p.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0: every epoch)")

@@ -26,6 +26,21 @@ __all__ = ["TrainConfig", "train_next_item", "train_loop", "encode_examples", "c
 _DROPOUT_SUFFIXES = ("embed_tokens", "self_attn.o_proj", "mlp.down_proj")
 
 
+#: Allowed values of TrainConfig's float options (also the CLI's checks): (low, high, low excluded); high is
+#: always excluded, and NaN never passes.
+FLOAT_RANGES = {"lr": (0.0, math.inf, True), "weight_decay": (0.0, math.inf, False),
+                "warmup_ratio": (0.0, 1.0, False), "max_grad_norm": (0.0, math.inf, True),
+                "dropout": (0.0, 1.0, False)}
+
+
+def range_error(name: str, value: float) -> str | None:
+    """Why ``value`` is not allowed for the float option ``name`` of :class:`TrainConfig` (None if it is)."""
+    low, high, low_open = FLOAT_RANGES[name]
+    if (low < value if low_open else low <= value) and value < high:
+        return None
+    return f"must be in {'(' if low_open else '['}{low:g}, {high:g}), got {value}"
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 10
@@ -49,10 +64,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or not 0 <= self.warmup_ratio < 1 or self.max_grad_norm <= 0:
-            raise ValueError("need lr > 0, 0 <= warmup_ratio < 1 and max_grad_norm > 0")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in FLOAT_RANGES:
+            error = range_error(name, getattr(self, name))
+            if error:
+                raise ValueError(f"{name} {error}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
 

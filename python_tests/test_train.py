@@ -89,8 +89,16 @@ def test_checkpoint_round_trip(small_data, tmp_path):
 def test_bad_configuration():
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         TrainConfig(epochs=0)
-    with pytest.raises(ValueError, match="lr > 0"):
+    with pytest.raises(ValueError, match=r"lr must be in \(0, inf\), got 0"):
         TrainConfig(lr=0)
+    with pytest.raises(ValueError, match=r"lr must be in \(0, inf\), got nan"):
+        TrainConfig(lr=float("nan"))
+    with pytest.raises(ValueError, match=r"weight_decay must be in \[0, inf\), got -0.1"):
+        TrainConfig(weight_decay=-0.1)
+    with pytest.raises(ValueError, match=r"warmup_ratio must be in \[0, 1\), got 1"):
+        TrainConfig(warmup_ratio=1)
+    with pytest.raises(ValueError, match=r"max_grad_norm must be in \(0, inf\), got 0"):
+        TrainConfig(max_grad_norm=0)
     with pytest.raises(ValueError, match="precision must be"):
         TrainConfig(precision="fp8")
     for p in (-0.1, 1.0):
