@@ -10,6 +10,10 @@ Per round and request (beams at depth t, ``g = min(gamma, depth - t - 1)``):
    there is a drafted node (same parent, same token); with n accepted levels the target's top-K at level
    n + 1 (the "bonus") is taken from the same call, so each round advances n + 1 tokens.
 
+A round that ends every request of the batch and whose levels can each hold *all* the trie children of the
+level above (at most N: the last levels of a semantic-ID trie are narrow) needs no draft: its tree is built
+from the trie alone and every level is accepted (``skip_exhaustive_draft``, strict verification).
+
 The result is identical to :class:`BeamSearchDecoder` whatever the draft. Requests of a batch progress
 independently; finished requests leave the batch.
 
@@ -163,11 +167,15 @@ class SpecBeamDecoder:
         temperature: T > 0, sampling modes only: both models sample ``softmax(cumulative score / T)``.
         seed: seed of the sampling generator (sampling modes only; None: nondeterministic). All random numbers
             (the draft's draws, acceptance and fallback uniforms) come from it, on the host.
+        skip_exhaustive_draft: strict verification only: when a round ends every request of the batch and
+            each of its levels holds all the trie children of the level above (at most N), build that tree
+            from the trie without calling the draft (the draft's choice cannot matter there; every level is
+            accepted). Same output either way; False always drafts (tests use it to exercise the draft).
     """
 
     def __init__(self, target: torch.nn.Module, draft: torch.nn.Module, trie: ItemTrie, num_beams: int,
                  draft_beams: int, gamma: int = 3, verification: str = "strict", draft_policy: str | None = None,
-                 temperature: float = 1.0, seed: int | None = None):
+                 temperature: float = 1.0, seed: int | None = None, skip_exhaustive_draft: bool = True):
         for name, value in (("num_beams", num_beams), ("draft_beams", draft_beams), ("gamma", gamma)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -179,6 +187,8 @@ class SpecBeamDecoder:
         if verification == "strict" and (temperature != 1.0 or seed is not None):
             raise ValueError("temperature and seed only apply to sampling verification ('relaxed' or 'exact'); "
                              "strict verification is deterministic beam search")
+        if not isinstance(skip_exhaustive_draft, bool):
+            raise ValueError(f"skip_exhaustive_draft must be a bool, got {skip_exhaustive_draft!r}")
         if draft_policy is None:
             draft_policy = DEFAULT_POLICY[verification]
         if draft_policy not in POLICIES:
@@ -196,6 +206,7 @@ class SpecBeamDecoder:
         self.num_beams, self.draft_beams, self.gamma = num_beams, draft_beams, gamma
         self.verification, self.draft_policy = verification, draft_policy
         self._sampling = verification != "strict"
+        self.skip_exhaustive_draft = skip_exhaustive_draft and not self._sampling
         self._uniforms = SeededUniforms(seed) if self._sampling else None
         self._vocab_in = t_in
         pad = getattr(getattr(target, "config", None), "pad_token_id", None)
@@ -249,12 +260,22 @@ class SpecBeamDecoder:
         t = [0] * B               # depth reached, per state row
         tgt, dft = TreeKV(self.target), TreeKV(self.draft)
         first_round = True
+        draft_stale = False  # the draft cache still holds the last round's dropped tree slots
         while active:
             rows = len(active)
             g = [min(self.gamma, depth - t[r] - 1) for r in range(rows)]
             g_dev = torch.tensor(g, device=device)
-            with nvtx_range("atspeed/draft", device):
-                levels = self._draft(state, dft, g_dev, max(g), first_round, ids, mask, trie)
+            levels = None
+            if self.skip_exhaustive_draft and all(t[r] + g[r] + 1 == depth for r in range(rows)):
+                levels = self._exhaustive_levels(state, g_dev, max(g), trie)
+            skipped = levels is not None
+            if not skipped:
+                with nvtx_range("atspeed/draft", device):
+                    if draft_stale:  # compacted only now: a round without the draft never needs it
+                        state.dft_anchor = _remap(dft.compact(state.live_slots(state.dft_anchor), depth + 1),
+                                                  state.dft_anchor)
+                        draft_stale = False
+                    levels = self._draft(state, dft, g_dev, max(g), first_round, ids, mask, trie)
             with nvtx_range("atspeed/target", device):
                 logits, beam_rows = self._score_tree(state, tgt, levels, first_round, ids, mask)
             with nvtx_range("atspeed/verify", device):
@@ -264,7 +285,7 @@ class SpecBeamDecoder:
             finished = []
             for r in range(rows):
                 stats.target_calls[active[r]] += 1
-                stats.draft_calls[active[r]] += g[r]
+                stats.draft_calls[active[r]] += 0 if skipped else g[r]
                 stats.accepted_levels[active[r]].append(n_accepted[r])
                 t[r] += n_accepted[r] + 1
                 if t[r] >= depth:
@@ -274,12 +295,12 @@ class SpecBeamDecoder:
             first_round = False
             if len(finished) == rows:
                 break
+            if skipped:  # an exhaustive level is always accepted, so that round ended every request
+                raise RuntimeError("internal error: a round drafted from the trie alone left a request unfinished")
             with nvtx_range("atspeed/compact", device):
-                # Keep the prompt and the ancestors of the surviving beams, in both caches.
+                # Keep the prompt and the ancestors of the surviving beams (the draft's: before its next call).
                 state.tgt_anchor = _remap(tgt.compact(state.live_slots(state.tgt_anchor), depth + 1), state.tgt_anchor)
-                if dft.cache is not None:
-                    state.dft_anchor = _remap(dft.compact(state.live_slots(state.dft_anchor), depth + 1),
-                                              state.dft_anchor)
+                draft_stale = dft.cache is not None
             if finished:  # finished requests leave the batch
                 keep = [r for r in range(rows) if t[r] < depth]
                 sel = torch.tensor(keep, device=device)
@@ -337,6 +358,26 @@ class SpecBeamDecoder:
                 level.draft_slot = torch.full_like(parent, NOT_FED)
             levels.append(level)
             prev_scores, prev_nodes, prev_live, width = lvl_scores, node, level.live, K
+        return levels
+
+    def _exhaustive_levels(self, state: "_BeamState", g_dev: torch.Tensor, G: int, trie: ItemTrie) -> list[_Level] | None:
+        """The round's levels when each can hold every trie child of the level above (at most N per request):
+        the beam step over uniform logits keeps all of them. None as soon as one level is wider than N."""
+        rows, K = state.scores.shape
+        N = self.draft_beams
+        co, ct = trie.child_offsets, trie.child_tokens
+        scores, nodes, live = state.scores, state.nodes, state.live
+        levels = []
+        for j in range(1, G + 1):
+            live_j = live & (g_dev >= j).unsqueeze(1)
+            children = torch.where(live_j, co[nodes + 1] - co[nodes], 0).sum(1)
+            if int(children.max()) > N:
+                return None
+            uniform = torch.zeros(rows, nodes.shape[1], trie.vocab_size, device=nodes.device)
+            scores, parent, token, nodes = _ops.trie_beam_step(uniform, scores, nodes, live_j, co, ct, N)
+            live = parent >= 0
+            levels.append(_Level(parent=parent, token=token, node=nodes, live=live,
+                                 draft_slot=torch.full_like(parent, NOT_FED)))
         return levels
 
     def _score_tree(self, state: "_BeamState", tgt: TreeKV, levels: list[_Level], first_round: bool,

@@ -38,9 +38,11 @@ def test_lossless_against_beam_search(family, num_beams, gamma):
             ref = BeamSearchDecoder(target, trie, num_beams).generate(prompts)
             for N in sorted({num_beams, 2 * num_beams, 40}):
                 for policy in ("beam", "anchored"):
-                    out = SpecBeamDecoder(target, draft, trie, num_beams, N, gamma, draft_policy=policy).generate(prompts)
-                    assert_identical(out, ref)
-                    assert_stats_consistent(out, trie.depth, 4)
+                    for skip in (True, False):  # False: the draft also drafts the exhaustive last rounds
+                        out = SpecBeamDecoder(target, draft, trie, num_beams, N, gamma, draft_policy=policy,
+                                              skip_exhaustive_draft=skip).generate(prompts)
+                        assert_identical(out, ref)
+                        assert_stats_consistent(out, trie.depth, 4)
 
 
 def test_self_draft_with_n_equal_k_costs_one_target_call():
@@ -75,6 +77,39 @@ def test_unrelated_draft_still_identical_and_requests_progress_independently():
     assert out.stats.mean_target_calls >= 1 and out.stats.mean_accepted_levels >= 0
 
 
+def test_exhaustive_last_round_needs_no_draft_call():
+    # Five codes per level: a last level under K = 3 beams has at most 15 children <= N, so with gamma = 1
+    # every request's last round (g = 1, or 0 when only the bonus is left) is built from the trie alone.
+    target = tiny_model("llama", VOCAB, seed=12)
+    draft = tiny_model("qwen2", VOCAB, seed=13, layers=1)
+    trie = ItemTrie(random_identifiers(150, 4, 5, seed=12))
+    calls = []
+    hook = draft.model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        for prompt in random_prompts([6, 2, 9, 4], VOCAB, seed=12):
+            runs = {}
+            for skip in (True, False):
+                calls.clear()
+                runs[skip] = SpecBeamDecoder(target, draft, trie, 3, 40, gamma=1,
+                                             skip_exhaustive_draft=skip).generate([prompt])
+                runs[skip].forwards = len(calls)
+            on, off = runs[True], runs[False]
+            assert_identical(on, BeamSearchDecoder(target, trie, 3).generate([prompt]))
+            assert torch.equal(on.sequences, off.sequences) and torch.equal(on.scores, off.scores)
+            assert on.stats.accepted_levels == off.stats.accepted_levels
+            # The same rounds, minus the last one's drafted level(s) and its draft forward.
+            levels = on.stats.accepted_levels[0]
+            t, g = 0, []
+            for n in levels:
+                g.append(min(1, trie.depth - t - 1))
+                t += n + 1
+            assert off.stats.draft_calls == [sum(g)]
+            assert on.stats.draft_calls == [sum(g[:-1])]
+            assert on.forwards == off.forwards - (1 if g[-1] else 0) and on.forwards == len(levels) - 1
+    finally:
+        hook.remove()
+
+
 def test_fewer_identifiers_than_beams():
     target = tiny_model("llama", VOCAB, seed=6)
     draft = tiny_model("llama", VOCAB, seed=7, layers=1)
@@ -99,6 +134,8 @@ def test_bad_input_raises_clear_errors():
         SpecBeamDecoder(target, draft, trie, 3, 3, verification="fuzzy")
     with pytest.raises(ValueError, match="draft_policy"):
         SpecBeamDecoder(target, draft, trie, 3, 3, draft_policy="greedy")
+    with pytest.raises(ValueError, match="skip_exhaustive_draft must be a bool"):
+        SpecBeamDecoder(target, draft, trie, 3, 3, skip_exhaustive_draft=1)
     with pytest.raises(ValueError, match="vocabulary mismatch"):
         SpecBeamDecoder(target, tiny_model("llama", VOCAB + 8, seed=2, layers=1), trie, 3, 3)
     with pytest.raises(ValueError, match="vocabulary mismatch"):
