@@ -360,7 +360,8 @@ class SpecBeamDecoder:
             prev_scores, prev_nodes, prev_live, width = lvl_scores, node, level.live, K
         return levels
 
-    def _exhaustive_levels(self, state: "_BeamState", g_dev: torch.Tensor, G: int, trie: ItemTrie) -> list[_Level] | None:
+    def _exhaustive_levels(self, state: "_BeamState", g_dev: torch.Tensor, G: int,
+                           trie: ItemTrie) -> list[_Level] | None:
         """The round's levels when each can hold every trie child of the level above (at most N per request):
         the beam step over uniform logits keeps all of them. None as soon as one level is wider than N."""
         rows, K = state.scores.shape

@@ -59,6 +59,8 @@ def main(argv=None):
                    help="timed passes per point; each speculative pass is paired with a BeamSearchDecoder pass "
                         "right before it and vs_beam is the median of the paired ratios (default 3)")
     p.add_argument("--no-hf", action="store_true", help="skip Hugging Face generate")
+    p.add_argument("--no-skip-exhaustive", action="store_true",
+                   help="call the draft in every round (SpecBeamDecoder(skip_exhaustive_draft=False))")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="weights and compute of both models (default float32)")
@@ -101,7 +103,8 @@ def main(argv=None):
             identical = lambda outs: same_lists(outs, base_outs)  # noqa: E731
             recall = lambda outs: common.quality(outs, queries, K)[0]  # noqa: E731
             row0 = {"K": K, "batch": B, "decoder": "BeamSearchDecoder", "N": "", "gamma": "", "policy": "",
-                    "accepted": "", "target_calls": float(trie.depth), "ms_per_req": base_ms / len(prompts),
+                    "accepted": "", "target_calls": float(trie.depth), "draft_calls": "",
+                    "ms_per_req": base_ms / len(prompts),
                     "req_per_s": 1e3 * len(prompts) / base_ms, "vs_beam": 1.0, "vs_hf": "",
                     "identical": f"{len(prompts)}/{len(prompts)}", "recall": recall(base_outs)}
             hf_ms = None
@@ -119,15 +122,19 @@ def main(argv=None):
             for N in draft_grid(K, args.draft_beams):
                 for gamma in args.gammas:
                     for policy in args.policies:
-                        spec = SpecBeamDecoder(target, draft, trie, K, N, gamma, draft_policy=policy)
+                        spec = SpecBeamDecoder(target, draft, trie, K, N, gamma, draft_policy=policy,
+                                               skip_exhaustive_draft=not args.no_skip_exhaustive)
                         spec.generate(batches[0])  # warm-up
                         ms, vs_beam, outs = common.paired_runs(base.generate, spec.generate, batches, args.reps)
                         same = identical(outs)
                         calls = [c for o in outs for c in o.stats.target_calls]
+                        draft_calls = [c for o in outs for c in o.stats.draft_calls]
                         rounds = [n for o in outs for r in o.stats.accepted_levels for n in r]
                         rows.append({"K": K, "batch": B, "decoder": "SpecBeamDecoder", "N": N, "gamma": gamma,
                                      "policy": policy, "accepted": sum(rounds) / len(rounds),
-                                     "target_calls": sum(calls) / len(calls), "ms_per_req": ms / len(prompts),
+                                     "target_calls": sum(calls) / len(calls),
+                                     "draft_calls": sum(draft_calls) / len(draft_calls),
+                                     "ms_per_req": ms / len(prompts),
                                      "req_per_s": 1e3 * len(prompts) / ms, "vs_beam": vs_beam,
                                      "vs_hf": hf_ms / ms if hf_ms else "", "identical": same,
                                      "recall": recall(outs)})
@@ -137,7 +144,9 @@ def main(argv=None):
               "target": args.target or "target-8x512 (trained by this script)",
               "draft": args.draft or "draft-1x128, cross-entropy (trained by this script)",
               "dtype": args.dtype,
-              "note": "accepted = mean accepted levels per round; target_calls per request; vs_beam / vs_hf = "
+              "skip_exhaustive_draft": not args.no_skip_exhaustive,
+              "note": "accepted = mean accepted levels per round; target_calls, draft_calls (draft forwards) per "
+                      "request; vs_beam / vs_hf = "
                       "speedup of this row over BeamSearchDecoder / HF generate at the same K and batch (vs_beam: "
                       "median of per-round ratios, each speculative pass timed right after a BeamSearchDecoder "
                       "pass; ms: medians over --reps passes); identical = requests whose K sequences equal "
@@ -146,7 +155,7 @@ def main(argv=None):
         header["BeamSearchDecoder vs itself (identical lists)"] = noise_floor
     md = common.write_results(args.name or f"spec_beauty_{device.type}", header, rows,
                               ["K", "batch", "decoder", "N", "gamma", "policy", "accepted", "target_calls",
-                               "ms_per_req", "req_per_s", "vs_beam", "vs_hf", "identical", "recall"])
+                               "draft_calls", "ms_per_req", "req_per_s", "vs_beam", "vs_hf", "identical", "recall"])
     print(f"\nwrote {md}")
 
 
