@@ -364,8 +364,7 @@ class SpecBeamDecoder:
                            trie: ItemTrie) -> list[_Level] | None:
         """The round's levels when each can hold every trie child of the level above (at most N per request):
         the beam step over uniform logits keeps all of them. None as soon as one level is wider than N."""
-        rows, K = state.scores.shape
-        N = self.draft_beams
+        rows, N = state.scores.shape[0], self.draft_beams
         co, ct = trie.child_offsets, trie.child_tokens
         scores, nodes, live = state.scores, state.nodes, state.live
         levels = []
