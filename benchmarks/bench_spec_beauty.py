@@ -146,11 +146,10 @@ def main(argv=None):
               "dtype": args.dtype,
               "skip_exhaustive_draft": not args.no_skip_exhaustive,
               "note": "accepted = mean accepted levels per round; target_calls, draft_calls (draft forwards) per "
-                      "request; vs_beam / vs_hf = "
-                      "speedup of this row over BeamSearchDecoder / HF generate at the same K and batch (vs_beam: "
-                      "median of per-round ratios, each speculative pass timed right after a BeamSearchDecoder "
-                      "pass; ms: medians over --reps passes); identical = requests whose K sequences equal "
-                      "BeamSearchDecoder's, in order; recall = Recall@K of the row's lists"}
+                      "request; vs_beam / vs_hf = speedup of this row over BeamSearchDecoder / HF generate at the "
+                      "same K and batch (vs_beam: median of per-round ratios, each speculative pass timed right "
+                      "after a BeamSearchDecoder pass; ms: medians over --reps passes); identical = requests whose "
+                      "K sequences equal BeamSearchDecoder's, in order; recall = Recall@K of the row's lists"}
     if noise_floor:
         header["BeamSearchDecoder vs itself (identical lists)"] = noise_floor
     md = common.write_results(args.name or f"spec_beauty_{device.type}", header, rows,
