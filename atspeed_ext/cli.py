@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "new schedule) or any local Hugging Face causal LM and its tokenizer (text instruction "
                             "prompts; the codes are added to its vocabulary)")
     train_options(train)
+    train.add_argument("--history-dropout", type=_train_float("history_dropout"), default=0.0,
+                       help="drop each history item of a training prompt with this probability, keeping at least "
+                            "the most recent (augmentation; default 0)")
 
     ev = sub.add_parser("eval", help="Recall/NDCG@{5,10,20} of a checkpoint (and popularity), as a JSON report")
     data_options(ev)

@@ -79,12 +79,13 @@ def run_train_target(args) -> int:
 
 
 def train_config(args) -> TrainConfig:
-    """The TrainConfig of the shared training options (see cli.train_options)."""
+    """The TrainConfig of the shared training options (see cli.train_options); ``--history-dropout`` exists for
+    train-target only."""
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm, seed=args.seed,
                        eval_every=args.eval_every, eval_prompts=args.eval_prompts, patience=args.patience,
                        with_eos=args.with_eos, max_steps=args.max_steps, precision=args.precision,
-                       dropout=args.dropout)
+                       dropout=args.dropout, history_dropout=getattr(args, "history_dropout", 0.0))
 
 
 def run_eval(args) -> int:

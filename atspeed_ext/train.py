@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,7 @@ _DROPOUT_SUFFIXES = ("embed_tokens", "self_attn.o_proj", "mlp.down_proj")
 #: always excluded, and NaN never passes.
 FLOAT_RANGES = {"lr": (0.0, math.inf, True), "weight_decay": (0.0, math.inf, False),
                 "warmup_ratio": (0.0, 1.0, False), "max_grad_norm": (0.0, math.inf, True),
-                "dropout": (0.0, 1.0, False)}
+                "dropout": (0.0, 1.0, False), "history_dropout": (0.0, 1.0, False)}
 
 
 def range_error(name: str, value: float) -> str | None:
@@ -58,6 +59,7 @@ class TrainConfig:
     max_steps: int = 0             # 0 = no limit
     precision: str = "fp32"        # "bf16": bfloat16 autocast (AMX / tensor cores); weights stay float32
     dropout: float = 0.0           # residual + embedding dropout while training (see add_dropout)
+    history_dropout: float = 0.0   # drop each history item of a training example with this probability
     history: list = field(default_factory=list)
 
     def __post_init__(self):
@@ -90,6 +92,14 @@ def add_dropout(model, p: float) -> list:
         return torch.nn.functional.dropout(output, p, training=module.training)
 
     return [m.register_forward_hook(hook) for m in modules]
+
+
+def drop_history(history: tuple[int, ...], p: float, rng: random.Random) -> tuple[int, ...]:
+    """``history`` with each item dropped independently with probability ``p`` (order kept); when every item
+    would go, the most recent one stays, so a prompt is never empty. Training-time augmentation: the model
+    learns from partial histories instead of memorising whole ones."""
+    kept = tuple(item for item in history if rng.random() >= p)
+    return kept or history[-1:]
 
 
 def encode_examples(tokenizer: CodeTokenizer, examples, with_eos: bool) -> list[tuple[list[int], int]]:
@@ -175,14 +185,21 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
     """Train ``model`` to predict the next item's identifier tokens; checkpoints go to ``out_dir/last`` (every
     validation, with optimizer and trainer state) and ``out_dir/best`` (best validation Recall@10).
     Returns the trainer state (history of losses and validations, best metric, steps)."""
-    examples = encode_examples(tokenizer, data.train_examples(), cfg.with_eos)
+    raw_examples = data.train_examples()
+    examples = encode_examples(tokenizer, raw_examples, cfg.with_eos)
     if not examples:
         raise ValueError("the data has no training examples (every train sequence has fewer than 2 items)")
     val_prompts = data.valid_prompts()[:cfg.eval_prompts]
 
     def batch_loss(train_model, indices: list[int]) -> torch.Tensor:
         device = next(model.parameters()).device
-        input_ids, mask, labels = (x.to(device) for x in collate([examples[j] for j in indices]))
+        batch = [examples[j] for j in indices]
+        if cfg.history_dropout > 0:
+            # Seeded by the batch itself: the same batch drops the same items, also after a resume.
+            rng = random.Random(f"{cfg.seed}:{','.join(map(str, indices))}")
+            batch = encode_examples(tokenizer, [(drop_history(raw_examples[j][0], cfg.history_dropout, rng),
+                                                 raw_examples[j][1]) for j in indices], cfg.with_eos)
+        input_ids, mask, labels = (x.to(device) for x in collate(batch))
         return train_model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
 
     def validate() -> dict:

@@ -63,6 +63,7 @@ def test_eval_refuses_a_checkpoint_of_other_data(tmp_path):
 
 
 @pytest.mark.parametrize("option, value, message", [("--dropout", "1", "must be in [0, 1), got 1.0"),
+                                                    ("--history-dropout", "1", "must be in [0, 1), got 1.0"),
                                                     ("--warmup-ratio", "-0.1", "must be in [0, 1), got -0.1"),
                                                     ("--lr", "0", "must be in (0, inf), got 0.0"),
                                                     ("--weight-decay", "-1", "must be in [0, inf), got -1.0")])
@@ -71,3 +72,10 @@ def test_bad_training_options_are_refused_before_any_work(option, value, message
         main(["train-target", "--preset", "tiny-1x64", option, value])
     assert exit_info.value.code == 2
     assert f"argument {option}: {message}" in capsys.readouterr().err
+
+
+def test_history_dropout_is_a_train_target_option_only(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train-draft", "--target", "t", "--teacher", "x", "--history-dropout", "0.2"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --history-dropout" in capsys.readouterr().err

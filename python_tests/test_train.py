@@ -1,6 +1,7 @@
 """Next-item training: it learns (beats popularity), resumes exactly, saves loadable safetensors checkpoints."""
 
 import json
+import random
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ from atspeed_ext.evaluate import evaluate_model, evaluate_popularity
 from atspeed_ext.models import build_model, load_checkpoint
 from atspeed_ext.synthetic import synthetic_recdata
 from atspeed_ext.tokenizer import CodeTokenizer
-from atspeed_ext.train import TrainConfig, add_dropout, collate, train_loop, train_next_item
+import atspeed_ext.train as train_module
+from atspeed_ext.train import TrainConfig, add_dropout, collate, drop_history, train_loop, train_next_item
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +106,9 @@ def test_bad_configuration():
     for p in (-0.1, 1.0):
         with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
             TrainConfig(dropout=p)
+    for p in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"history_dropout must be in \[0, 1\)"):
+            TrainConfig(history_dropout=p)
     with pytest.raises(ValueError, match="no embed_tokens"):
         add_dropout(torch.nn.Sequential(torch.nn.Linear(2, 2)), 0.1)
     with pytest.raises(ValueError, match="unknown preset"):
@@ -151,3 +156,37 @@ def test_dropout_hooks_come_off_when_training_fails(small_data, tmp_path):
         train_loop(model, tok, tmp_path, TrainConfig(epochs=1, dropout=0.1), [5] * 8, failing_loss,
                    lambda: {"recall@10": 0.0}, "recall@10", progress=False)
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_drop_history_keeps_order_never_empties_and_drops_at_the_rate_asked():
+    rng = random.Random(0)
+    history = tuple(range(100, 120))
+    assert drop_history(history, 0.0, rng) == history
+    assert drop_history((7, 8, 9), 0.999999, rng) == (9,)  # all dropped: the most recent stays
+    kept = 0
+    for _ in range(2000):
+        out = drop_history(history, 0.3, rng)
+        assert out and list(out) == sorted(out) and set(out) <= set(history)  # a non-empty subsequence
+        kept += len(out)
+    # 40,000 Bernoulli(0.7) draws (the all-dropped fallback is ~1e-10 likely): sd of the rate 0.0023, 4 sd allowed.
+    assert abs(kept / 40000 - 0.7) < 0.01
+
+
+def test_history_dropout_shortens_training_prompts_but_keeps_targets(small_data, tmp_path, monkeypatch):
+    data, tok = small_data
+    def run(p, run_dir):
+        batches = []
+        monkeypatch.setattr(train_module, "collate", lambda batch, *a: batches.append(batch) or collate(batch, *a))
+        model = build_model("tiny-1x64", tok.vocab_size, seed=0)
+        cfg = TrainConfig(epochs=1, batch_size=32, eval_prompts=5, max_steps=4, history_dropout=p)
+        state = train_next_item(model, tok, data, tmp_path / run_dir, cfg, progress=False)
+        assert state["config"]["history_dropout"] == p
+        return batches
+
+    plain, dropped = run(0.0, "plain"), run(0.5, "dropped")
+    assert run(0.5, "again") == dropped  # seeded: the same items are dropped again
+    assert len(plain) == len(dropped) == 4
+    for a, b in zip(plain, dropped):
+        assert [ids[len(ids) - n:] for ids, n in a] == [ids[len(ids) - n:] for ids, n in b]  # same targets
+        assert all(len(y) <= len(x) for (x, _), (y, _) in zip(a, b))
+    assert sum(len(ids) for b in dropped for ids, _ in b) < sum(len(ids) for b in plain for ids, _ in b)
