@@ -26,7 +26,7 @@ __global__ void sample_candidates_kernel(const T* __restrict__ logits, const flo
                                          int64_t V, int num_out, int key_cache_cap, float* __restrict__ out_scores,
                                          int64_t* __restrict__ out_parents, int64_t* __restrict__ out_tokens,
                                          int64_t* __restrict__ out_nodes) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   int64_t* prefix = reinterpret_cast<int64_t*>(smem_raw);  // [W + 1]
   double* cached = reinterpret_cast<double*>(prefix + W + 1);
   __shared__ double red_k[32];

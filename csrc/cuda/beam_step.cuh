@@ -173,7 +173,7 @@ __global__ void select_candidates_kernel(const T* __restrict__ logits, const flo
                                          int W, int64_t V, int num_out, int score_cache_cap,
                                          float* __restrict__ out_scores, int64_t* __restrict__ out_parents,
                                          int64_t* __restrict__ out_tokens, int64_t* __restrict__ out_nodes) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   int64_t* prefix = reinterpret_cast<int64_t*>(smem_raw);    // [W + 1]
   float* cached = reinterpret_cast<float*>(prefix + W + 1);  // [score_cache_cap]
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * W, out0 = static_cast<int64_t>(blockIdx.x) * num_out;

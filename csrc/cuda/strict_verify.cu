@@ -1,4 +1,6 @@
 // CUDA glue of strict top-K verification: validate, guard the device, one block per request.
+#include <algorithm>
+
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
@@ -33,7 +35,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> strict_ve
   const VerifyOutputs out(B, K, beam_scores.options());
   if (B == 0) return out.tuple();
   const size_t fixed = cuda::strict_verify_smem(static_cast<int>(K), 0);
-  const int cache_cap = static_cast<int>((40 * 1024 - static_cast<int64_t>(fixed)) / static_cast<int64_t>(sizeof(float)));
+  // What is left of a 40 KB budget caches log-sum-exps; none is left past K = 440 (the fixed part alone is then
+  // up to 47.6 KB at K = 512, still under the 48 KB that needs no opt-in).
+  const int cache_cap = static_cast<int>(
+      std::max<int64_t>(0, (40 * 1024 - static_cast<int64_t>(fixed)) / static_cast<int64_t>(sizeof(float))));
   const size_t smem = cuda::strict_verify_smem(static_cast<int>(K), cache_cap);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "strict_verify_cuda", [&] {
     using T = typename cuda_type<scalar_t>::type;

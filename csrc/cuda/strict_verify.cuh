@@ -27,7 +27,7 @@ __global__ void strict_verify_kernel(const T* __restrict__ logits, int64_t R, in
                                      int64_t* __restrict__ accepted, float* __restrict__ out_scores,
                                      int64_t* __restrict__ out_parents, int64_t* __restrict__ out_tokens,
                                      int64_t* __restrict__ out_nodes) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   int64_t* prefix = reinterpret_cast<int64_t*>(smem_raw);  // [K + 1]
   int64_t* rows = prefix + K + 1;
   int64_t* nodes = rows + K;

@@ -35,9 +35,12 @@ __global__ void tree_attention_mask_kernel(const int64_t* __restrict__ slot_pare
       positions[row] = 0;
     } else {
       int64_t depth = 0;
-      for (int64_t s = q; s >= 0 && depth <= S; s = parents[s]) {  // depth bound: no endless loop on bad input
+      for (int64_t s = q; s >= 0;) {
         m[s] = true;
         ++depth;
+        const int64_t parent = parents[s];
+        if (parent >= s) break;  // invalid (valid parents point backwards): stop inside the row, never loop
+        s = parent;
       }
       positions[row] = prompt_len + depth - 1;
     }
