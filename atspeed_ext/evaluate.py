@@ -12,7 +12,7 @@ from .decoder import BeamSearchDecoder
 from .metrics import hits_of_ranking, popularity_ranking, recall_ndcg
 from .tokenizer import CodeTokenizer
 
-__all__ = ["evaluate_model", "evaluate_popularity", "output_recall_ndcg"]
+__all__ = ["evaluate_model", "evaluate_popularity", "model_scores", "output_recall_ndcg", "popularity_scores"]
 
 
 def _mean(xs: list[float]) -> float:
@@ -28,41 +28,48 @@ def output_recall_ndcg(out, row: int, truth, k: int) -> tuple[float, float]:
 
 
 @torch.inference_mode()
-def evaluate_model(model, tokenizer: CodeTokenizer, prompts: Sequence[Prompt], ks: Sequence[int] = (5, 10, 20),
-                   batch_size: int = 32, with_eos: bool = False, progress: bool = True) -> dict[str, float]:
-    """Recall@k and NDCG@k for each k, the top-k list coming from beam search with k beams.
+def model_scores(model, tokenizer: CodeTokenizer, prompts: Sequence[Prompt], k: int, batch_size: int = 32,
+                 with_eos: bool = False, progress: bool = True) -> tuple[list[float], list[float]]:
+    """Per prompt (in the order given), Recall@k and NDCG@k of the top-k list of beam search with k beams.
 
     An identifier hits when any of its items (shared identifiers) is in the prompt's truth, once.
     """
     if not prompts:
         raise ValueError("no prompts to evaluate")
-    trie = tokenizer.trie(with_eos)
+    decoder = BeamSearchDecoder(model, tokenizer.trie(with_eos), num_beams=k)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].history))  # similar lengths batch together
+    recalls, ndcgs = [0.0] * len(prompts), [0.0] * len(prompts)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc=f"eval K={k}", unit="batch", disable=not progress, leave=False):
+        out = decoder.generate([tokenizer.encode_prompt(prompts[i].history) for i in batch])
+        for row, i in enumerate(batch):
+            recalls[i], ndcgs[i] = output_recall_ndcg(out, row, prompts[i].truth, k)
+    return recalls, ndcgs
+
+
+def popularity_scores(data: RecData, prompts: Sequence[Prompt], k: int) -> tuple[list[float], list[float]]:
+    """Per prompt, Recall@k and NDCG@k of the k most popular identifiers of the train sequences."""
+    if not prompts:
+        raise ValueError("no prompts to evaluate")
+    ranked = popularity_ranking(data.item_counts(), data.identifiers, k)
+    scores = [recall_ndcg(hits_of_ranking(ranked, p.truth), len(p.truth), k) for p in prompts]
+    return [s[0] for s in scores], [s[1] for s in scores]
+
+
+def _as_metrics(per_k: dict[int, tuple[list[float], list[float]]]) -> dict[str, float]:
     metrics: dict[str, float] = {}
-    for k in ks:
-        decoder = BeamSearchDecoder(model, trie, num_beams=k)
-        recalls, ndcgs = [], []
-        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        for batch in tqdm(batches, desc=f"eval K={k}", unit="batch", disable=not progress, leave=False):
-            out = decoder.generate([tokenizer.encode_prompt(prompts[i].history) for i in batch])
-            for row, i in enumerate(batch):
-                r, n = output_recall_ndcg(out, row, prompts[i].truth, k)
-                recalls.append(r)
-                ndcgs.append(n)
+    for k, (recalls, ndcgs) in per_k.items():
         metrics[f"recall@{k}"] = _mean(recalls)
         metrics[f"ndcg@{k}"] = _mean(ndcgs)
     return metrics
 
 
+def evaluate_model(model, tokenizer: CodeTokenizer, prompts: Sequence[Prompt], ks: Sequence[int] = (5, 10, 20),
+                   batch_size: int = 32, with_eos: bool = False, progress: bool = True) -> dict[str, float]:
+    """Mean Recall@k and NDCG@k over the prompts for each k (see :func:`model_scores`)."""
+    return _as_metrics({k: model_scores(model, tokenizer, prompts, k, batch_size, with_eos, progress) for k in ks})
+
+
 def evaluate_popularity(data: RecData, prompts: Sequence[Prompt], ks: Sequence[int] = (5, 10, 20)) -> dict[str, float]:
     """The same metrics for the most popular identifiers of the train sequences, for every prompt."""
-    if not prompts:
-        raise ValueError("no prompts to evaluate")
-    counts = data.item_counts()
-    metrics: dict[str, float] = {}
-    for k in ks:
-        ranked = popularity_ranking(counts, data.identifiers, k)
-        scores = [recall_ndcg(hits_of_ranking(ranked, p.truth), len(p.truth), k) for p in prompts]
-        metrics[f"recall@{k}"] = _mean([s[0] for s in scores])
-        metrics[f"ndcg@{k}"] = _mean([s[1] for s in scores])
-    return metrics
+    return _as_metrics({k: popularity_scores(data, prompts, k) for k in ks})

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from atspeed_ext.evaluate import evaluate_model, evaluate_popularity
+from atspeed_ext.evaluate import evaluate_model, evaluate_popularity, model_scores, popularity_scores
 from atspeed_ext.models import build_model, load_checkpoint
 from atspeed_ext.synthetic import synthetic_recdata
 from atspeed_ext.tokenizer import CodeTokenizer
@@ -190,3 +190,19 @@ def test_history_dropout_shortens_training_prompts_but_keeps_targets(small_data,
         assert [ids[len(ids) - n:] for ids, n in a] == [ids[len(ids) - n:] for ids, n in b]  # same targets
         assert all(len(y) <= len(x) for (x, _), (y, _) in zip(a, b))
     assert sum(len(ids) for b in dropped for ids, _ in b) < sum(len(ids) for b in plain for ids, _ in b)
+
+
+def test_per_prompt_scores_average_to_the_reported_metrics(small_data):
+    data, tok = small_data
+    model = build_model("tiny-1x64", tok.vocab_size, seed=0)
+    prompts = data.test_prompts()[:40]
+    recalls, ndcgs = model_scores(model, tok, prompts, 5, batch_size=16, progress=False)
+    assert len(recalls) == len(ndcgs) == len(prompts)
+    assert all(0 <= r <= 1 and 0 <= n <= 1 and (r > 0) == (n > 0) for r, n in zip(recalls, ndcgs))
+    assert 0 < sum(r > 0 for r in recalls) < len(prompts)  # some hits and some misses: the means are not trivial
+    metrics = evaluate_model(model, tok, prompts, ks=(5,), batch_size=16, progress=False)
+    assert metrics == {"recall@5": sum(recalls) / len(prompts), "ndcg@5": sum(ndcgs) / len(prompts)}
+    pop_recalls, _ = popularity_scores(data, prompts, 5)
+    assert evaluate_popularity(data, prompts, ks=(5,))["recall@5"] == sum(pop_recalls) / len(prompts)
+    with pytest.raises(ValueError, match="no prompts"):
+        model_scores(model, tok, [], 5)
