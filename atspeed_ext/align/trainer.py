@@ -66,6 +66,9 @@ def train_draft(draft, target, tokenizer, data: RecData, out_dir: str | Path, cf
     given (also for ``ce`` and on-policy runs, so that objectives compare on the same examples). ``target`` is needed for validation and for on-policy data."""
     if cfg.with_eos:
         raise ValueError("draft alignment works on identifier tokens only (with_eos=False)")
+    if cfg.history_dropout:
+        raise ValueError("history_dropout applies to train_next_item only: draft alignment trains on the teacher's "
+                         "fixed prompts (use history_dropout=0)")
     trie = tokenizer.trie()
     levels = LevelView(trie, tokenizer.item_token_ids)
     examples = data.train_examples()
