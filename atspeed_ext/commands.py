@@ -99,8 +99,8 @@ def run_eval(args) -> int:
     if args.limit > 0:
         prompts = prompts[:args.limit]
     metrics = evaluate_model(model, tokenizer, prompts, ks=args.ks, batch_size=args.batch_size,
-                             with_eos=args.with_eos)
-    popularity = evaluate_popularity(data, prompts, ks=args.ks)
+                             with_eos=args.with_eos, standard_errors=True)
+    popularity = evaluate_popularity(data, prompts, ks=args.ks, standard_errors=True)
     report = {"metrics": metrics, "popularity": popularity, "model": str(Path(args.checkpoint).resolve()),
               "model_config": {k: getattr(model.config, k) for k in ("num_hidden_layers", "hidden_size", "vocab_size")},
               "data": args.data or "synthetic", "split": args.split, "prompts": len(prompts), "ks": args.ks,
@@ -109,8 +109,10 @@ def run_eval(args) -> int:
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     out = Path(args.output) if args.output else Path(args.checkpoint) / f"eval_{args.split}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print("| metric | model | popularity |\n|---|---|---|")
+    print("| metric | model (± standard error over prompts) | popularity |\n|---|---|---|")
     for k in metrics:
-        print(f"| {k} | {metrics[k]:.4f} | {popularity[k]:.4f} |")
+        if not k.endswith("_se"):
+            print(f"| {k} | {metrics[k]:.4f} ± {metrics[k + '_se']:.4f} | {popularity[k]:.4f} ± "
+                  f"{popularity[k + '_se']:.4f} |")
     print(f"report: {out}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -12,11 +13,18 @@ from .decoder import BeamSearchDecoder
 from .metrics import hits_of_ranking, popularity_ranking, recall_ndcg
 from .tokenizer import CodeTokenizer
 
-__all__ = ["evaluate_model", "evaluate_popularity", "model_scores", "output_recall_ndcg", "popularity_scores"]
+__all__ = ["evaluate_model", "evaluate_popularity", "mean_and_se", "model_scores", "output_recall_ndcg", "popularity_scores"]
 
 
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / max(1, len(xs))
+def mean_and_se(xs: Sequence[float]) -> tuple[float, float]:
+    """The mean of ``xs`` and its standard error (sample sd / sqrt(n); 0 for fewer than two values)."""
+    n = len(xs)
+    if n == 0:
+        raise ValueError("no values to average")
+    mean = sum(xs) / n
+    if n < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1) / n)
 
 
 def output_recall_ndcg(out, row: int, truth, k: int) -> tuple[float, float]:
@@ -56,20 +64,27 @@ def popularity_scores(data: RecData, prompts: Sequence[Prompt], k: int) -> tuple
     return [s[0] for s in scores], [s[1] for s in scores]
 
 
-def _as_metrics(per_k: dict[int, tuple[list[float], list[float]]]) -> dict[str, float]:
+def _as_metrics(per_k: dict[int, tuple[list[float], list[float]]], standard_errors: bool) -> dict[str, float]:
     metrics: dict[str, float] = {}
-    for k, (recalls, ndcgs) in per_k.items():
-        metrics[f"recall@{k}"] = _mean(recalls)
-        metrics[f"ndcg@{k}"] = _mean(ndcgs)
+    for k, per_prompt in per_k.items():
+        for name, values in zip(("recall", "ndcg"), per_prompt):
+            mean, se = mean_and_se(values)
+            metrics[f"{name}@{k}"] = mean
+            if standard_errors:
+                metrics[f"{name}@{k}_se"] = se
     return metrics
 
 
 def evaluate_model(model, tokenizer: CodeTokenizer, prompts: Sequence[Prompt], ks: Sequence[int] = (5, 10, 20),
-                   batch_size: int = 32, with_eos: bool = False, progress: bool = True) -> dict[str, float]:
-    """Mean Recall@k and NDCG@k over the prompts for each k (see :func:`model_scores`)."""
-    return _as_metrics({k: model_scores(model, tokenizer, prompts, k, batch_size, with_eos, progress) for k in ks})
+                   batch_size: int = 32, with_eos: bool = False, progress: bool = True,
+                   standard_errors: bool = False) -> dict[str, float]:
+    """Mean Recall@k and NDCG@k over the prompts for each k (see :func:`model_scores`); with
+    ``standard_errors`` also their standard errors over prompts (keys ``recall@k_se``, ``ndcg@k_se``)."""
+    return _as_metrics({k: model_scores(model, tokenizer, prompts, k, batch_size, with_eos, progress) for k in ks},
+                       standard_errors)
 
 
-def evaluate_popularity(data: RecData, prompts: Sequence[Prompt], ks: Sequence[int] = (5, 10, 20)) -> dict[str, float]:
+def evaluate_popularity(data: RecData, prompts: Sequence[Prompt], ks: Sequence[int] = (5, 10, 20),
+                        standard_errors: bool = False) -> dict[str, float]:
     """The same metrics for the most popular identifiers of the train sequences, for every prompt."""
-    return _as_metrics({k: popularity_scores(data, prompts, k) for k in ks})
+    return _as_metrics({k: popularity_scores(data, prompts, k) for k in ks}, standard_errors)

@@ -10,7 +10,6 @@ Standard errors are over prompts (sd / sqrt(n)); a paired difference's z is its 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -20,14 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from atspeed_ext.data import load_lcrec  # noqa: E402
-from atspeed_ext.evaluate import model_scores, popularity_scores  # noqa: E402
+from atspeed_ext.evaluate import mean_and_se, model_scores, popularity_scores  # noqa: E402
 from atspeed_ext.models import load_checkpoint  # noqa: E402
-
-
-def mean_and_se(xs: list[float]) -> tuple[float, float]:
-    n = len(xs)
-    mean = sum(xs) / n
-    return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / max(1, n - 1) / n)
 
 
 def label(path: str) -> str:

@@ -48,9 +48,10 @@ def test_train_target_then_eval_writes_a_report(tmp_path, capsys):
     assert (out / "best" / "model.safetensors").exists() and (out / "last" / "trainer_state.json").exists()
     assert main(["eval", "--checkpoint", str(out / "best"), "--ks", "5", "10", "--limit", "30", *common]) == 0
     report = json.loads((out / "best" / "eval_test.json").read_text())
-    assert set(report["metrics"]) == {"recall@5", "ndcg@5", "recall@10", "ndcg@10"}
+    means = {"recall@5", "ndcg@5", "recall@10", "ndcg@10"}
+    assert set(report["metrics"]) == means | {f"{m}_se" for m in means}
     assert report["prompts"] == 30 and set(report["popularity"]) == set(report["metrics"])
-    assert "| recall@10 |" in capsys.readouterr().out
+    assert f"| recall@10 | {report['metrics']['recall@10']:.4f} ± " in capsys.readouterr().out
 
 
 def test_eval_refuses_a_checkpoint_of_other_data(tmp_path):

@@ -1,12 +1,14 @@
 """Next-item training: it learns (beats popularity), resumes exactly, saves loadable safetensors checkpoints."""
 
 import json
+import math
 import random
+import statistics
 
 import pytest
 import torch
 
-from atspeed_ext.evaluate import evaluate_model, evaluate_popularity, model_scores, popularity_scores
+from atspeed_ext.evaluate import evaluate_model, evaluate_popularity, mean_and_se, model_scores, popularity_scores
 from atspeed_ext.models import build_model, load_checkpoint
 from atspeed_ext.synthetic import synthetic_recdata
 from atspeed_ext.tokenizer import CodeTokenizer
@@ -204,5 +206,9 @@ def test_per_prompt_scores_average_to_the_reported_metrics(small_data):
     assert metrics == {"recall@5": sum(recalls) / len(prompts), "ndcg@5": sum(ndcgs) / len(prompts)}
     pop_recalls, _ = popularity_scores(data, prompts, 5)
     assert evaluate_popularity(data, prompts, ks=(5,))["recall@5"] == sum(pop_recalls) / len(prompts)
+    with_se = evaluate_model(model, tok, prompts, ks=(5,), batch_size=16, progress=False, standard_errors=True)
+    assert with_se["recall@5_se"] == pytest.approx(statistics.stdev(recalls) / math.sqrt(len(prompts)), rel=1e-12)
+    assert with_se["ndcg@5_se"] > 0 and with_se["recall@5"] == metrics["recall@5"]
+    assert mean_and_se([2.0]) == (2.0, 0.0) and mean_and_se([1.0, 3.0]) == (2.0, 1.0)
     with pytest.raises(ValueError, match="no prompts"):
         model_scores(model, tok, [], 5)
