@@ -193,12 +193,13 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
 
     def batch_loss(train_model, indices: list[int]) -> torch.Tensor:
         device = next(model.parameters()).device
-        batch = [examples[j] for j in indices]
         if cfg.history_dropout > 0:
             # Seeded by the batch itself: the same batch drops the same items, also after a resume.
             rng = random.Random(f"{cfg.seed}:{','.join(map(str, indices))}")
             batch = encode_examples(tokenizer, [(drop_history(raw_examples[j][0], cfg.history_dropout, rng),
                                                  raw_examples[j][1]) for j in indices], cfg.with_eos)
+        else:
+            batch = [examples[j] for j in indices]
         input_ids, mask, labels = (x.to(device) for x in collate(batch))
         return train_model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
 
