@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--history-dropout", type=_train_float("history_dropout"), default=0.0,
                        help="drop each history item of a training prompt with this probability, keeping at least "
                             "the most recent (augmentation; default 0)")
+    train.add_argument("--train-on-valid", action="store_true",
+                       help="also train on the validation items (after each user's train items): the final model "
+                            "for the test split, with settings chosen on validation earlier; no validation, no "
+                            "early stopping, best = last")
 
     ev = sub.add_parser("eval", help="Recall/NDCG@{5,10,20} of a checkpoint (and popularity), as a JSON report")
     data_options(ev)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -68,24 +69,27 @@ def run_train_target(args) -> int:
         tokenizer = CodeTokenizer(data.identifiers)
         model = build_model(args.preset, tokenizer.vocab_size, seed=args.seed).to(device)
         name = args.preset
-    out = Path(args.out) if args.out else cache_dir() / f"{data.name}-{name}"
     cfg = train_config(args)
+    suffix = "-trainvalid" if cfg.train_on_valid else ""  # never overwrites the run validated on the same data
+    out = Path(args.out) if args.out else cache_dir() / f"{data.name}-{name}{suffix}"
     print(f"training {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) on "
-          f"{data.name}: {len(data.train_examples())} examples, {data.num_items} items, device {device}; "
+          f"{data.name}: {len(data.train_examples(include_valid=cfg.train_on_valid))} examples, {data.num_items} items, device {device}; "
           f"checkpoints in {out}")
     state = train_next_item(model, tokenizer, data, out, cfg, resume=args.resume)
-    print(f"done: {state['step']} steps, best valid recall@10 {state['best']:.4f}; best model in {out / 'best'}")
+    best = f"best valid recall@10 {state['best']:.4f}" if state["best"] > float("-inf") else "no validation"
+    print(f"done: {state['step']} steps, {best}; best model in {out / 'best'}")
     return 0
 
 
 def train_config(args) -> TrainConfig:
-    """The TrainConfig of the shared training options (see cli.train_options); ``--history-dropout`` exists for
-    train-target only."""
+    """The TrainConfig of the shared training options (see cli.train_options); ``--history-dropout`` and
+    ``--train-on-valid`` exist for train-target only."""
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm, seed=args.seed,
                        eval_every=args.eval_every, eval_prompts=args.eval_prompts, patience=args.patience,
                        with_eos=args.with_eos, max_steps=args.max_steps, precision=args.precision,
-                       dropout=args.dropout, history_dropout=getattr(args, "history_dropout", 0.0))
+                       dropout=args.dropout, history_dropout=getattr(args, "history_dropout", 0.0),
+                       train_on_valid=getattr(args, "train_on_valid", False))
 
 
 def run_eval(args) -> int:
@@ -95,6 +99,11 @@ def run_eval(args) -> int:
         model, tokenizer = load_checkpoint(args.checkpoint, device, identifiers=data.identifiers)
     except ValueError as e:
         raise SystemExit(f"error: {e} ({args.data or 'the synthetic data'})") from None
+    meta_path = Path(args.checkpoint) / "meta.json"
+    trained_on_valid = meta_path.exists() and json.loads(meta_path.read_text()).get("train_on_valid", False)
+    if trained_on_valid and args.split == "valid":
+        print(f"warning: {args.checkpoint} was trained on the validation items (--train-on-valid); its validation "
+              "metrics measure training data", file=sys.stderr)
     prompts = data.test_prompts() if args.split == "test" else data.valid_prompts()
     if args.limit > 0:
         prompts = prompts[:args.limit]
@@ -103,7 +112,7 @@ def run_eval(args) -> int:
     popularity = evaluate_popularity(data, prompts, ks=args.ks, standard_errors=True)
     report = {"metrics": metrics, "popularity": popularity, "model": str(Path(args.checkpoint).resolve()),
               "model_config": {k: getattr(model.config, k) for k in ("num_hidden_layers", "hidden_size", "vocab_size")},
-              "data": args.data or "synthetic", "split": args.split, "prompts": len(prompts), "ks": args.ks,
+              "data": args.data or "synthetic", "split": args.split, "trained_on_valid": trained_on_valid, "prompts": len(prompts), "ks": args.ks,
               "with_eos": args.with_eos, "machine": torch.cuda.get_device_name() if device.type == "cuda"
               else platform.processor() or platform.machine(), "torch": torch.__version__,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}

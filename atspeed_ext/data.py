@@ -49,11 +49,15 @@ class RecData:
     def num_items(self) -> int:
         return len(self.identifiers)
 
-    def train_examples(self) -> list[tuple[tuple[int, ...], int]]:
-        """Every next-item prediction inside the train sequences: (last <= max_history items, next item)."""
+    def train_examples(self, include_valid: bool = False) -> list[tuple[tuple[int, ...], int]]:
+        """Every next-item prediction inside the train sequences: (last <= max_history items, next item).
+
+        With ``include_valid`` the validation items are targets too, each after the user's train items and earlier
+        validation items (the test prompts' history): the training set of a final model evaluated on test, once its
+        settings were chosen on validation."""
         out = []
-        for user in sorted(self.train):
-            seq = self.train[user]
+        for user in sorted(set(self.train) | (set(self.valid) if include_valid else set())):
+            seq = self.train.get(user, []) + (self.valid.get(user, []) if include_valid else [])
             for i in range(1, len(seq)):
                 out.append((tuple(seq[max(0, i - self.max_history):i]), seq[i]))
         return out

@@ -60,6 +60,7 @@ class TrainConfig:
     precision: str = "fp32"        # "bf16": bfloat16 autocast (AMX / tensor cores); weights stay float32
     dropout: float = 0.0           # residual + embedding dropout while training (see add_dropout)
     history_dropout: float = 0.0   # drop each history item of a training example with this probability
+    train_on_valid: bool = False   # validation items are training targets too (final model for test; no validation)
     history: list = field(default_factory=list)
 
     def __post_init__(self):
@@ -184,12 +185,14 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
                     resume: bool = False, progress: bool = True) -> dict:
     """Train ``model`` to predict the next item's identifier tokens; checkpoints go to ``out_dir/last`` (every
     validation, with optimizer and trainer state) and ``out_dir/best`` (best validation Recall@10).
+    With ``cfg.train_on_valid`` the validation items are training examples too (:meth:`RecData.train_examples`),
+    so there is no validation: every checkpoint is saved as the best one and nothing stops early.
     Returns the trainer state (history of losses and validations, best metric, steps)."""
-    raw_examples = data.train_examples()
+    raw_examples = data.train_examples(include_valid=cfg.train_on_valid)
     examples = encode_examples(tokenizer, raw_examples, cfg.with_eos)
     if not examples:
         raise ValueError("the data has no training examples (every train sequence has fewer than 2 items)")
-    val_prompts = data.valid_prompts()[:cfg.eval_prompts]
+    val_prompts = [] if cfg.train_on_valid else data.valid_prompts()[:cfg.eval_prompts]
 
     def batch_loss(train_model, indices: list[int]) -> torch.Tensor:
         device = next(model.parameters()).device
@@ -205,12 +208,13 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
 
     def validate() -> dict:
         if not val_prompts:
-            return {"recall@10": 0.0}
+            return {}
         return evaluate_model(model, tokenizer, val_prompts, ks=(10,), batch_size=cfg.eval_batch_size,
                               with_eos=cfg.with_eos, progress=progress)
 
     return train_loop(model, tokenizer, out_dir, cfg, [len(ids) for ids, _ in examples], batch_loss, validate,
-                      "recall@10", resume=resume, progress=progress)
+                      "recall@10", resume=resume, progress=progress,
+                      extra_config={"train_on_valid": True} if cfg.train_on_valid else None)
 
 
 def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths: list[int], batch_loss, validate,
@@ -223,7 +227,8 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
     Args:
         lengths: the length of each training example (batches group similar lengths).
         batch_loss: ``(train_model, example indices) -> loss`` (``train_model`` is the DDP wrapper if any).
-        validate: ``() -> metrics`` on rank 0, with ``metric`` among them.
+        validate: ``() -> metrics`` on rank 0, with ``metric`` among them; ``{}`` when there is nothing to
+            validate on: each checkpoint is then the best (the latest) and training never stops early.
         extra_config: more settings of the run (e.g. the alignment objective): kept in the trainer state and
             in ``best/meta.json``; a resume with different ones is refused.
     """
@@ -263,13 +268,14 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
             model.eval()
             metrics = validate()
             model.train()
-            improved = metrics[metric] > state["best"]
+            validated = metric in metrics
+            improved = not validated or metrics[metric] > state["best"]
             train_loss = sum(interval_losses) / len(interval_losses) if interval_losses else None
             interval_losses.clear()
             state["history"].append({"step": state["step"], "epoch": state["epoch"], "train_loss": train_loss,
                                      **metrics})
             if improved:
-                state["best"], state["bad_evals"] = metrics[metric], 0
+                state["best"], state["bad_evals"] = metrics.get(metric, state["best"]), 0
                 save_checkpoint(out_dir / "best", model, tokenizer, {"step": state["step"], **metrics, **extra_config})
             else:
                 state["bad_evals"] += 1
@@ -282,8 +288,8 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
             shutil.rmtree(last, ignore_errors=True)
             tmp.rename(last)
             loss_note = f"train loss {train_loss:.4f}, " if train_loss is not None else ""
-            tqdm.write(f"step {state['step']}: {loss_note}valid {metric} {metrics[metric]:.4f} "
-                       f"(best {state['best']:.4f})")
+            tqdm.write(f"step {state['step']}: {loss_note}" + (f"valid {metric} {metrics[metric]:.4f} "
+                       f"(best {state['best']:.4f})" if validated else "no validation (saved as best)"))
             stop[0] = float(state["bad_evals"] >= cfg.patience)
         if world > 1:
             torch.distributed.broadcast(stop, 0)

@@ -241,6 +241,8 @@ def test_train_draft_bad_inputs(setup, tmp_path):
         train_draft(model, model, tok, data, tmp_path, TrainConfig(epochs=1), AlignConfig(objective="seqkd"))
     with pytest.raises(ValueError, match="history_dropout applies to train_next_item only"):
         train_draft(model, model, tok, data, tmp_path, TrainConfig(epochs=1, history_dropout=0.2), AlignConfig())
+    with pytest.raises(ValueError, match="train_on_valid applies to train_next_item only"):
+        train_draft(model, model, tok, data, tmp_path, TrainConfig(epochs=1, train_on_valid=True), AlignConfig())
 
 
 def test_teacher_and_train_draft_commands(tmp_path, monkeypatch, capsys):

@@ -75,8 +75,23 @@ def test_bad_training_options_are_refused_before_any_work(option, value, message
     assert f"argument {option}: {message}" in capsys.readouterr().err
 
 
-def test_history_dropout_is_a_train_target_option_only(capsys):
+@pytest.mark.parametrize("option", [["--history-dropout", "0.2"], ["--train-on-valid"]])
+def test_train_target_only_options(option, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["train-draft", "--target", "t", "--teacher", "x", "--history-dropout", "0.2"])
+        main(["train-draft", "--target", "t", "--teacher", "x", *option])
     assert exit_info.value.code == 2
-    assert "unrecognized arguments: --history-dropout" in capsys.readouterr().err
+    assert f"unrecognized arguments: {option[0]}" in capsys.readouterr().err
+
+
+def test_train_on_valid_run_is_marked_and_evaluating_it_on_valid_warns(tmp_path, capsys, monkeypatch):
+    import json
+
+    monkeypatch.setenv("ATSPEED_CACHE", str(tmp_path / "cache"))
+    common = ["--synthetic-users", "60", "--synthetic-items", "30", "--device", "cpu"]
+    assert main(["train-target", "--preset", "tiny-1x64", "--epochs", "1", "--train-on-valid", *common]) == 0
+    assert "done: " in capsys.readouterr().out
+    best = tmp_path / "cache" / "synthetic-tiny-1x64-trainvalid" / "best"  # not the validated run's folder
+    for split, warned in (("test", False), ("valid", True)):
+        assert main(["eval", "--checkpoint", str(best), "--split", split, "--limit", "10", *common]) == 0
+        assert ("metrics measure training data" in capsys.readouterr().err) == warned
+        assert json.loads((best / f"eval_{split}.json").read_text())["trained_on_valid"] is True

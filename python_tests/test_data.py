@@ -34,6 +34,14 @@ def test_protocol_on_a_toy_directory(tmp_path):
     assert t1.history == (2, 3) and t1.truth == {1}                       # train + valid, last 2
     assert t2.history == (1, 2) and t2.truth == {3, 0}                    # the whole test set is the truth
     assert data.item_counts() == [1, 2, 2, 0]
+    # Final-model training set: each validation item is a target after the user's train (+ earlier valid) items.
+    assert data.train_examples(include_valid=True) == [((0,), 1), ((0, 1), 2), ((1, 2), 3), ((1,), 2)]
+
+
+def test_validation_items_as_training_targets_follow_the_test_history(tmp_path):
+    data = load_lcrec(write_dir(tmp_path, train="1 1 2\n2 3\n", valid="1 3 4\n3 2 1\n", test="1 1\n"))
+    assert data.train_examples(include_valid=True) == [((0,), 1), ((0, 1), 2), ((0, 1, 2), 3),  # user 1
+                                                       ((1,), 0)]                              # user 3: valid only
 
 
 @pytest.mark.parametrize("kwargs, match", [

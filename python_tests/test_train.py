@@ -194,6 +194,35 @@ def test_history_dropout_shortens_training_prompts_but_keeps_targets(small_data,
     assert sum(len(ids) for b in dropped for ids, _ in b) < sum(len(ids) for b in plain for ids, _ in b)
 
 
+def test_train_on_valid_learns_the_validation_items_without_validating(small_data, tmp_path, monkeypatch):
+    data, tok = small_data
+    monkeypatch.setattr(train_module, "evaluate_model", lambda *a, **k: pytest.fail("validated on training data"))
+    batches = []
+    monkeypatch.setattr(train_module, "collate", lambda batch, *a: batches.append(batch) or collate(batch, *a))
+    model = build_model("tiny-1x64", tok.vocab_size, seed=0)
+    # Five epochs with patience 1: nothing to validate on must neither stop early nor keep an old checkpoint.
+    cfg = TrainConfig(epochs=5, batch_size=64, lr=5e-3, patience=1, train_on_valid=True)
+    state = train_next_item(model, tok, data, tmp_path, cfg, progress=False)
+    examples = data.train_examples(include_valid=True)
+    assert len(examples) > len(data.train_examples())
+    assert state["examples"] == len(examples) and state["epoch"] == 5 and len(state["history"]) == 5
+    assert all("recall@10" not in h for h in state["history"]) and state["best"] == -math.inf
+    # Every example, the validation ones included, is trained on once per epoch.
+    seen = sorted(tuple(ids) for batch in batches for ids, _ in batch)
+    assert seen == sorted(tuple(ids) for _ in range(5) for ids, _ in train_module.encode_examples(tok, examples, False))
+    best, last = (load_checkpoint(tmp_path / name)[0].state_dict() for name in ("best", "last"))
+    assert all(torch.equal(best[k], last[k]) for k in best)  # best = the final model
+    assert json.loads((tmp_path / "best" / "meta.json").read_text())["train_on_valid"] is True
+
+
+def test_without_validation_prompts_nothing_stops_early(small_data, tmp_path):
+    data, tok = small_data
+    model = build_model("tiny-1x64", tok.vocab_size, seed=0)
+    state = train_next_item(model, tok, data, tmp_path, TrainConfig(epochs=3, batch_size=64, patience=1,
+                                                                     eval_prompts=0), progress=False)
+    assert state["epoch"] == 3 and json.loads((tmp_path / "best" / "meta.json").read_text())["step"] == state["step"]
+
+
 def test_per_prompt_scores_average_to_the_reported_metrics(small_data):
     data, tok = small_data
     model = build_model("tiny-1x64", tok.vocab_size, seed=0)

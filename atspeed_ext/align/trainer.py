@@ -69,6 +69,9 @@ def train_draft(draft, target, tokenizer, data: RecData, out_dir: str | Path, cf
     if cfg.history_dropout:
         raise ValueError("history_dropout applies to train_next_item only: draft alignment trains on the teacher's "
                          "fixed prompts (use history_dropout=0)")
+    if cfg.train_on_valid:
+        raise ValueError("train_on_valid applies to train_next_item only: draft alignment validates on the "
+                         "validation prompts (use train_on_valid=False)")
     trie = tokenizer.trie()
     levels = LevelView(trie, tokenizer.item_token_ids)
     examples = data.train_examples()
