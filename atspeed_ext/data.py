@@ -6,7 +6,8 @@ item id: ``{"0": ["<a_47>", "<b_103>", "<c_234>", "<d_99>"], ...}``) and ``seque
 
 Protocol: a prompt's history is the user's last ``max_history`` (20) items — train items for validation
 prompts, train + valid items for test prompts; the ground truth of a prompt is the user's whole set of
-valid (or test) items; training examples are every next-item prediction inside each train sequence.
+valid (or test) items; training examples are every next-item prediction inside each train sequence (and, for a
+final model evaluated on test, optionally inside each train + valid sequence at the validation items).
 """
 
 from __future__ import annotations
