@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+from atspeed_ext.commands import device_of  # noqa: E402
 from atspeed_ext.data import load_lcrec  # noqa: E402
 from atspeed_ext.evaluate import mean_and_se, model_scores, popularity_scores  # noqa: E402
 from atspeed_ext.models import load_checkpoint  # noqa: E402
@@ -36,14 +37,16 @@ def main(argv=None):
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--split", choices=["test", "valid"], default="test")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--name", default="recall_compare", help="results file name in benchmarks/results/")
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
+    device = device_of(args)
     data = load_lcrec(args.data)
     prompts = data.test_prompts() if args.split == "test" else data.valid_prompts()
     scores = {}
     for path in args.checkpoint:
-        model, tokenizer = load_checkpoint(path, "cpu", identifiers=data.identifiers)
+        model, tokenizer = load_checkpoint(path, device, identifiers=data.identifiers)
         scores[label(path)] = model_scores(model, tokenizer, prompts, args.k, args.batch_size)
     scores["popularity"] = popularity_scores(data, prompts, args.k)
     pop_recall = mean_and_se(scores["popularity"][0])[0]
@@ -52,7 +55,7 @@ def main(argv=None):
     for name, (recalls, ndcgs) in scores.items():
         (r, r_se), (n, n_se) = mean_and_se(recalls), mean_and_se(ndcgs)
         rows.append({"model": name, f"recall@{args.k}": f"{r:.4f} ± {r_se:.4f}",
-                     f"ndcg@{args.k}": f"{n:.4f} ± {n_se:.4f}", "x popularity": f"{r / pop_recall:.2f}", "z": ""})
+                     f"ndcg@{args.k}": f"{n:.4f} ± {n_se:.4f}", "x popularity": f"{r / pop_recall:.2f}" if pop_recall else "n/a", "z": ""})
     names = list(scores)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
@@ -64,6 +67,7 @@ def main(argv=None):
         print("  ".join(f"{c} {row[c]}" for c in columns if row[c]))
     command = "python benchmarks/compare_recall.py " + " ".join(sys.argv[1:] if argv is None else argv)
     md = common.write_results(args.name, {"command": command, "split": args.split, "prompts": len(prompts),
+                                          "device": str(device),
                                           "note": "mean ± standard error over prompts; 'A minus B' rows: the "
                                                   "paired difference ± its standard error, and z = difference / se"},
                               rows, columns)
