@@ -109,7 +109,7 @@ def run_eval(args) -> int:
         prompts = prompts[:args.limit]
     metrics = evaluate_model(model, tokenizer, prompts, ks=args.ks, batch_size=args.batch_size,
                              with_eos=args.with_eos, standard_errors=True)
-    popularity = evaluate_popularity(data, prompts, ks=args.ks, standard_errors=True)
+    popularity = evaluate_popularity(data, prompts, ks=args.ks, standard_errors=True, include_valid=trained_on_valid)
     report = {"metrics": metrics, "popularity": popularity, "model": str(Path(args.checkpoint).resolve()),
               "model_config": {k: getattr(model.config, k) for k in ("num_hidden_layers", "hidden_size", "vocab_size")},
               "data": args.data or "synthetic", "split": args.split, "trained_on_valid": trained_on_valid, "prompts": len(prompts), "ks": args.ks,

@@ -77,12 +77,14 @@ class RecData:
                 out.append(Prompt(u, tuple(history), frozenset(items)))
         return out
 
-    def item_counts(self) -> list[int]:
-        """How often each item occurs in the train sequences (for the popularity baseline)."""
+    def item_counts(self, include_valid: bool = False) -> list[int]:
+        """How often each item occurs in the train (and with ``include_valid`` the valid) sequences: the
+        popularity baseline of a model trained on the same interactions."""
         counts = [0] * self.num_items
-        for seq in self.train.values():
-            for item in seq:
-                counts[item] += 1
+        for split in (self.train, self.valid) if include_valid else (self.train,):
+            for seq in split.values():
+                for item in seq:
+                    counts[item] += 1
         return counts
 
 

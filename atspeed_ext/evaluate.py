@@ -55,11 +55,13 @@ def model_scores(model, tokenizer: CodeTokenizer, prompts: Sequence[Prompt], k: 
     return recalls, ndcgs
 
 
-def popularity_scores(data: RecData, prompts: Sequence[Prompt], k: int) -> tuple[list[float], list[float]]:
-    """Per prompt, Recall@k and NDCG@k of the k most popular identifiers of the train sequences."""
+def popularity_scores(data: RecData, prompts: Sequence[Prompt], k: int,
+                      include_valid: bool = False) -> tuple[list[float], list[float]]:
+    """Per prompt, Recall@k and NDCG@k of the k most popular identifiers of the train sequences (counting the
+    valid sequences too with ``include_valid``: the baseline of a model trained on them)."""
     if not prompts:
         raise ValueError("no prompts to evaluate")
-    ranked = popularity_ranking(data.item_counts(), data.identifiers, k)
+    ranked = popularity_ranking(data.item_counts(include_valid), data.identifiers, k)
     scores = [recall_ndcg(hits_of_ranking(ranked, p.truth), len(p.truth), k) for p in prompts]
     return [s[0] for s in scores], [s[1] for s in scores]
 
@@ -85,6 +87,6 @@ def evaluate_model(model, tokenizer: CodeTokenizer, prompts: Sequence[Prompt], k
 
 
 def evaluate_popularity(data: RecData, prompts: Sequence[Prompt], ks: Sequence[int] = (5, 10, 20),
-                        standard_errors: bool = False) -> dict[str, float]:
-    """The same metrics for the most popular identifiers of the train sequences, for every prompt."""
-    return _as_metrics({k: popularity_scores(data, prompts, k) for k in ks}, standard_errors)
+                        standard_errors: bool = False, include_valid: bool = False) -> dict[str, float]:
+    """The same metrics for the most popular identifiers of the train (+ valid) sequences, for every prompt."""
+    return _as_metrics({k: popularity_scores(data, prompts, k, include_valid) for k in ks}, standard_errors)

@@ -3,7 +3,8 @@
 import pytest
 
 from atspeed_ext.cli import main
-from atspeed_ext.synthetic import synthetic_identifiers
+from atspeed_ext.evaluate import evaluate_popularity
+from atspeed_ext.synthetic import synthetic_identifiers, synthetic_recdata
 
 
 def test_demo_trains_caches_and_decodes_losslessly(tmp_path, monkeypatch, capsys):
@@ -94,4 +95,9 @@ def test_train_on_valid_run_is_marked_and_evaluating_it_on_valid_warns(tmp_path,
     for split, warned in (("test", False), ("valid", True)):
         assert main(["eval", "--checkpoint", str(best), "--split", split, "--limit", "10", *common]) == 0
         assert ("metrics measure training data" in capsys.readouterr().err) == warned
-        assert json.loads((best / f"eval_{split}.json").read_text())["trained_on_valid"] is True
+        report = json.loads((best / f"eval_{split}.json").read_text())
+        assert report["trained_on_valid"] is True
+    # Its popularity baseline counts the validation items too (the interactions the model learnt from).
+    data = synthetic_recdata(num_users=60, num_items=30)
+    assert report["popularity"] == evaluate_popularity(data, data.valid_prompts()[:10], ks=(5, 10, 20),
+                                                       standard_errors=True, include_valid=True)
