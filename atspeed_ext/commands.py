@@ -72,9 +72,9 @@ def run_train_target(args) -> int:
     cfg = train_config(args)
     suffix = "-trainvalid" if cfg.train_on_valid else ""  # never overwrites the run validated on the same data
     out = Path(args.out) if args.out else cache_dir() / f"{data.name}-{name}{suffix}"
+    examples = len(data.train_examples(include_valid=cfg.train_on_valid))
     print(f"training {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) on "
-          f"{data.name}: {len(data.train_examples(include_valid=cfg.train_on_valid))} examples, {data.num_items} items, device {device}; "
-          f"checkpoints in {out}")
+          f"{data.name}: {examples} examples, {data.num_items} items, device {device}; checkpoints in {out}")
     state = train_next_item(model, tokenizer, data, out, cfg, resume=args.resume)
     best = f"best valid recall@10 {state['best']:.4f}" if state["best"] > float("-inf") else "no validation"
     print(f"done: {state['step']} steps, {best}; best model in {out / 'best'}")
@@ -112,7 +112,8 @@ def run_eval(args) -> int:
     popularity = evaluate_popularity(data, prompts, ks=args.ks, standard_errors=True, include_valid=trained_on_valid)
     report = {"metrics": metrics, "popularity": popularity, "model": str(Path(args.checkpoint).resolve()),
               "model_config": {k: getattr(model.config, k) for k in ("num_hidden_layers", "hidden_size", "vocab_size")},
-              "data": args.data or "synthetic", "split": args.split, "trained_on_valid": trained_on_valid, "prompts": len(prompts), "ks": args.ks,
+              "data": args.data or "synthetic", "split": args.split, "trained_on_valid": trained_on_valid,
+              "prompts": len(prompts), "ks": args.ks,
               "with_eos": args.with_eos, "machine": torch.cuda.get_device_name() if device.type == "cuda"
               else platform.processor() or platform.machine(), "torch": torch.__version__,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -288,8 +288,9 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
             shutil.rmtree(last, ignore_errors=True)
             tmp.rename(last)
             loss_note = f"train loss {train_loss:.4f}, " if train_loss is not None else ""
-            tqdm.write(f"step {state['step']}: {loss_note}" + (f"valid {metric} {metrics[metric]:.4f} "
-                       f"(best {state['best']:.4f})" if validated else "no validation (saved as best)"))
+            result = (f"valid {metric} {metrics[metric]:.4f} (best {state['best']:.4f})" if validated
+                      else "no validation (saved as best)")
+            tqdm.write(f"step {state['step']}: {loss_note}{result}")
             stop[0] = float(state["bad_evals"] >= cfg.patience)
         if world > 1:
             torch.distributed.broadcast(stop, 0)
