@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 
 from .data import load_lcrec
 from .evaluate import evaluate_model, evaluate_popularity
+from .machine import machine_name
 from .models import build_model, load_checkpoint
 from .synthetic import synthetic_recdata
 from .tokenizer import CodeTokenizer
@@ -114,8 +114,7 @@ def run_eval(args) -> int:
               "model_config": {k: getattr(model.config, k) for k in ("num_hidden_layers", "hidden_size", "vocab_size")},
               "data": args.data or "synthetic", "split": args.split, "trained_on_valid": trained_on_valid,
               "prompts": len(prompts), "ks": args.ks,
-              "with_eos": args.with_eos, "machine": torch.cuda.get_device_name() if device.type == "cuda"
-              else platform.processor() or platform.machine(), "torch": torch.__version__,
+              "with_eos": args.with_eos, "machine": machine_name(device), "torch": torch.__version__,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     out = Path(args.output) if args.output else Path(args.checkpoint) / f"eval_{args.split}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import subprocess
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import torch
 
 from atspeed_ext.evaluate import output_recall_ndcg
+from atspeed_ext.machine import machine_name
 
 SPECIAL = 3  # token ids 0..2 are special; codes start at 3
 
@@ -108,18 +108,7 @@ def quality(outs, prompts, K: int) -> tuple[float, float]:
     return sum(r for r, _ in scores) / len(scores), sum(n for _, n in scores) / len(scores)
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads"
+machine = machine_name  # the benchmark scripts' name for it
 
 
 def write_results(name: str, header: dict, rows: list[dict], columns: list[str]) -> Path:

@@ -4,6 +4,7 @@ import pytest
 
 from atspeed_ext.cli import main
 from atspeed_ext.evaluate import evaluate_popularity
+from atspeed_ext.machine import machine_name
 from atspeed_ext.synthetic import synthetic_identifiers, synthetic_recdata
 
 
@@ -52,6 +53,7 @@ def test_train_target_then_eval_writes_a_report(tmp_path, capsys):
     means = {"recall@5", "ndcg@5", "recall@10", "ndcg@10"}
     assert set(report["metrics"]) == means | {f"{m}_se" for m in means}
     assert report["prompts"] == 30 and set(report["popularity"]) == set(report["metrics"])
+    assert report["machine"] == machine_name("cpu") and report["machine"].endswith(" torch threads")  # CPU model
     assert f"| recall@10 | {report['metrics']['recall@10']:.4f} ± " in capsys.readouterr().out
 
 
