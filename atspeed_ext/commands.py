@@ -13,10 +13,10 @@ import torch
 from .data import load_lcrec
 from .evaluate import evaluate_model, evaluate_popularity
 from .machine import machine_name
-from .models import build_model, load_checkpoint
+from .models import build_model, checkpoint_meta, load_checkpoint
 from .synthetic import synthetic_recdata
 from .tokenizer import CodeTokenizer
-from .train import TrainConfig, train_next_item
+from .train import TrainConfig, run_summary, train_next_item
 
 
 def cache_dir() -> Path:
@@ -76,8 +76,8 @@ def run_train_target(args) -> int:
     print(f"training {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) on "
           f"{data.name}: {examples} examples, {data.num_items} items, device {device}; checkpoints in {out}")
     state = train_next_item(model, tokenizer, data, out, cfg, resume=args.resume)
-    best = f"best valid recall@10 {state['best']:.4f}" if state["best"] > float("-inf") else "no validation"
-    print(f"done: {state['step']} steps, {best}; best model in {out / 'best'}")
+    if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 validates (torchrun)
+        print(f"done: {run_summary(state)}; best model in {out / 'best'}")
     return 0
 
 
@@ -99,8 +99,7 @@ def run_eval(args) -> int:
         model, tokenizer = load_checkpoint(args.checkpoint, device, identifiers=data.identifiers)
     except ValueError as e:
         raise SystemExit(f"error: {e} ({args.data or 'the synthetic data'})") from None
-    meta_path = Path(args.checkpoint) / "meta.json"
-    trained_on_valid = meta_path.exists() and json.loads(meta_path.read_text()).get("train_on_valid", False)
+    trained_on_valid = checkpoint_meta(args.checkpoint).get("train_on_valid", False)
     if trained_on_valid and args.split == "valid":
         print(f"warning: {args.checkpoint} was trained on the validation items (--train-on-valid); its validation "
               "metrics measure training data", file=sys.stderr)

@@ -56,6 +56,13 @@ def save_checkpoint(directory: str | Path, model, tokenizer, extra: dict | None 
     return directory
 
 
+def checkpoint_meta(directory: str | Path) -> dict:
+    """The ``meta.json`` of a checkpoint of :func:`save_checkpoint` (its step, validation metrics and training
+    settings such as ``train_on_valid``); ``{}`` when it has none (e.g. a plain Hugging Face directory)."""
+    path = Path(directory) / "meta.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", identifiers=None):
     """Load ``(model, tokenizer)`` from a local directory.
 

@@ -21,7 +21,7 @@ from .evaluate import evaluate_model
 from .models import save_checkpoint
 from .tokenizer import CodeTokenizer
 
-__all__ = ["TrainConfig", "train_next_item", "train_loop", "encode_examples", "collate", "add_dropout"]
+__all__ = ["TrainConfig", "train_next_item", "train_loop", "run_summary", "encode_examples", "collate", "add_dropout"]
 
 #: Modules whose outputs get dropout: the token embeddings and each block's two residual branches (LLaMA, Qwen2).
 _DROPOUT_SUFFIXES = ("embed_tokens", "self_attn.o_proj", "mlp.down_proj")
@@ -181,6 +181,12 @@ def _dist():
     return (torch.distributed.get_rank() if world > 1 else 0), world
 
 
+def run_summary(state: dict) -> str:
+    """The end of a run in a few words: its steps and best validation value (or that nothing was validated)."""
+    best = f"best valid {state['metric']} {state['best']:.4f}" if state["best"] is not None else "no validation"
+    return f"{state['step']} steps, {best}"
+
+
 def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str | Path, cfg: TrainConfig,
                     resume: bool = False, progress: bool = True) -> dict:
     """Train ``model`` to predict the next item's identifier tokens; checkpoints go to ``out_dir/last`` (every
@@ -206,9 +212,9 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
         input_ids, mask, labels = (x.to(device) for x in collate(batch))
         return train_model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
 
-    def validate() -> dict:
+    def validate() -> dict | None:
         if not val_prompts:
-            return {}
+            return None
         return evaluate_model(model, tokenizer, val_prompts, ks=(10,), batch_size=cfg.eval_batch_size,
                               with_eos=cfg.with_eos, progress=progress)
 
@@ -227,8 +233,9 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
     Args:
         lengths: the length of each training example (batches group similar lengths).
         batch_loss: ``(train_model, example indices) -> loss`` (``train_model`` is the DDP wrapper if any).
-        validate: ``() -> metrics`` on rank 0, with ``metric`` among them; ``{}`` when there is nothing to
-            validate on: each checkpoint is then the best (the latest) and training never stops early.
+        validate: ``() -> metrics`` on rank 0, with ``metric`` among them; None when there is nothing to
+            validate on: each checkpoint is then the best (the latest), training never stops early and the
+            state's ``best`` stays None.
         extra_config: more settings of the run (e.g. the alignment objective): kept in the trainer state and
             in ``best/meta.json``; a resume with different ones is refused.
     """
@@ -240,7 +247,7 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(int(cfg.warmup_ratio * total), total))
     extra_config = extra_config or {}
-    state = {"step": 0, "epoch": 0, "metric": metric, "best": -math.inf, "bad_evals": 0, "history": [],
+    state = {"step": 0, "epoch": 0, "metric": metric, "best": None, "bad_evals": 0, "history": [],
              "config": asdict(cfg), "extra_config": extra_config, "examples": len(lengths)}
     last = out_dir / "last"
     if resume and (last / "trainer_state.json").exists():
@@ -249,12 +256,14 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
             raise ValueError(f"{last} was trained with other settings ({state.get('extra_config')}); resume with the "
                              "same ones or use another output directory")
         state.setdefault("metric", metric)
-        state.setdefault("best", state.pop("best_recall@10", -math.inf))  # states written before "best" existed
+        state.setdefault("best", state.pop("best_recall@10", None))  # states written before "best" existed
         model.load_state_dict(load_file(str(last / "model.safetensors"), device=str(device)), strict=False)
         _load_optimizer(last, optimizer)
         scheduler.load_state_dict(state.pop("scheduler"))
         if rank == 0:
             print(f"resumed from {last} at step {state['step']} (epoch {state['epoch']})")
+    elif resume and rank == 0:
+        print(f"nothing to resume in {last} (no trainer_state.json): training from the start")
     train_model = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(model)
@@ -268,21 +277,26 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
             model.eval()
             metrics = validate()
             model.train()
-            validated = metric in metrics
-            improved = not validated or metrics[metric] > state["best"]
+            if metrics is not None and metric not in metrics:
+                raise KeyError(f"validation returned {sorted(metrics)}, not the early-stopping metric {metric!r}")
+            validated = metrics is not None
+            improved = not validated or state["best"] is None or metrics[metric] > state["best"]
             train_loss = sum(interval_losses) / len(interval_losses) if interval_losses else None
             interval_losses.clear()
             state["history"].append({"step": state["step"], "epoch": state["epoch"], "train_loss": train_loss,
-                                     **metrics})
+                                     **(metrics or {})})
             if improved:
-                state["best"], state["bad_evals"] = metrics.get(metric, state["best"]), 0
-                save_checkpoint(out_dir / "best", model, tokenizer, {"step": state["step"], **metrics, **extra_config})
+                state["bad_evals"] = 0
+                if validated:
+                    state["best"] = metrics[metric]
+                save_checkpoint(out_dir / "best", model, tokenizer,
+                                {"step": state["step"], **(metrics or {}), **extra_config})
             else:
                 state["bad_evals"] += 1
             # Written to a side folder and swapped in, so a crash never leaves a half-written `last`.
             tmp = out_dir / "last.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            save_checkpoint(tmp, model, tokenizer)
+            save_checkpoint(tmp, model, tokenizer, {"step": state["step"], **extra_config})
             _save_optimizer(tmp, optimizer)
             (tmp / "trainer_state.json").write_text(json.dumps({**state, "scheduler": scheduler.state_dict()}, indent=2))
             shutil.rmtree(last, ignore_errors=True)

@@ -2,9 +2,11 @@
 paired differences: how much of a gap between two trained targets is more than the sampling noise of the split.
 
     python benchmarks/compare_recall.py --data ../shared/data/beauty --checkpoint A/best --checkpoint B/best \\
-        [--k 10] [--split test] [--name recall_compare]
+        [--k 10] [--split test] [--device cpu] [--name recall_compare]
 
 Standard errors are over prompts (sd / sqrt(n)); a paired difference's z is its mean over its standard error.
+Popularity counts the train interactions only (``atspeed-ext eval`` adds the valid ones for a checkpoint trained
+with ``--train-on-valid``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import common  # noqa: E402
 from atspeed_ext.commands import device_of  # noqa: E402
 from atspeed_ext.data import load_lcrec  # noqa: E402
 from atspeed_ext.evaluate import mean_and_se, model_scores, popularity_scores  # noqa: E402
-from atspeed_ext.models import load_checkpoint  # noqa: E402
+from atspeed_ext.machine import machine_name  # noqa: E402
+from atspeed_ext.models import checkpoint_meta, load_checkpoint  # noqa: E402
 
 
 def label(path: str) -> str:
@@ -46,6 +49,9 @@ def main(argv=None):
     prompts = data.test_prompts() if args.split == "test" else data.valid_prompts()
     scores = {}
     for path in args.checkpoint:
+        if args.split == "valid" and checkpoint_meta(path).get("train_on_valid"):
+            print(f"warning: {path} was trained on the validation items; its validation scores measure training data",
+                  file=sys.stderr)
         model, tokenizer = load_checkpoint(path, device, identifiers=data.identifiers)
         scores[label(path)] = model_scores(model, tokenizer, prompts, args.k, args.batch_size)
     scores["popularity"] = popularity_scores(data, prompts, args.k)
@@ -54,20 +60,21 @@ def main(argv=None):
     rows = []
     for name, (recalls, ndcgs) in scores.items():
         (r, r_se), (n, n_se) = mean_and_se(recalls), mean_and_se(ndcgs)
+        ratio = f"{r / pop_recall:.2f}" if pop_recall else "n/a"
         rows.append({"model": name, f"recall@{args.k}": f"{r:.4f} ± {r_se:.4f}",
-                     f"ndcg@{args.k}": f"{n:.4f} ± {n_se:.4f}", "x popularity": f"{r / pop_recall:.2f}" if pop_recall else "n/a", "z": ""})
+                     f"ndcg@{args.k}": f"{n:.4f} ± {n_se:.4f}", "x popularity": ratio, "z": ""})
     names = list(scores)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             d, se = mean_and_se([x - y for x, y in zip(scores[a][0], scores[b][0])])
-            rows.append({"model": f"{a} minus {b}", f"recall@{args.k}": f"{d:+.4f} ± {se:.4f}", f"ndcg@{args.k}": "",
-                         "x popularity": "", "z": f"{d / se:+.2f}" if se else ""})
+            rows.append({"model": f"{a} minus {b}", f"recall@{args.k}": f"{d:+.4f} ± {se:.4f}",
+                         f"ndcg@{args.k}": "", "x popularity": "", "z": f"{d / se:+.2f}" if se else ""})
     columns = ["model", f"recall@{args.k}", f"ndcg@{args.k}", "x popularity", "z"]
     for row in rows:
         print("  ".join(f"{c} {row[c]}" for c in columns if row[c]))
     command = "python benchmarks/compare_recall.py " + " ".join(sys.argv[1:] if argv is None else argv)
     md = common.write_results(args.name, {"command": command, "split": args.split, "prompts": len(prompts),
-                                          "device": str(device),
+                                          "machine": machine_name(device), "device": str(device),
                                           "note": "mean ± standard error over prompts; 'A minus B' rows: the "
                                                   "paired difference ± its standard error, and z = difference / se"},
                               rows, columns)

@@ -186,6 +186,16 @@ def test_train_draft_validates_by_accepted_levels(setup, tmp_path, objective, on
     assert sum(rounds) / len(rounds) == pytest.approx(state["best"])  # the saved best is what was measured
 
 
+def test_train_draft_without_validation_prompts_runs_every_epoch(setup, tmp_path):
+    data, tok, _ = setup
+    target = build_model("tiny-1x64", tok.vocab_size, seed=1).eval()
+    draft = build_model("tiny-1x64", tok.vocab_size, seed=5)
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=5e-3, eval_prompts=0, patience=1)
+    state = train_draft(draft, target, tok, data, tmp_path, cfg, AlignConfig(objective="ce"), progress=False)
+    assert state["epoch"] == 3 and state["best"] is None  # no early stop on a metric that was never measured
+    assert json.loads((tmp_path / "best" / "meta.json").read_text())["step"] == state["step"]
+
+
 def test_train_draft_resumes_exactly_and_refuses_other_settings(setup, tmp_path, monkeypatch):
     data, tok, levels = setup
     target = build_model("tiny-1x64", tok.vocab_size, seed=1).eval()
@@ -259,5 +269,5 @@ def test_teacher_and_train_draft_commands(tmp_path, monkeypatch, capsys):
                  str(tmp_path / "teacher"), "--objective", "atspeed-s", "--preset", "tiny-1x64", "--epochs", "1",
                  "--topk", "3", "--val-beams", "3", "--val-draft-beams", "6", "--eval-prompts", "8"]) == 0
     out = capsys.readouterr().out
-    assert "best valid accepted levels per round" in out
+    assert "best valid accepted_levels" in out and "(accepted levels per round)" in out
     assert (tmp_path / "synthetic-draft-tiny-1x64-atspeed-s" / "best" / "model.safetensors").exists()

@@ -206,21 +206,33 @@ def test_train_on_valid_learns_the_validation_items_without_validating(small_dat
     examples = data.train_examples(include_valid=True)
     assert len(examples) > len(data.train_examples())
     assert state["examples"] == len(examples) and state["epoch"] == 5 and len(state["history"]) == 5
-    assert all("recall@10" not in h for h in state["history"]) and state["best"] == -math.inf
+    assert all("recall@10" not in h for h in state["history"]) and state["best"] is None
     # Every example, the validation ones included, is trained on once per epoch.
     seen = sorted(tuple(ids) for batch in batches for ids, _ in batch)
     assert seen == sorted(tuple(ids) for _ in range(5) for ids, _ in train_module.encode_examples(tok, examples, False))
     best, last = (load_checkpoint(tmp_path / name)[0].state_dict() for name in ("best", "last"))
     assert all(torch.equal(best[k], last[k]) for k in best)  # best = the final model
-    assert json.loads((tmp_path / "best" / "meta.json").read_text())["train_on_valid"] is True
+    for name in ("best", "last"):  # both checkpoints say what they learnt from
+        assert json.loads((tmp_path / name / "meta.json").read_text())["train_on_valid"] is True
+    # The trainer state is strict JSON (no -Infinity for the best value that was never measured).
+    json.loads((tmp_path / "last" / "trainer_state.json").read_text(), parse_constant=pytest.fail)
 
 
-def test_without_validation_prompts_nothing_stops_early(small_data, tmp_path):
+def test_without_validation_prompts_nothing_stops_early(small_data, tmp_path, capsys):
     data, tok = small_data
     model = build_model("tiny-1x64", tok.vocab_size, seed=0)
     state = train_next_item(model, tok, data, tmp_path, TrainConfig(epochs=3, batch_size=64, patience=1,
-                                                                     eval_prompts=0), progress=False)
+                                                                     eval_prompts=0), resume=True, progress=False)
     assert state["epoch"] == 3 and json.loads((tmp_path / "best" / "meta.json").read_text())["step"] == state["step"]
+    assert "nothing to resume in" in capsys.readouterr().out  # --resume on an empty folder says it starts afresh
+
+
+def test_a_validation_without_the_early_stopping_metric_is_an_error(small_data, tmp_path):
+    data, tok = small_data
+    model = build_model("tiny-1x64", tok.vocab_size, seed=0)
+    with pytest.raises(KeyError, match="not the early-stopping metric 'recall@10'"):
+        train_loop(model, tok, tmp_path, TrainConfig(epochs=1, max_steps=1), [3, 3], lambda m, idx: next(m.parameters()).sum() * 0,
+                   lambda: {"recall@5": 0.1}, "recall@10", progress=False)
 
 
 def test_per_prompt_scores_average_to_the_reported_metrics(small_data):

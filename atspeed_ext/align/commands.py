@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..commands import cache_dir, data_of, device_of, train_config
 from ..models import build_model, load_checkpoint
+from ..train import run_summary
 from .levels import LevelView
 from .teacher import TeacherData, generate_teacher_data
 from .trainer import AlignConfig, needs_teacher, train_draft
@@ -74,6 +76,6 @@ def _train_draft(args) -> int:
     out = Path(args.out) if args.out else cache_dir() / f"{data.name}-draft-{name}"
     print(f"training draft {name} on {data.name} with target {args.target}; checkpoints in {out}")
     state = train_draft(draft, target, tokenizer, data, out, cfg, align, teacher=teacher, resume=args.resume)
-    print(f"done: {state['step']} steps, best valid accepted levels per round {state['best']:.3f}; "
-          f"best model in {out / 'best'}")
+    if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 validates (torchrun)
+        print(f"done: {run_summary(state)} (accepted levels per round); best model in {out / 'best'}")
     return 0

@@ -113,7 +113,9 @@ def train_draft(draft, target, tokenizer, data: RecData, out_dir: str | Path, cf
         return alignment_loss(align.objective, q_logp, p_logp.to(device), allowed.to(device), slots.to(device),
                               align.alpha, align.temperature, align.topk)
 
-    def validate() -> dict:
+    def validate() -> dict | None:
+        if not val_prompts:
+            return None
         spec = SpecBeamDecoder(target, draft, trie, align.val_beams, align.val_draft_beams, align.val_gamma)
         levels_per_round, calls = [], []
         for s in range(0, len(val_prompts), cfg.eval_batch_size):
