@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 from .data import load_lcrec
 from .evaluate import evaluate_model, evaluate_popularity
 from .machine import machine_name
-from .models import build_model, checkpoint_meta, load_checkpoint
+from .models import build_model, load_checkpoint, trained_on_valid
 from .synthetic import synthetic_recdata
 from .tokenizer import CodeTokenizer
 from .train import TrainConfig, run_summary, train_next_item
@@ -99,19 +98,16 @@ def run_eval(args) -> int:
         model, tokenizer = load_checkpoint(args.checkpoint, device, identifiers=data.identifiers)
     except ValueError as e:
         raise SystemExit(f"error: {e} ({args.data or 'the synthetic data'})") from None
-    trained_on_valid = checkpoint_meta(args.checkpoint).get("train_on_valid", False)
-    if trained_on_valid and args.split == "valid":
-        print(f"warning: {args.checkpoint} was trained on the validation items (--train-on-valid); its validation "
-              "metrics measure training data", file=sys.stderr)
+    on_valid = trained_on_valid(args.checkpoint, args.split)
     prompts = data.test_prompts() if args.split == "test" else data.valid_prompts()
     if args.limit > 0:
         prompts = prompts[:args.limit]
     metrics = evaluate_model(model, tokenizer, prompts, ks=args.ks, batch_size=args.batch_size,
                              with_eos=args.with_eos, standard_errors=True)
-    popularity = evaluate_popularity(data, prompts, ks=args.ks, standard_errors=True, include_valid=trained_on_valid)
+    popularity = evaluate_popularity(data, prompts, ks=args.ks, standard_errors=True, include_valid=on_valid)
     report = {"metrics": metrics, "popularity": popularity, "model": str(Path(args.checkpoint).resolve()),
               "model_config": {k: getattr(model.config, k) for k in ("num_hidden_layers", "hidden_size", "vocab_size")},
-              "data": args.data or "synthetic", "split": args.split, "trained_on_valid": trained_on_valid,
+              "data": args.data or "synthetic", "split": args.split, "trained_on_valid": on_valid,
               "prompts": len(prompts), "ks": args.ks,
               "with_eos": args.with_eos, "machine": machine_name(device), "torch": torch.__version__,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -54,8 +54,8 @@ class RecData:
         """Every next-item prediction inside the train sequences: (last <= max_history items, next item).
 
         With ``include_valid`` the validation items are targets too, each after the user's train items and earlier
-        validation items (the test prompts' history; a user's very first item, with no history, never is): the training set of a final model evaluated on test, once its
-        settings were chosen on validation."""
+        validation items (the test prompts' history; a user's very first item, with no history, never is): the
+        training set of a final model evaluated on test, once its settings were chosen on validation."""
         out = []
         for user in sorted(set(self.train) | (set(self.valid) if include_valid else set())):
             seq = self.train.get(user, []) + (self.valid.get(user, []) if include_valid else [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -61,6 +62,16 @@ def checkpoint_meta(directory: str | Path) -> dict:
     settings such as ``train_on_valid``); ``{}`` when it has none (e.g. a plain Hugging Face directory)."""
     path = Path(directory) / "meta.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def trained_on_valid(directory: str | Path, split: str) -> bool:
+    """Whether the checkpoint learnt from the validation items (``--train-on-valid``); warns on stderr when it is
+    about to be evaluated on the ``valid`` split, whose scores then measure training data."""
+    on_valid = bool(checkpoint_meta(directory).get("train_on_valid", False))
+    if on_valid and split == "valid":
+        print(f"warning: {directory} was trained on the validation items (--train-on-valid); its validation "
+              "metrics measure training data", file=sys.stderr)
+    return on_valid
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", identifiers=None):

@@ -24,7 +24,7 @@ from atspeed_ext.commands import device_of  # noqa: E402
 from atspeed_ext.data import load_lcrec  # noqa: E402
 from atspeed_ext.evaluate import mean_and_se, model_scores, popularity_scores  # noqa: E402
 from atspeed_ext.machine import machine_name  # noqa: E402
-from atspeed_ext.models import checkpoint_meta, load_checkpoint  # noqa: E402
+from atspeed_ext.models import load_checkpoint, trained_on_valid  # noqa: E402
 
 
 def label(path: str) -> str:
@@ -49,9 +49,7 @@ def main(argv=None):
     prompts = data.test_prompts() if args.split == "test" else data.valid_prompts()
     scores = {}
     for path in args.checkpoint:
-        if args.split == "valid" and checkpoint_meta(path).get("train_on_valid"):
-            print(f"warning: {path} was trained on the validation items; its validation scores measure training data",
-                  file=sys.stderr)
+        trained_on_valid(path, args.split)  # warns when its validation scores would measure training data
         model, tokenizer = load_checkpoint(path, device, identifiers=data.identifiers)
         scores[label(path)] = model_scores(model, tokenizer, prompts, args.k, args.batch_size)
     scores["popularity"] = popularity_scores(data, prompts, args.k)
