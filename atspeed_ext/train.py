@@ -170,14 +170,14 @@ def _load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": json.loads((path / "optimizer.json").read_text())})
 
 
-def _dist():
-    """(rank, world size), initialising torch.distributed when launched by torchrun."""
+def _dist(device: torch.device):
+    """(rank, world size), initialising torch.distributed when launched by torchrun: NCCL for a model on a GPU,
+    gloo for one on the CPU (also on a machine that has GPUs: NCCL cannot reduce CPU tensors)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (torch.distributed.get_rank() if world > 1 else 0), world
 
 
@@ -239,9 +239,9 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
         extra_config: more settings of the run (e.g. the alignment objective): kept in the trainer state and
             in ``best/meta.json``; a resume with different ones is refused.
     """
-    rank, world = _dist()
-    out_dir = Path(out_dir)
     device = next(model.parameters()).device
+    rank, world = _dist(device)
+    out_dir = Path(out_dir)
     epoch_steps = steps_per_epoch(len(lengths), cfg.batch_size, world)
     total = cfg.epochs * epoch_steps if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * epoch_steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -24,9 +24,13 @@ def make_case(B, K, N, G, V, seed, policy="anchored", agree=0.5, T=1.0, dtype=to
     noise = torch.randn(B, R, V, generator=g) * torch.where(torch.rand(B, 1, 1, generator=g) < agree, 0.05, 2.0)
     draft = target.clone() if draft_is_target else target + noise
     level1 = torch.arange(int(trie.level_offsets[1]), int(trie.level_offsets[2]))
-    beam_nodes = torch.stack([level1[torch.randperm(len(level1), generator=g)[:K]] for _ in range(B)])
+    # K distinct depth-1 nodes; where the trie has fewer, the remaining beams are dead.
+    n = min(K, len(level1))
+    beam_nodes = torch.zeros(B, K, dtype=torch.long)
+    beam_nodes[:, :n] = torch.stack([level1[torch.randperm(len(level1), generator=g)[:K]] for _ in range(B)])
     beam_live = torch.rand(B, K, generator=g) < 0.8
     beam_live[:, 0] = True
+    beam_live[:, n:] = False
     beam_nodes = torch.where(beam_live, beam_nodes, 0)
     beam_scores = torch.where(beam_live, -torch.rand(B, K, generator=g) * 3, float("-inf"))
     beam_rows = torch.arange(K).expand(B, K).contiguous()

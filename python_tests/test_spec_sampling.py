@@ -164,9 +164,11 @@ def test_gpu_gives_the_cpu_samples(verification):
     trie = ItemTrie(random_identifiers(150, 4, 5, seed=8, shared=3), eos_token_id=EOS)
     prompts = random_prompts([3, 10, 6], VOCAB, seed=8)
     cpu = SpecBeamDecoder(target, draft, trie, 10, 20, 3, verification=verification, seed=4).generate(prompts)
-    gpu = SpecBeamDecoder(target.cuda(), draft.cuda(), trie, 10, 20, 3, verification=verification,
-                          seed=4).generate(prompts)
-    assert torch.equal(cpu.sequences, gpu.sequences.cpu()) and cpu.stats.accepted_levels == gpu.stats.accepted_levels
     base_cpu = BeamSearchDecoder(target, trie, 10, do_sample=True, seed=4).generate(prompts)
+    target, draft = target.cuda(), draft.cuda()  # in place: every decode below runs on the GPU
+    gpu = SpecBeamDecoder(target, draft, trie, 10, 20, 3, verification=verification, seed=4).generate(prompts)
     base_gpu = BeamSearchDecoder(target, trie, 10, do_sample=True, seed=4).generate(prompts)
+    assert cpu.sequences.device.type == base_cpu.sequences.device.type == "cpu"
+    assert gpu.sequences.device.type == base_gpu.sequences.device.type == "cuda"
+    assert torch.equal(cpu.sequences, gpu.sequences.cpu()) and cpu.stats.accepted_levels == gpu.stats.accepted_levels
     assert torch.equal(base_cpu.sequences, base_gpu.sequences.cpu())
