@@ -44,7 +44,7 @@ fi
 export ATSPEED_CUDA_ARCH_LIST=${ATSPEED_CUDA_ARCH_LIST:-$(python -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")}
 echo "CUDACXX=${CUDACXX:-unset}, arch ${ATSPEED_CUDA_ARCH_LIST}"
 
-ATSPEED_WITH_CUDA=ON stage build 300 "$log/build.log" pip install --no-build-isolation --no-deps -v . \
+ATSPEED_WITH_CUDA=ON stage build 300 "$log/build.log" python -m pip install --no-build-isolation --no-deps -v . \
   || { tail -40 "$log/build.log"; exit 1; }
 grep "atspeed_ext:" "$log/build.log" || true
 

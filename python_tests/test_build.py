@@ -1,6 +1,9 @@
 """The build: every op has its schema, CPU kernel, fake kernel and (in a CUDA build) CUDA kernel."""
 
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -52,3 +55,16 @@ def test_import_refuses_a_torch_other_than_the_builds(monkeypatch):
     monkeypatch.setattr(_build_info, "TORCH_VERSION", "1.0.0")
     with pytest.raises(ImportError, match="built against torch 1.0.0"):
         _build_check.check_torch_matches_build()
+
+
+def test_the_extension_uses_the_shared_cxx_runtime():
+    # A static copy of libstdc++ inside _C (a toolchain that links it statically) keeps its own iostreams and
+    # locales, and number formatting in error messages breaks against torch's: CMakeLists.txt links the shared one.
+    nm = shutil.which("nm")
+    if not sys.platform.startswith("linux") or nm is None:
+        pytest.skip("needs Linux and nm")
+    from atspeed_ext import _C
+
+    defined = subprocess.run([nm, "-D", "--defined-only", _C.__file__], capture_output=True, text=True,
+                             check=True).stdout
+    assert "_ZNSo9_M_insertIlEERSoT_" not in defined, "_C defines std::ostream::_M_insert<long>: static libstdc++"

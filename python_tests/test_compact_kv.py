@@ -47,7 +47,7 @@ def test_non_contiguous_caches():
 
 def test_bad_arguments_raise():
     caches, keep = make_case(2, 2, 5, 4, 3, 1, seed=0)
-    with pytest.raises(RuntimeError, match="is not a slot index"):
+    with pytest.raises(RuntimeError, match=r"keep\[0, 1\] = 5 is not a slot index in \[-1, 5\)"):
         _ops.compact_kv(caches, torch.tensor([[0, 5, 1], [0, 1, 2]]))
     with pytest.raises(RuntimeError, match="must be \\[B, H, S, D\\]"):
         _ops.compact_kv([caches[0][0]], keep)
