@@ -77,6 +77,10 @@ if [ -d "$beauty" ]; then
   spec=(python benchmarks/bench_spec_beauty.py --device cuda --data "$beauty" "${models[@]}" --requests 32
         --batches 1 16 --policies anchored)
   stage spec_k10 240 "$bench" "${spec[@]}" --beams 10 --name spec_beauty_cuda_k10; save_results
+  # Where a round's time goes (host ops, syncs, kernels), for BeamSearchDecoder and N = 20, gamma = 1.
+  [ -n "${ATSPEED_TARGET:-}" ] && [ -n "${ATSPEED_DRAFT:-}" ] && time_left && stage profile 90 "$log/profile.log" \
+    python benchmarks/profile_spec.py --device cuda --data "$beauty" --target "$ATSPEED_TARGET" \
+    --draft "$ATSPEED_DRAFT" --requests 16
   time_left && { stage spec_k10_bf16 120 "$bench" "${spec[@]}" --beams 10 --dtype bfloat16 \
     --name spec_beauty_cuda_k10_bf16; save_results; }
   time_left && { stage spec_k20 150 "$bench" "${spec[@]}" --beams 20 --name spec_beauty_cuda_k20; save_results; }

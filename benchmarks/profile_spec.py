@@ -1,0 +1,72 @@
+"""Where the time of a speculative round goes: BeamSearchDecoder and SpecBeamDecoder under torch.profiler.
+
+On a GPU, small models make every call cost launch and host time rather than arithmetic; this prints, for each
+decoder, the wall time per request, then the top ops by self CPU time (and by self CUDA time on a GPU), so the
+host work and the syncs that a round adds over a beam-search step can be read off one table.
+
+    python benchmarks/profile_spec.py --target DIR --draft DIR [--data ../shared/data/beauty] [--device cuda]
+        [--beams 10] [--draft-beams 20] [--gamma 1] [--requests 16] [--rows 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from atspeed_ext import BeamSearchDecoder, SpecBeamDecoder
+from atspeed_ext.data import load_lcrec
+from atspeed_ext.models import load_checkpoint
+from atspeed_ext.tokenizer import CodeTokenizer
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="../shared/data/beauty")
+    p.add_argument("--target", required=True, help="target checkpoint directory")
+    p.add_argument("--draft", required=True, help="draft checkpoint directory")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--beams", type=int, default=10)
+    p.add_argument("--draft-beams", type=int, default=20)
+    p.add_argument("--gamma", type=int, default=1)
+    p.add_argument("--requests", type=int, default=16, help="test prompts decoded one at a time (default 16)")
+    p.add_argument("--rows", type=int, default=20, help="ops listed per table (default 20)")
+    args = p.parse_args(argv)
+    if args.requests < 1:
+        p.error(f"--requests must be >= 1, got {args.requests}")
+
+    device = torch.device(args.device)
+    data = load_lcrec(args.data)
+    tokenizer = CodeTokenizer(data.identifiers)
+    target = load_checkpoint(args.target, device, identifiers=data.identifiers)[0].float().eval()
+    draft = load_checkpoint(args.draft, device, identifiers=data.identifiers)[0].float().eval()
+    trie = tokenizer.trie().to(device)
+    prompts = [tokenizer.encode_prompt(q.history) for q in data.test_prompts()[:args.requests]]
+    decoders = {"BeamSearchDecoder": BeamSearchDecoder(target, trie, args.beams),
+                f"SpecBeamDecoder N={args.draft_beams} gamma={args.gamma}":
+                    SpecBeamDecoder(target, draft, trie, args.beams, args.draft_beams, args.gamma,
+                                    draft_policy="anchored")}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for name, decoder in decoders.items():
+        decoder.generate(prompts[:1])  # warm-up
+        sync()
+        start = time.perf_counter()
+        for prompt in prompts:
+            decoder.generate([prompt])
+        sync()
+        ms = 1e3 * (time.perf_counter() - start) / len(prompts)
+        with profile(activities=activities) as prof:
+            for prompt in prompts:
+                decoder.generate([prompt])
+            sync()
+        print(f"\n== {name}: {ms:.2f} ms per request ({device}, {len(prompts)} requests, one at a time)")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+        if device.type == "cuda":
+            print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()
