@@ -212,14 +212,12 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
         input_ids, mask, labels = (x.to(device) for x in collate(batch))
         return train_model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
 
-    def validate() -> dict | None:
-        if not val_prompts:
-            return None
+    def validate() -> dict:
         return evaluate_model(model, tokenizer, val_prompts, ks=(10,), batch_size=cfg.eval_batch_size,
                               with_eos=cfg.with_eos, progress=progress)
 
-    return train_loop(model, tokenizer, out_dir, cfg, [len(ids) for ids, _ in examples], batch_loss, validate,
-                      "recall@10", resume=resume, progress=progress,
+    return train_loop(model, tokenizer, out_dir, cfg, [len(ids) for ids, _ in examples], batch_loss,
+                      validate if val_prompts else None, "recall@10", resume=resume, progress=progress,
                       extra_config={"train_on_valid": True} if cfg.train_on_valid else None)
 
 
@@ -235,7 +233,8 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
         batch_loss: ``(train_model, example indices) -> loss`` (``train_model`` is the DDP wrapper if any).
         validate: ``() -> metrics`` on rank 0, with ``metric`` among them; None when there is nothing to
             validate on: each checkpoint is then the best (the latest), training never stops early and the
-            state's ``best`` stays None.
+            state's ``best`` stays None (resuming a validated run that way is refused: it would overwrite the
+            validated ``best/``).
         extra_config: more settings of the run (e.g. the alignment objective): kept in the trainer state and
             in ``best/meta.json``; a resume with different ones is refused.
     """
@@ -257,6 +256,10 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
                              "same ones or use another output directory")
         state.setdefault("metric", metric)
         state.setdefault("best", state.pop("best_recall@10", None))  # states written before "best" existed
+        if validate is None and state["best"] is not None:
+            raise ValueError(f"{last} is a validated run (best {state['metric']} {state['best']:.4f}) but this one "
+                             "has nothing to validate on: its unvalidated checkpoints would replace that best/; "
+                             "resume with validation prompts or use another output directory")
         model.load_state_dict(load_file(str(last / "model.safetensors"), device=str(device)), strict=False)
         _load_optimizer(last, optimizer)
         scheduler.load_state_dict(state.pop("scheduler"))
@@ -275,7 +278,7 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
         stop = torch.zeros(1, device=device)
         if rank == 0:
             model.eval()
-            metrics = validate()
+            metrics = validate() if validate is not None else None
             model.train()
             if metrics is not None and metric not in metrics:
                 raise KeyError(f"validation returned {sorted(metrics)}, not the early-stopping metric {metric!r}")

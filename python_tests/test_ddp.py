@@ -71,3 +71,23 @@ def test_epoch_batches_give_every_rank_an_example():
         assert all(len(x) >= 1 for b in per_rank for x in b)
         seen = sorted(i for b in per_rank for x in b for i in x)
         assert len(seen) == len(set(seen)) and len(seen) >= 65 - (world - 1)
+
+
+def test_the_backend_follows_the_model_device(monkeypatch):
+    # On a GPU machine a CPU model still needs gloo (NCCL cannot reduce CPU tensors); a GPU model gets NCCL on
+    # its own device. torch.distributed is stubbed: this checks the choice, not a real process group.
+    import torch
+
+    import atspeed_ext.train as train_module
+
+    backends, devices = [], []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", backends.append)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", devices.append)
+    assert train_module._dist(torch.device("cpu")) == (1, 2)
+    assert backends == ["gloo"] and devices == []
+    train_module._dist(torch.device("cuda", 1))
+    assert backends == ["gloo", "nccl"] and devices == [torch.device("cuda", 1)]

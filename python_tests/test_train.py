@@ -227,6 +227,19 @@ def test_without_validation_prompts_nothing_stops_early(small_data, tmp_path, ca
     assert "nothing to resume in" in capsys.readouterr().out  # --resume on an empty folder says it starts afresh
 
 
+def test_resuming_a_validated_run_without_validation_is_refused(small_data, tmp_path):
+    data, tok = small_data
+    cfg = TrainConfig(epochs=1, batch_size=64, eval_prompts=20)
+    state = train_next_item(build_model("tiny-1x64", tok.vocab_size, seed=0), tok, data, tmp_path, cfg,
+                            progress=False)
+    best = (tmp_path / "best" / "model.safetensors").read_bytes()
+    no_validation = TrainConfig(epochs=2, batch_size=64, eval_prompts=0)
+    with pytest.raises(ValueError, match=f"validated run \\(best recall@10 {state['best']:.4f}\\)"):
+        train_next_item(build_model("tiny-1x64", tok.vocab_size, seed=0), tok, data, tmp_path, no_validation,
+                        resume=True, progress=False)
+    assert (tmp_path / "best" / "model.safetensors").read_bytes() == best  # untouched
+
+
 def test_a_validation_without_the_early_stopping_metric_is_an_error(small_data, tmp_path):
     data, tok = small_data
     model = build_model("tiny-1x64", tok.vocab_size, seed=0)

@@ -113,9 +113,7 @@ def train_draft(draft, target, tokenizer, data: RecData, out_dir: str | Path, cf
         return alignment_loss(align.objective, q_logp, p_logp.to(device), allowed.to(device), slots.to(device),
                               align.alpha, align.temperature, align.topk)
 
-    def validate() -> dict | None:
-        if not val_prompts:
-            return None
+    def validate() -> dict:
         spec = SpecBeamDecoder(target, draft, trie, align.val_beams, align.val_draft_beams, align.val_gamma)
         levels_per_round, calls = [], []
         for s in range(0, len(val_prompts), cfg.eval_batch_size):
@@ -126,8 +124,8 @@ def train_draft(draft, target, tokenizer, data: RecData, out_dir: str | Path, cf
                 "target_calls": sum(calls) / max(1, len(calls))}
 
     extra = {"align": asdict(align), "teacher": str(teacher.directory) if teacher is not None else None}
-    return train_loop(draft, tokenizer, out_dir, cfg, lengths, batch_loss, validate, "accepted_levels",
-                      resume=resume, progress=progress, extra_config=extra)
+    return train_loop(draft, tokenizer, out_dir, cfg, lengths, batch_loss, validate if val_prompts else None,
+                      "accepted_levels", resume=resume, progress=progress, extra_config=extra)
 
 
 @torch.no_grad()
