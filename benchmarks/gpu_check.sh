@@ -13,10 +13,9 @@
 #   ATSPEED_CUDA_ARCH_LIST  compute capabilities to build (default: the visible GPU's)
 #   GPU_CHECK_BUDGET seconds after which the optional stages (K = 20, bfloat16, beam-search sweep) are skipped
 #
-# On a machine without the data or the cached models, carry them in a folder that git ignores: the Beauty files,
-# the CE draft's best/ (2 MB) and the target's best/ with model.safetensors rewritten in bfloat16 (53 MB instead
-# of 106 MB; the benchmark casts it back to --dtype), then set the three variables above. On the H200 (torch
-# 2.11, 2026-11-27) the build took 55 s, the suite 70 s, the K = 10 grid at batch 1 ~10 s per point.
+# On a machine without the data or the cached models, `python benchmarks/pack_for_gpu.py --out DIR` packs them
+# (55 MiB: the target's weights in bfloat16) into a folder to carry, and prints the three variables to set. On
+# the H200 (torch 2.11, 2026-11-27) the build took 55 s, the suite 70 s, the K = 10 grid at batch 1 ~10 s a point.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 log=${OUT:-/tmp}/gpu_check

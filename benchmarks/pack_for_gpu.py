@@ -1,0 +1,60 @@
+"""Pack what benchmarks/gpu_check.sh needs on a machine without the data or the trained models.
+
+Copies the Beauty files and the spec benchmarks' cached checkpoints (the target with its weights in bfloat16:
+53 MB instead of 106 MB; the benchmarks cast them back to their --dtype) into one folder, and prints the
+variables that point gpu_check.sh at it:
+
+    python benchmarks/pack_for_gpu.py --out .devcarry [--data ../shared/data/beauty]
+        [--target ~/.cache/atspeed_ext/beauty-target-8x512/best]
+        [--draft ~/.cache/atspeed_ext/beauty-draft-1x128-ce/best]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from atspeed_ext.commands import cache_dir
+
+CHECKPOINT_FILES = ("config.json", "generation_config.json", "meta.json", "items.json", "tokenizer.json")
+
+
+def copy_checkpoint(src: Path, dst: Path, dtype: torch.dtype | None) -> None:
+    if not (src / "model.safetensors").exists():
+        raise SystemExit(f"error: {src} holds no model.safetensors (train it first: see the README)")
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in CHECKPOINT_FILES:
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+    weights = load_file(str(src / "model.safetensors"))
+    if dtype is not None:
+        weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(dst / "model.safetensors"),
+              metadata={"format": "pt"})
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="folder to fill (carry it to the GPU machine)")
+    p.add_argument("--data", default="../shared/data/beauty")
+    p.add_argument("--target", default=str(cache_dir() / "beauty-target-8x512" / "best"))
+    p.add_argument("--draft", default=str(cache_dir() / "beauty-draft-1x128-ce" / "best"))
+    args = p.parse_args(argv)
+    out, data = Path(args.out), Path(args.data)
+    if not data.is_dir():
+        raise SystemExit(f"error: --data {data} is not a directory")
+    shutil.copytree(data, out / "beauty", dirs_exist_ok=True)
+    copy_checkpoint(Path(args.target).expanduser(), out / "target", torch.bfloat16)
+    copy_checkpoint(Path(args.draft).expanduser(), out / "draft", None)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2 ** 20
+    print(f"packed {size:.0f} MiB into {out}; on the GPU machine:\n"
+          f"ATSPEED_BEAUTY={out}/beauty ATSPEED_TARGET={out}/target ATSPEED_DRAFT={out}/draft "
+          f"bash benchmarks/gpu_check.sh")
+
+
+if __name__ == "__main__":
+    main()
