@@ -11,19 +11,22 @@
 #   ATSPEED_TARGET   trained target checkpoint for the Beauty stage (default: bench_spec_beauty.py trains one)
 #   ATSPEED_DRAFT    trained cross-entropy draft checkpoint (default: trained likewise)
 #   ATSPEED_CUDA_ARCH_LIST  compute capabilities to build (default: the visible GPU's)
-#   GPU_CHECK_BUDGET seconds after which the optional stages (K = 20, bfloat16, beam-search sweep) are skipped
+#   GPU_CHECK_BUDGET seconds after which the optional stages (profile, bfloat16, K = 20, beam-search sweep) are
+#                    skipped (default 420)
 #
 # On a machine without the data or the cached models, `python benchmarks/pack_for_gpu.py --out DIR` packs them
 # (55 MiB: the target's weights in bfloat16) into a folder to carry, and prints the three variables to set. On
 # the H200 (torch 2.11, 2026-11-27) the build took 55 s, the suite 70 s, the K = 10 grid at batch 1 ~10 s a point.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-log=${OUT:-/tmp}/gpu_check
+log=$(realpath -m "${OUT:-/tmp}/gpu_check")
 mkdir -p "$log"
+rm -f "$log"/*.log "$log/results.tgz"
 export PYTHONUNBUFFERED=1
 start=$(date +%s)
 budget=${GPU_CHECK_BUDGET:-420}
 : > "$log/stages.txt"
+stamp=$(mktemp)   # results older than this are not this run's
 
 # stage NAME LIMIT_S LOGFILE COMMAND...: run with a time limit, append the output to LOGFILE, record rc and time.
 stage() {
@@ -62,24 +65,29 @@ python -c "import pytest_timeout" 2>/dev/null && pytest_args+=(--timeout 100)
 grep -E "^(FAILED|ERROR)|passed|failed" "$log/tests.log" | tail -30
 
 # Results go into $log/results.tgz after every benchmark, so a run stopped at its time limit keeps them.
-save_results() { tar czf "$log/results.tgz" benchmarks/results/*cuda* 2>/dev/null; }
+save_results() {
+  find benchmarks/results -name '*cuda*' -newer "$stamp" -print0 | tar czf "$log/results.tgz" --null -T -
+}
 
 bench=$log/bench.log
 stage beam_step 60 "$bench" python benchmarks/bench_beam_step.py --device cuda --reps 100; save_results
 beauty=${ATSPEED_BEAUTY:-$( [ -d shared/data/beauty ] && echo shared/data/beauty || echo ../shared/data/beauty )}
-models=()
+models=(--data "$beauty")
 [ -n "${ATSPEED_TARGET:-}" ] && models+=(--target "$ATSPEED_TARGET")
 [ -n "${ATSPEED_DRAFT:-}" ] && models+=(--draft "$ATSPEED_DRAFT")
 if [ -d "$beauty" ]; then
   # Speculative beam search on Beauty (issue 4): K = 10, N x gamma with the K-anchored draft policy (the CPU
   # runs compare the policies), batch 1 and 16: about 150 s on an H200 for 32 requests.
-  spec=(python benchmarks/bench_spec_beauty.py --device cuda --data "$beauty" "${models[@]}" --requests 32
+  spec=(python benchmarks/bench_spec_beauty.py --device cuda "${models[@]}" --requests 32
         --batches 1 16 --policies anchored)
   stage spec_k10 240 "$bench" "${spec[@]}" --beams 10 --name spec_beauty_cuda_k10; save_results
   # Where a round's time goes (host ops, syncs, kernels), for BeamSearchDecoder and N = 20, gamma = 1.
-  [ -n "${ATSPEED_TARGET:-}" ] && [ -n "${ATSPEED_DRAFT:-}" ] && time_left && stage profile 90 "$log/profile.log" \
-    python benchmarks/profile_spec.py --device cuda --data "$beauty" --target "$ATSPEED_TARGET" \
-    --draft "$ATSPEED_DRAFT" --requests 16
+  if [ -n "${ATSPEED_TARGET:-}" ] && [ -n "${ATSPEED_DRAFT:-}" ]; then
+    time_left && stage profile 90 "$log/profile.log" python benchmarks/profile_spec.py --device cuda "${models[@]}" \
+      --requests 16
+  else
+    echo "(profile_spec.py needs ATSPEED_TARGET and ATSPEED_DRAFT: skipped)" | tee -a "$log/stages.txt"
+  fi
   time_left && { stage spec_k10_bf16 120 "$bench" "${spec[@]}" --beams 10 --dtype bfloat16 \
     --name spec_beauty_cuda_k10_bf16; save_results; }
   time_left && { stage spec_k20 150 "$bench" "${spec[@]}" --beams 20 --name spec_beauty_cuda_k20; save_results; }
@@ -93,3 +101,5 @@ echo "== summary ($(python -c 'import torch; print(torch.cuda.get_device_name())
 cat "$log/stages.txt"
 grep -E "passed|failed" "$log/tests.log" | tail -1
 grep -hE "^(B |batch|K +(10|20) B)" "$bench" || true
+# Non-zero when any stage failed or ran out of time (the table above says which).
+! grep -qE " rc +[1-9]" "$log/stages.txt"

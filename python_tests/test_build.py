@@ -60,11 +60,15 @@ def test_import_refuses_a_torch_other_than_the_builds(monkeypatch):
 def test_the_extension_uses_the_shared_cxx_runtime():
     # A static copy of libstdc++ inside _C (a toolchain that links it statically) keeps its own iostreams and
     # locales, and number formatting in error messages breaks against torch's: CMakeLists.txt links the shared one.
-    nm = shutil.which("nm")
-    if not sys.platform.startswith("linux") or nm is None:
-        pytest.skip("needs Linux and nm")
+    nm, readelf = shutil.which("nm"), shutil.which("readelf")
+    if not sys.platform.startswith("linux") or nm is None or readelf is None:
+        pytest.skip("needs Linux, nm and readelf")
     from atspeed_ext import _C
 
+    dynamic = subprocess.run([readelf, "-d", _C.__file__], capture_output=True, text=True, check=True).stdout
+    assert "[libstdc++.so.6]" in dynamic, "_C does not load the shared libstdc++"
     defined = subprocess.run([nm, "-D", "--defined-only", _C.__file__], capture_output=True, text=True,
                              check=True).stdout
-    assert "_ZNSo9_M_insertIlEERSoT_" not in defined, "_C defines std::ostream::_M_insert<long>: static libstdc++"
+    for symbol, name in [("_ZNSo9_M_insertIlEERSoT_", "std::ostream::_M_insert<long>"),
+                         ("_ZNSt6locale7classicEv", "std::locale::classic"), ("_ZSt4cout", "std::cout")]:
+        assert symbol not in defined, f"_C defines {name}: a static copy of libstdc++"

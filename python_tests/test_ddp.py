@@ -80,14 +80,14 @@ def test_the_backend_follows_the_model_device(monkeypatch):
 
     import atspeed_ext.train as train_module
 
-    backends, devices = [], []
+    calls = []
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
-    monkeypatch.setattr(torch.distributed, "init_process_group", backends.append)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend: calls.append(backend))
     monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "set_device", devices.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(device))
     assert train_module._dist(torch.device("cpu")) == (1, 2)
-    assert backends == ["gloo"] and devices == []
+    assert calls == ["gloo"]
     train_module._dist(torch.device("cuda", 1))
-    assert backends == ["gloo", "nccl"] and devices == [torch.device("cuda", 1)]
+    assert calls == ["gloo", torch.device("cuda", 1), "nccl"]  # the rank's GPU is set before NCCL starts
