@@ -64,13 +64,17 @@ python -c "import pytest_timeout" 2>/dev/null && pytest_args+=(--timeout 100)
    python -m pytest "${pytest_args[@]}" .)
 grep -E "^(FAILED|ERROR)|passed|failed" "$log/tests.log" | tail -30
 
-# Results go into $log/results.tgz after every benchmark, so a run stopped at its time limit keeps them.
-save_results() {
+# bench: a stage, then this run's results into $log/results.tgz, so a run stopped at its time limit keeps them.
+bench() {
+  local rc
+  stage "$@"
+  rc=$?
   find benchmarks/results -name '*cuda*' -newer "$stamp" -print0 | tar czf "$log/results.tgz" --null -T -
+  return $rc
 }
 
-bench=$log/bench.log
-stage beam_step 60 "$bench" python benchmarks/bench_beam_step.py --device cuda --reps 100; save_results
+bench_log=$log/bench.log
+bench beam_step 60 "$bench_log" python benchmarks/bench_beam_step.py --device cuda --reps 100
 beauty=${ATSPEED_BEAUTY:-$( [ -d shared/data/beauty ] && echo shared/data/beauty || echo ../shared/data/beauty )}
 models=(--data "$beauty")
 [ -n "${ATSPEED_TARGET:-}" ] && models+=(--target "$ATSPEED_TARGET")
@@ -80,7 +84,7 @@ if [ -d "$beauty" ]; then
   # runs compare the policies), batch 1 and 16: about 150 s on an H200 for 32 requests.
   spec=(python benchmarks/bench_spec_beauty.py --device cuda "${models[@]}" --requests 32
         --batches 1 16 --policies anchored)
-  stage spec_k10 240 "$bench" "${spec[@]}" --beams 10 --name spec_beauty_cuda_k10; save_results
+  bench spec_k10 240 "$bench_log" "${spec[@]}" --beams 10 --name spec_beauty_cuda_k10
   # Where a round's time goes (host ops, syncs, kernels), for BeamSearchDecoder and N = 20, gamma = 1.
   if [ -n "${ATSPEED_TARGET:-}" ] && [ -n "${ATSPEED_DRAFT:-}" ]; then
     time_left && stage profile 90 "$log/profile.log" python benchmarks/profile_spec.py --device cuda "${models[@]}" \
@@ -88,18 +92,18 @@ if [ -d "$beauty" ]; then
   else
     echo "(profile_spec.py needs ATSPEED_TARGET and ATSPEED_DRAFT: skipped)" | tee -a "$log/stages.txt"
   fi
-  time_left && { stage spec_k10_bf16 120 "$bench" "${spec[@]}" --beams 10 --dtype bfloat16 \
-    --name spec_beauty_cuda_k10_bf16; save_results; }
-  time_left && { stage spec_k20 150 "$bench" "${spec[@]}" --beams 20 --name spec_beauty_cuda_k20; save_results; }
+  time_left && bench spec_k10_bf16 120 "$bench_log" "${spec[@]}" --beams 10 --dtype bfloat16 \
+    --name spec_beauty_cuda_k10_bf16
+  time_left && bench spec_k20 150 "$bench_log" "${spec[@]}" --beams 20 --name spec_beauty_cuda_k20
 else
-  echo "(no Beauty data at $beauty: skipping bench_spec_beauty.py)" | tee -a "$bench"
+  echo "(no Beauty data at $beauty: skipping bench_spec_beauty.py)" | tee -a "$bench_log"
 fi
-time_left && { stage beam_search 120 "$bench" python benchmarks/bench_beam_search.py --device cuda --reps 5 \
-  --hf-reps-large 2; save_results; }
+time_left && bench beam_search 120 "$bench_log" python benchmarks/bench_beam_search.py --device cuda --reps 5 \
+  --hf-reps-large 2
 echo
 echo "== summary ($(python -c 'import torch; print(torch.cuda.get_device_name())'), $(date -u +%Y-%m-%d))"
 cat "$log/stages.txt"
 grep -E "passed|failed" "$log/tests.log" | tail -1
-grep -hE "^(B |batch|K +(10|20) B)" "$bench" || true
+grep -hE "^(B |batch|K +(10|20) B)" "$bench_log" || true
 # Non-zero when any stage failed or ran out of time (the table above says which).
 ! grep -qE " rc +[1-9]" "$log/stages.txt"

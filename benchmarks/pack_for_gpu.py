@@ -20,16 +20,13 @@ from safetensors.torch import load_file, save_file
 
 from atspeed_ext.commands import cache_dir
 
-CHECKPOINT_FILES = ("config.json", "generation_config.json", "meta.json", "items.json", "tokenizer.json")
-
-
 def copy_checkpoint(src: Path, dst: Path, dtype: torch.dtype | None) -> None:
     if not (src / "model.safetensors").exists():
         raise SystemExit(f"error: {src} holds no model.safetensors (train it first: see the README)")
     dst.mkdir(parents=True, exist_ok=True)
-    for name in CHECKPOINT_FILES:
-        if (src / name).exists():
-            shutil.copy2(src / name, dst / name)
+    for f in src.iterdir():  # config, tokenizer, meta...: everything but the weights, as they are
+        if f.is_file() and f.name != "model.safetensors":
+            shutil.copy2(f, dst / f.name)
     weights = load_file(str(src / "model.safetensors"))
     if dtype is not None:
         weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
