@@ -3,6 +3,7 @@ periodic validation Recall@10, early stopping, safetensors checkpoints and resum
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -172,13 +173,21 @@ def _load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
 
 def _dist(device: torch.device):
     """(rank, world size), initialising torch.distributed when launched by torchrun: NCCL for a model on a GPU,
-    gloo for one on the CPU (also on a machine that has GPUs: NCCL cannot reduce CPU tensors)."""
+    gloo for one on the CPU (also on a machine that has GPUs: NCCL cannot reduce CPU tensors). The group this
+    starts is destroyed at exit: left to interpreter shutdown, a rank can abort ("terminate called without an
+    active exception", seen once in CI) and torchrun then fails a run that trained fine."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_destroy_process_group)
     return (torch.distributed.get_rank() if world > 1 else 0), world
+
+
+def _destroy_process_group() -> None:
+    if torch.distributed.is_initialized():  # the caller may have destroyed it already
+        torch.distributed.destroy_process_group()
 
 
 def run_summary(state: dict) -> str:

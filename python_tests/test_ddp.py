@@ -87,7 +87,8 @@ def test_the_backend_follows_the_model_device(monkeypatch):
     monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(device))
+    monkeypatch.setattr(train_module.atexit, "register", lambda fn: calls.append(fn.__name__))
     assert train_module._dist(torch.device("cpu")) == (1, 2)
-    assert calls == ["gloo"]
+    assert calls == ["gloo", "_destroy_process_group"]  # the group it started is destroyed at exit
     train_module._dist(torch.device("cuda", 1))
-    assert calls == ["gloo", torch.device("cuda", 1), "nccl"]  # the rank's GPU is set before NCCL starts
+    assert calls[2:] == [torch.device("cuda", 1), "nccl", "_destroy_process_group"]  # GPU set before NCCL starts
