@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also train on the validation items (after each user's train items): the final model "
                             "for the test split, with settings chosen on validation earlier; no validation, no "
                             "early stopping, best = last")
+    train.add_argument("--valid-only", action="store_true",
+                       help="train on the validation items only (implies --train-on-valid): a short recency "
+                            "fine-tune of an --init checkpoint on the latest interactions before the test period "
+                            "(e.g. 2 epochs at lr 1e-4)")
 
     ev = sub.add_parser("eval", help="Recall/NDCG@{5,10,20} of a checkpoint (and popularity), as a JSON report")
     data_options(ev)

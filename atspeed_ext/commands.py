@@ -15,7 +15,7 @@ from .machine import machine_name
 from .models import build_model, load_checkpoint, trained_on_valid
 from .synthetic import synthetic_recdata
 from .tokenizer import CodeTokenizer
-from .train import TrainConfig, run_summary, train_next_item
+from .train import TrainConfig, run_summary, train_next_item, training_examples
 
 
 def cache_dir() -> Path:
@@ -63,15 +63,16 @@ def run_train_target(args) -> int:
     device = device_of(args)
     if args.init:  # a local HF causal LM + its tokenizer, prompted with text
         model, tokenizer = load_checkpoint(args.init, device, identifiers=data.identifiers)
-        name = Path(args.init).resolve().name
+        name = init_name(args.init, data.name)
     else:
         tokenizer = CodeTokenizer(data.identifiers)
         model = build_model(args.preset, tokenizer.vocab_size, seed=args.seed).to(device)
         name = args.preset
     cfg = train_config(args)
-    suffix = "-trainvalid" if cfg.train_on_valid else ""  # never overwrites the run validated on the same data
+    # Never overwrites the run validated on the same data.
+    suffix = "-validonly" if cfg.valid_only else "-trainvalid" if cfg.train_on_valid else ""
     out = Path(args.out) if args.out else cache_dir() / f"{data.name}-{name}{suffix}"
-    examples = len(data.train_examples(include_valid=cfg.train_on_valid))
+    examples = len(training_examples(data, cfg))
     print(f"training {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) on "
           f"{data.name}: {examples} examples, {data.num_items} items, device {device}; checkpoints in {out}")
     state = train_next_item(model, tokenizer, data, out, cfg, resume=args.resume)
@@ -80,15 +81,25 @@ def run_train_target(args) -> int:
     return 0
 
 
+def init_name(init: str, data_name: str) -> str:
+    """The run name of a model started from ``init``: the directory's name, or for one of our ``best`` / ``last``
+    checkpoints its run's (without the data set's prefix, which the output folder adds again)."""
+    path = Path(init).resolve()
+    if path.name in ("best", "last"):
+        path = path.parent
+    return path.name.removeprefix(f"{data_name}-")
+
+
 def train_config(args) -> TrainConfig:
     """The TrainConfig of the shared training options (see cli.train_options); ``--history-dropout`` and
-    ``--train-on-valid`` exist for train-target only."""
+    ``--train-on-valid`` / ``--valid-only`` exist for train-target only."""
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm, seed=args.seed,
                        eval_every=args.eval_every, eval_prompts=args.eval_prompts, patience=args.patience,
                        with_eos=args.with_eos, max_steps=args.max_steps, precision=args.precision,
                        dropout=args.dropout, history_dropout=getattr(args, "history_dropout", 0.0),
-                       train_on_valid=getattr(args, "train_on_valid", False))
+                       train_on_valid=getattr(args, "train_on_valid", False) or getattr(args, "valid_only", False),
+                       valid_only=getattr(args, "valid_only", False))
 
 
 def run_eval(args) -> int:

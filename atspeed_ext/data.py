@@ -7,7 +7,8 @@ item id: ``{"0": ["<a_47>", "<b_103>", "<c_234>", "<d_99>"], ...}``) and ``seque
 Protocol: a prompt's history is the user's last ``max_history`` (20) items — train items for validation
 prompts, train + valid items for test prompts; the ground truth of a prompt is the user's whole set of
 valid (or test) items; training examples are every next-item prediction inside each train sequence (and, for a
-final model evaluated on test, optionally inside each train + valid sequence at the validation items).
+final model evaluated on test, optionally inside each train + valid sequence at the validation items, or at
+the validation items only for a recency fine-tune).
 """
 
 from __future__ import annotations
@@ -56,10 +57,20 @@ class RecData:
         With ``include_valid`` the validation items are targets too, each after the user's train items and earlier
         validation items (the test prompts' history; a user's very first item, with no history, never is): the
         training set of a final model evaluated on test, once its settings were chosen on validation."""
+        return self._next_item_examples(include_valid, valid_targets_only=False)
+
+    def valid_examples(self) -> list[tuple[tuple[int, ...], int]]:
+        """The next-item predictions of the validation items only (history: the user's train items and earlier
+        validation items), in the order of ``train_examples(include_valid=True)``: the latest interactions
+        before the test period, for a recency fine-tune of a final model evaluated on test."""
+        return self._next_item_examples(True, valid_targets_only=True)
+
+    def _next_item_examples(self, include_valid: bool, valid_targets_only: bool) -> list[tuple[tuple[int, ...], int]]:
         out = []
         for user in sorted(set(self.train) | (set(self.valid) if include_valid else set())):
-            seq = self.train.get(user, []) + (self.valid.get(user, []) if include_valid else [])
-            for i in range(1, len(seq)):
+            train = self.train.get(user, [])
+            seq = train + (self.valid.get(user, []) if include_valid else [])
+            for i in range(max(1, len(train)) if valid_targets_only else 1, len(seq)):
                 out.append((tuple(seq[max(0, i - self.max_history):i]), seq[i]))
         return out
 

@@ -55,13 +55,18 @@ def model_scores(model, tokenizer: CodeTokenizer, prompts: Sequence[Prompt], k: 
     return recalls, ndcgs
 
 
-def popularity_scores(data: RecData, prompts: Sequence[Prompt], k: int,
-                      include_valid: bool = False) -> tuple[list[float], list[float]]:
+def popularity_scores(data: RecData, prompts: Sequence[Prompt], k: int, include_valid: bool = False,
+                      counts: Sequence[int] | None = None) -> tuple[list[float], list[float]]:
     """Per prompt, Recall@k and NDCG@k of the k most popular identifiers of the train sequences (counting the
-    valid sequences too with ``include_valid``: the baseline of a model trained on them)."""
+    valid sequences too with ``include_valid``: the baseline of a model trained on them), or of the given
+    per-item ``counts``."""
     if not prompts:
         raise ValueError("no prompts to evaluate")
-    ranked = popularity_ranking(data.item_counts(include_valid), data.identifiers, k)
+    if counts is None:
+        counts = data.item_counts(include_valid)
+    elif len(counts) != data.num_items:
+        raise ValueError(f"counts has {len(counts)} entries; expected one per item ({data.num_items})")
+    ranked = popularity_ranking(counts, data.identifiers, k)
     scores = [recall_ndcg(hits_of_ranking(ranked, p.truth), len(p.truth), k) for p in prompts]
     return [s[0] for s in scores], [s[1] for s in scores]
 

@@ -62,6 +62,7 @@ class TrainConfig:
     dropout: float = 0.0           # residual + embedding dropout while training (see add_dropout)
     history_dropout: float = 0.0   # drop each history item of a training example with this probability
     train_on_valid: bool = False   # validation items are training targets too (final model for test; no validation)
+    valid_only: bool = False       # with train_on_valid: the validation items are the only targets (recency fine-tune)
     history: list = field(default_factory=list)
 
     def __post_init__(self):
@@ -74,6 +75,8 @@ class TrainConfig:
                 raise ValueError(f"{name} {error}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.valid_only and not self.train_on_valid:
+            raise ValueError("valid_only trains on the validation items only: it needs train_on_valid=True")
 
 
 def add_dropout(model, p: float) -> list:
@@ -201,12 +204,15 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
     """Train ``model`` to predict the next item's identifier tokens; checkpoints go to ``out_dir/last`` (every
     validation, with optimizer and trainer state) and ``out_dir/best`` (best validation Recall@10).
     With ``cfg.train_on_valid`` the validation items are training examples too (:meth:`RecData.train_examples`),
-    so there is no validation: every checkpoint is saved as the best one and nothing stops early.
+    so there is no validation: every checkpoint is saved as the best one and nothing stops early; with
+    ``cfg.valid_only`` they are the only ones (:meth:`RecData.valid_examples`: a recency fine-tune of a model
+    trained on the train items, the validation period being the latest data before the test period).
     Returns the trainer state (history of losses and validations, best metric, steps)."""
-    raw_examples = data.train_examples(include_valid=cfg.train_on_valid)
+    raw_examples = training_examples(data, cfg)
     examples = encode_examples(tokenizer, raw_examples, cfg.with_eos)
     if not examples:
-        raise ValueError("the data has no training examples (every train sequence has fewer than 2 items)")
+        raise ValueError("the data has no validation items to train on" if cfg.valid_only else
+                         "the data has no training examples (every train sequence has fewer than 2 items)")
     val_prompts = [] if cfg.train_on_valid else data.valid_prompts()[:cfg.eval_prompts]
 
     def batch_loss(train_model, indices: list[int]) -> torch.Tensor:
@@ -227,7 +233,13 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
 
     return train_loop(model, tokenizer, out_dir, cfg, [len(ids) for ids, _ in examples], batch_loss,
                       validate if val_prompts else None, "recall@10", resume=resume, progress=progress,
-                      extra_config={"train_on_valid": True} if cfg.train_on_valid else None)
+                      extra_config=({"train_on_valid": True, "valid_only": cfg.valid_only} if cfg.train_on_valid
+                                    else None))
+
+
+def training_examples(data: RecData, cfg: TrainConfig) -> list[tuple[tuple[int, ...], int]]:
+    """The (history, next item) examples ``cfg`` trains on: train items, + validation items, or those only."""
+    return data.valid_examples() if cfg.valid_only else data.train_examples(include_valid=cfg.train_on_valid)
 
 
 def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths: list[int], batch_loss, validate,

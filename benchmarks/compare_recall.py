@@ -6,7 +6,9 @@ paired differences: how much of a gap between two trained targets is more than t
 
 Standard errors are over prompts (sd / sqrt(n)); a paired difference's z is its mean over its standard error.
 Popularity counts the train interactions only (``atspeed-ext eval`` adds the valid ones for a checkpoint trained
-with ``--train-on-valid``).
+with ``--train-on-valid``); on the test split a second, recency-aware baseline ranks items by their validation-period
+interactions alone (the latest before the test period), the reference for a model fine-tuned on them
+(``--valid-only``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ def main(argv=None):
         model, tokenizer = load_checkpoint(path, device, identifiers=data.identifiers)
         scores[label(path)] = model_scores(model, tokenizer, prompts, args.k, args.batch_size)
     scores["popularity"] = popularity_scores(data, prompts, args.k)
+    if args.split == "test":
+        recent = [a - b for a, b in zip(data.item_counts(include_valid=True), data.item_counts())]
+        scores["popularity (validation period)"] = popularity_scores(data, prompts, args.k, counts=recent)
     pop_recall = mean_and_se(scores["popularity"][0])[0]
 
     rows = []

@@ -5,7 +5,7 @@ decoder, the wall time per request, then the top ops by self CPU time (and by se
 host work and the syncs that a round adds over a beam-search step can be read off one table.
 
     python benchmarks/profile_spec.py --target DIR --draft DIR [--data ../shared/data/beauty] [--device cuda]
-        [--beams 10] [--draft-beams 20] [--gamma 1] [--requests 16] [--rows 20]
+        [--beams 10] [--draft-beams 20] [--gamma 1] [--requests 16] [--rows 20] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -33,15 +33,17 @@ def main(argv=None):
     p.add_argument("--gamma", type=int, default=1)
     p.add_argument("--requests", type=int, default=16, help="test prompts decoded one at a time (default 16)")
     p.add_argument("--rows", type=int, default=20, help="ops listed per table (default 20)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="model dtype (default float32)")
     args = p.parse_args(argv)
     if args.requests < 1:
         p.error(f"--requests must be >= 1, got {args.requests}")
 
     device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
     data = load_lcrec(args.data)
     tokenizer = CodeTokenizer(data.identifiers)
-    target = load_checkpoint(args.target, device, identifiers=data.identifiers)[0].float().eval()
-    draft = load_checkpoint(args.draft, device, identifiers=data.identifiers)[0].float().eval()
+    target = load_checkpoint(args.target, device, identifiers=data.identifiers)[0].to(dtype).eval()
+    draft = load_checkpoint(args.draft, device, identifiers=data.identifiers)[0].to(dtype).eval()
     trie = tokenizer.trie().to(device)
     prompts = [tokenizer.encode_prompt(q.history) for q in data.test_prompts()[:args.requests]]
     decoders = {"BeamSearchDecoder": BeamSearchDecoder(target, trie, args.beams),

@@ -78,7 +78,7 @@ def test_bad_training_options_are_refused_before_any_work(option, value, message
     assert f"argument {option}: {message}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("option", [["--history-dropout", "0.2"], ["--train-on-valid"]])
+@pytest.mark.parametrize("option", [["--history-dropout", "0.2"], ["--train-on-valid"], ["--valid-only"]])
 def test_train_target_only_options(option, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train-draft", "--target", "t", "--teacher", "x", *option])
@@ -103,3 +103,20 @@ def test_train_on_valid_run_is_marked_and_evaluating_it_on_valid_warns(tmp_path,
     data = synthetic_recdata(num_users=60, num_items=30)
     assert report["popularity"] == evaluate_popularity(data, data.valid_prompts()[:10], ks=(5, 10, 20),
                                                        standard_errors=True, include_valid=True)
+
+
+def test_valid_only_fine_tunes_an_init_checkpoint_into_its_own_folder(tmp_path, capsys, monkeypatch):
+    import json
+
+    monkeypatch.setenv("ATSPEED_CACHE", str(tmp_path / "cache"))
+    common = ["--synthetic-users", "60", "--synthetic-items", "30", "--device", "cpu"]
+    assert main(["train-target", "--preset", "tiny-1x64", "--epochs", "1", *common]) == 0
+    base = tmp_path / "cache" / "synthetic-tiny-1x64" / "best"
+    assert main(["train-target", "--init", str(base), "--valid-only", "--epochs", "1", "--lr", "1e-4", *common]) == 0
+    out = capsys.readouterr().out
+    data = synthetic_recdata(num_users=60, num_items=30)
+    assert f"{len(data.valid_examples())} examples" in out
+    # Named after the run it started from, never overwriting it.
+    best = tmp_path / "cache" / "synthetic-tiny-1x64-validonly" / "best"
+    meta = json.loads((best / "meta.json").read_text())
+    assert meta["train_on_valid"] is True and meta["valid_only"] is True

@@ -36,12 +36,15 @@ def test_protocol_on_a_toy_directory(tmp_path):
     assert data.item_counts() == [1, 2, 2, 0] and data.item_counts(include_valid=True) == [1, 2, 2, 1]
     # Final-model training set: each validation item is a target after the user's train (+ earlier valid) items.
     assert data.train_examples(include_valid=True) == [((0,), 1), ((0, 1), 2), ((1, 2), 3), ((1,), 2)]
+    assert data.valid_examples() == [((1, 2), 3)]                         # recency fine-tune: valid targets only
 
 
 def test_validation_items_as_training_targets_follow_the_test_history(tmp_path):
     data = load_lcrec(write_dir(tmp_path, train="1 1 2\n2 3\n", valid="1 3 4\n3 2 1\n", test="1 1\n"))
     assert data.train_examples(include_valid=True) == [((0,), 1), ((0, 1), 2), ((0, 1, 2), 3),  # user 1
                                                        ((1,), 0)]                              # user 3: valid only
+    # Only the predictions of validation items, in the same order (user 1's first valid item follows its train items).
+    assert data.valid_examples() == [((0, 1), 2), ((0, 1, 2), 3), ((1,), 0)]
 
 
 @pytest.mark.parametrize("kwargs, match", [

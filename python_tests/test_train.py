@@ -8,6 +8,7 @@ import statistics
 import pytest
 import torch
 
+from atspeed_ext.data import RecData
 from atspeed_ext.evaluate import evaluate_model, evaluate_popularity, mean_and_se, model_scores, popularity_scores
 from atspeed_ext.models import build_model, load_checkpoint
 from atspeed_ext.synthetic import synthetic_recdata
@@ -218,6 +219,33 @@ def test_train_on_valid_learns_the_validation_items_without_validating(small_dat
     json.loads((tmp_path / "last" / "trainer_state.json").read_text(), parse_constant=pytest.fail)
 
 
+def test_valid_only_trains_on_the_validation_items_alone(small_data, tmp_path, monkeypatch):
+    data, tok = small_data
+    monkeypatch.setattr(train_module, "evaluate_model", lambda *a, **k: pytest.fail("validated on training data"))
+    batches = []
+    monkeypatch.setattr(train_module, "collate", lambda batch, *a: batches.append(batch) or collate(batch, *a))
+    model = build_model("tiny-1x64", tok.vocab_size, seed=0)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-3, train_on_valid=True, valid_only=True)
+    state = train_next_item(model, tok, data, tmp_path, cfg, progress=False)
+    examples = data.valid_examples()
+    assert 0 < len(examples) < len(data.train_examples())
+    assert state["examples"] == len(examples) and state["step"] == 2 * -(-len(examples) // 16)
+    seen = sorted(tuple(ids) for batch in batches for ids, _ in batch)
+    assert seen == sorted(tuple(ids) for _ in range(2) for ids, _ in train_module.encode_examples(tok, examples, False))
+    meta = json.loads((tmp_path / "best" / "meta.json").read_text())
+    assert meta["train_on_valid"] is True and meta["valid_only"] is True
+
+
+def test_valid_only_needs_train_on_valid_and_validation_items(small_data, tmp_path):
+    with pytest.raises(ValueError, match="valid_only .* needs train_on_valid=True"):
+        TrainConfig(valid_only=True)
+    data, tok = small_data
+    data = RecData(identifiers=data.identifiers, train=data.train, valid={}, test=data.test)
+    with pytest.raises(ValueError, match="no validation items to train on"):
+        train_next_item(build_model("tiny-1x64", tok.vocab_size), tok, data, tmp_path,
+                        TrainConfig(train_on_valid=True, valid_only=True), progress=False)
+
+
 def test_without_validation_prompts_nothing_stops_early(small_data, tmp_path, capsys):
     data, tok = small_data
     model = build_model("tiny-1x64", tok.vocab_size, seed=0)
@@ -246,6 +274,21 @@ def test_a_validation_without_the_early_stopping_metric_is_an_error(small_data, 
     with pytest.raises(KeyError, match="not the early-stopping metric 'recall@10'"):
         train_loop(model, tok, tmp_path, TrainConfig(epochs=1, max_steps=1), [3, 3], lambda m, idx: next(m.parameters()).sum() * 0,
                    lambda: {"recall@5": 0.1}, "recall@10", progress=False)
+
+
+def test_popularity_ranks_by_given_counts(small_data):
+    data, _ = small_data
+    prompts = data.test_prompts()[:20]
+    assert popularity_scores(data, prompts, 5, counts=data.item_counts()) == popularity_scores(data, prompts, 5)
+    # Counts that put one prompt's truth item first: that prompt's recall@1 is 1 / (its truth size).
+    item = min(prompts[0].truth)
+    counts = [0] * data.num_items
+    counts[item] = 1
+    recalls, ndcgs = popularity_scores(data, prompts, 1, counts=counts)
+    assert recalls[0] == pytest.approx(1 / len(prompts[0].truth)) and ndcgs[0] > 0
+    assert all(r == (item in p.truth) / len(p.truth) for r, p in zip(recalls, prompts))
+    with pytest.raises(ValueError, match=f"counts has 3 entries; expected one per item \\({data.num_items}\\)"):
+        popularity_scores(data, prompts, 5, counts=[1, 2, 3])
 
 
 def test_per_prompt_scores_average_to_the_reported_metrics(small_data):
