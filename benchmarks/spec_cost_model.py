@@ -1,0 +1,137 @@
+"""What bounds SpecBeamDecoder's speedup on a CPU: the cost of its two target calls and the draft's coverage.
+
+On a semantic-ID trie of depth 4 the best speculative decode of a request is two rounds of one drafted level:
+round 1 scores the prompt and a level-1 tree of N nodes in one target call (level 2 comes free as the bonus),
+round 2 scores the K pending beams and a level-3 tree (level 4 free). Beam search makes four calls: the prompt,
+then K tokens three times. This measures, on Beauty test prompts with the trained models:
+
+1. **Coverage** per level j = 1, 2, 3: the share of requests whose target top-K at level j lies among the
+   draft's N best candidates, ranked as SpecBeamDecoder ranks them from the target's own depth j - 1 beams
+   (target score so far + draft log-probability): the acceptance of that level in a one-level round.
+2. **Time** (batch 1, one request at a time, median over --reps): BeamSearchDecoder per request, and for each N
+   the two target calls above (the prefill with N tree nodes, then K + N nodes) plus the draft's two calls
+   (its prefill, then K pending chains of 2 tokens). Their ratio is an **upper bound** on the speedup at N:
+   it assumes every level is accepted and leaves out the beam-step, verification and compaction ops.
+
+    python benchmarks/spec_cost_model.py --target DIR --draft DIR [--data ../shared/data/beauty] [--beams 10]
+        [--widths 10 20 30 40 50 60] [--requests 200] [--timing-prompts 8] [--reps 5] [--dtype bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from atspeed_ext import BeamSearchDecoder  # noqa: E402
+from atspeed_ext.data import load_lcrec  # noqa: E402
+from atspeed_ext.models import load_checkpoint  # noqa: E402
+from atspeed_ext.tokenizer import CodeTokenizer  # noqa: E402
+from atspeed_ext.tree_kv import ROOT, TreeKV  # noqa: E402
+
+
+def last_log_probs(model, prompt: list[int], prefixes: list[list[int]]) -> torch.Tensor:
+    """Log-probabilities of the next token after ``prompt + prefix`` for each prefix (one batched call)."""
+    seqs = [prompt + prefix for prefix in prefixes]
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([[0] * (width - len(s)) + s for s in seqs])
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits
+    return torch.log_softmax(logits[:, -1].float(), -1)
+
+
+def needed_widths(target, draft, trie, prompt: list[int], K: int, levels: int) -> list[int]:
+    """For j = 1..levels: the smallest N whose draft-ranked level-j candidates (children of the target's K beams
+    at depth j - 1, by target score so far + draft log-probability) hold the target's top-K at level j."""
+    beams, needed = [([], 0.0)], []
+    for _ in range(levels):
+        lp_t = last_log_probs(target, prompt, [b for b, _ in beams])
+        lp_d = last_log_probs(draft, prompt, [b for b, _ in beams])
+        cands = [(b + [c], s + float(lp_t[i, c]), s + float(lp_d[i, c]))
+                 for i, (b, s) in enumerate(beams) for c in trie.children(b)]
+        by_target = sorted(range(len(cands)), key=lambda i: -cands[i][1])[:K]
+        rank = {i: r for r, i in enumerate(sorted(range(len(cands)), key=lambda i: -cands[i][2]))}
+        needed.append(1 + max(rank[i] for i in by_target))
+        beams = [(cands[i][0], cands[i][1]) for i in by_target]
+    return needed
+
+
+def tree_calls_ms(model, prompt: list[int], K: int, N: int, reps: int, draft: bool) -> float:
+    """Median ms of a request's two speculative calls of ``model``: target: the prefill with N tree nodes, then
+    K + N nodes; draft: the prefill alone, then K chains of 2 pending tokens."""
+    ids, mask = torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.long)
+    first, second = (0, 2 * K) if draft else (N, K + N)
+
+    def run():
+        kv = TreeKV(model)
+        if first:
+            kv.prefill(ids, mask, torch.full((1, first), 3), torch.full((1, first), ROOT))
+        else:
+            kv.prefill(ids, mask)
+        kv.feed(torch.full((1, second), 3), torch.full((1, second), ROOT))
+
+    return common.median_ms(run, reps)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="../shared/data/beauty")
+    p.add_argument("--target", required=True, help="target checkpoint directory")
+    p.add_argument("--draft", required=True, help="draft checkpoint directory")
+    p.add_argument("--beams", type=int, default=10)
+    p.add_argument("--widths", type=int, nargs="+", default=[10, 20, 30, 40, 50, 60])
+    p.add_argument("--requests", type=int, default=200, help="test prompts for the coverage (default 200)")
+    p.add_argument("--timing-prompts", type=int, default=8, help="test prompts timed (default 8)")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    p.add_argument("--name", default="spec_cost_model_cpu")
+    args = p.parse_args(argv)
+    if min(args.widths) < args.beams:
+        p.error(f"every width must be >= --beams ({args.beams})")
+    torch.set_grad_enabled(False)
+    dtype = getattr(torch, args.dtype)
+    data = load_lcrec(args.data)
+    tokenizer = CodeTokenizer(data.identifiers)
+    target = load_checkpoint(args.target, "cpu", identifiers=data.identifiers)[0].to(dtype).eval()
+    draft = load_checkpoint(args.draft, "cpu", identifiers=data.identifiers)[0].to(dtype).eval()
+    trie, K = tokenizer.trie(), args.beams
+    prompts = [tokenizer.encode_prompt(q.history) for q in data.test_prompts()[:args.requests]]
+
+    needed = [needed_widths(target, draft, trie, prompt, K, trie.depth - 1) for prompt in prompts]
+    timed = prompts[:args.timing_prompts]
+    decoder = BeamSearchDecoder(target, trie, K)
+    beam_ms = statistics.mean(common.median_ms(lambda q=q: decoder.generate([q]), args.reps) for q in timed)
+    draft_ms = statistics.mean(tree_calls_ms(draft, q, K, 0, args.reps, draft=True) for q in timed)
+    rows = []
+    for N in args.widths:
+        target_ms = statistics.mean(tree_calls_ms(target, q, K, N, args.reps, draft=False) for q in timed)
+        coverage = {f"coverage_L{j + 1}": f"{sum(n[j] <= N for n in needed) / len(needed):.2f}"
+                    for j in range(trie.depth - 1)}
+        rows.append({"N": N, **coverage, "target_2calls_ms": f"{target_ms:.2f}", "draft_2calls_ms": f"{draft_ms:.2f}",
+                     "beam_search_ms": f"{beam_ms:.2f}", "bound_free_draft": f"{beam_ms / target_ms:.2f}",
+                     "bound_with_draft": f"{beam_ms / (target_ms + draft_ms):.2f}"})
+        print("  ".join(f"{k} {v}" for k, v in rows[-1].items()))
+    quantiles = {f"needed_L{j + 1}": [sorted(n[j] for n in needed)[int(q * (len(needed) - 1))]
+                                      for q in (0.25, 0.5, 0.75, 0.9)] for j in range(trie.depth - 1)}
+    print("needed widths (quartiles and 90th percentile):", quantiles)
+    command = "python benchmarks/spec_cost_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    md = common.write_results(args.name, {
+        "command": command, "threads": torch.get_num_threads(),
+        "target": args.target, "draft": args.draft, "dtype": args.dtype, "K": K,
+        "coverage prompts": len(prompts), "timed prompts": len(timed),
+        "needed widths (25/50/75/90th percentiles)": quantiles,
+        "note": "coverage_Lj = share of requests whose target top-K at level j is among the draft's N best "
+                "(from the target's own depth j-1 beams); bound_* = BeamSearchDecoder ms / the two speculative "
+                "calls' ms: the speedup if every level were accepted, without beam-step, verification and "
+                "compaction ops"}, rows, list(rows[0]))
+    print(f"wrote {md}")
+
+
+if __name__ == "__main__":
+    main()
