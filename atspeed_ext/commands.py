@@ -45,8 +45,11 @@ def device_of(args) -> torch.device:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda was given but no CUDA GPU is available")
-    if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per torchrun process
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one GPU per process
+        if device.index is not None:
+            raise SystemExit(f"error: --device {device} under torchrun would put every process on one GPU; pass "
+                             "--device cuda (each process then uses cuda:LOCAL_RANK)")
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
 
 

@@ -120,3 +120,22 @@ def test_valid_only_fine_tunes_an_init_checkpoint_into_its_own_folder(tmp_path, 
     best = tmp_path / "cache" / "synthetic-tiny-1x64-validonly" / "best"
     meta = json.loads((best / "meta.json").read_text())
     assert meta["train_on_valid"] is True and meta["valid_only"] is True
+
+
+def test_device_under_torchrun_is_one_gpu_per_process(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from atspeed_ext.commands import device_of
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert device_of(SimpleNamespace(device="cuda")) == torch.device("cuda", 1)
+    assert device_of(SimpleNamespace(device=None)) == torch.device("cuda", 1)
+    assert device_of(SimpleNamespace(device="cpu")) == torch.device("cpu")
+    with pytest.raises(SystemExit, match=r"--device cuda:0 under torchrun would put every process on one GPU"):
+        device_of(SimpleNamespace(device="cuda:0"))
+    monkeypatch.setenv("WORLD_SIZE", "1")  # a single process may pick any GPU
+    assert device_of(SimpleNamespace(device="cuda:0")) == torch.device("cuda", 0)
