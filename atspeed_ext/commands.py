@@ -45,12 +45,18 @@ def device_of(args) -> torch.device:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda was given but no CUDA GPU is available")
-    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one GPU per process
-        if device.index is not None:
-            raise SystemExit(f"error: --device {device} under torchrun would put every process on one GPU; pass "
-                             "--device cuda (each process then uses cuda:LOCAL_RANK)")
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: processes on this machine
+    visible = torch.cuda.device_count() if device.type == "cuda" else 0
+    if local_processes <= 1 or visible <= 1:  # one process here, or the launcher gave each process its own GPU
+        return device
+    if device.index is not None:
+        raise SystemExit(f"error: --device {device} would put all {local_processes} torchrun processes of this "
+                         "machine on one GPU; pass --device cuda (each process then uses cuda:LOCAL_RANK)")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if local_rank >= visible:
+        raise SystemExit(f"error: torchrun started {local_processes} processes on this machine but only {visible} "
+                         f"GPUs are visible (LOCAL_RANK {local_rank})")
+    return torch.device("cuda", local_rank)
 
 
 def data_of(args):
@@ -64,17 +70,19 @@ def data_of(args):
 def run_train_target(args) -> int:
     data = data_of(args)
     device = device_of(args)
-    if args.init:  # a local HF causal LM + its tokenizer, prompted with text
+    cfg = train_config(args)
+    if cfg.valid_only and not args.init:
+        raise SystemExit("error: --valid-only fine-tunes a trained model on the validation items: give --init RUN/best")
+    name = run_name(args.preset, args.init, data.name, cfg)
+    out = Path(args.out) if args.out else cache_dir() / name
+    if args.init and Path(args.init).resolve() in (out.resolve(), out.resolve() / "best", out.resolve() / "last"):
+        raise SystemExit(f"error: --out {out} would overwrite the checkpoint --init {args.init} starts from; "
+                         "give another --out")
+    if args.init:  # one of our checkpoints, or a local HF causal LM + its tokenizer, prompted with text
         model, tokenizer = load_checkpoint(args.init, device, identifiers=data.identifiers)
-        name = init_name(args.init, data.name)
     else:
         tokenizer = CodeTokenizer(data.identifiers)
         model = build_model(args.preset, tokenizer.vocab_size, seed=args.seed).to(device)
-        name = args.preset
-    cfg = train_config(args)
-    # Never overwrites the run validated on the same data.
-    suffix = "-validonly" if cfg.valid_only else "-trainvalid" if cfg.train_on_valid else ""
-    out = Path(args.out) if args.out else cache_dir() / f"{data.name}-{name}{suffix}"
     examples = len(training_examples(data, cfg))
     print(f"training {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) on "
           f"{data.name}: {examples} examples, {data.num_items} items, device {device}; checkpoints in {out}")
@@ -84,13 +92,18 @@ def run_train_target(args) -> int:
     return 0
 
 
-def init_name(init: str, data_name: str) -> str:
-    """The run name of a model started from ``init``: the directory's name, or for one of our ``best`` / ``last``
-    checkpoints its run's (without the data set's prefix, which the output folder adds again)."""
+def run_name(preset: str, init: str | None, data_name: str, cfg: TrainConfig) -> str:
+    """The default output folder's name: ``<data>-<preset>`` from scratch; from ``--init``, the name of the run it
+    starts from (``RUN/best``; ``RUN/last`` adds ``-last``; any other folder its own name) + ``-cont`` (or
+    ``-validonly``); ``-trainvalid`` when the validation items are training targets too. Never the name of the
+    run it starts from or of the run validated on the same data."""
+    if init is None:
+        return f"{data_name}-{preset}" + ("-trainvalid" if cfg.train_on_valid else "")
     path = Path(init).resolve()
-    if path.name in ("best", "last"):
-        path = path.parent
-    return path.name.removeprefix(f"{data_name}-")
+    base = path.parent.name + ("-last" if path.name == "last" else "") if path.name in ("best", "last") else path.name
+    base = base.removeprefix(f"{data_name}-")
+    suffix = "-validonly" if cfg.valid_only else "-cont" + ("-trainvalid" if cfg.train_on_valid else "")
+    return f"{data_name}-{base}{suffix}"
 
 
 def train_config(args) -> TrainConfig:
@@ -101,7 +114,7 @@ def train_config(args) -> TrainConfig:
                        eval_every=args.eval_every, eval_prompts=args.eval_prompts, patience=args.patience,
                        with_eos=args.with_eos, max_steps=args.max_steps, precision=args.precision,
                        dropout=args.dropout, history_dropout=getattr(args, "history_dropout", 0.0),
-                       train_on_valid=getattr(args, "train_on_valid", False) or getattr(args, "valid_only", False),
+                       train_on_valid=getattr(args, "train_on_valid", False),
                        valid_only=getattr(args, "valid_only", False))
 
 

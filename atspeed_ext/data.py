@@ -91,8 +91,16 @@ class RecData:
     def item_counts(self, include_valid: bool = False) -> list[int]:
         """How often each item occurs in the train (and with ``include_valid`` the valid) sequences: the
         popularity baseline of a model trained on the same interactions."""
+        return self._counts((self.train, self.valid) if include_valid else (self.train,))
+
+    def valid_item_counts(self) -> list[int]:
+        """How often each item occurs in the valid sequences alone: the latest interactions before the test
+        period (a recency baseline)."""
+        return self._counts((self.valid,))
+
+    def _counts(self, splits) -> list[int]:
         counts = [0] * self.num_items
-        for split in (self.train, self.valid) if include_valid else (self.train,):
+        for split in splits:
             for seq in split.values():
                 for item in seq:
                     counts[item] += 1

@@ -64,6 +64,8 @@ def popularity_scores(data: RecData, prompts: Sequence[Prompt], k: int, include_
         raise ValueError("no prompts to evaluate")
     if counts is None:
         counts = data.item_counts(include_valid)
+    elif include_valid:
+        raise ValueError("give either counts or include_valid, not both")
     elif len(counts) != data.num_items:
         raise ValueError(f"counts has {len(counts)} entries; expected one per item ({data.num_items})")
     ranked = popularity_ranking(counts, data.identifiers, k)

@@ -62,7 +62,7 @@ class TrainConfig:
     dropout: float = 0.0           # residual + embedding dropout while training (see add_dropout)
     history_dropout: float = 0.0   # drop each history item of a training example with this probability
     train_on_valid: bool = False   # validation items are training targets too (final model for test; no validation)
-    valid_only: bool = False       # with train_on_valid: the validation items are the only targets (recency fine-tune)
+    valid_only: bool = False       # the validation items are the only targets (recency fine-tune; implies train_on_valid)
     history: list = field(default_factory=list)
 
     def __post_init__(self):
@@ -75,8 +75,8 @@ class TrainConfig:
                 raise ValueError(f"{name} {error}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        if self.valid_only and not self.train_on_valid:
-            raise ValueError("valid_only trains on the validation items only: it needs train_on_valid=True")
+        if self.valid_only:
+            self.train_on_valid = True  # no validation, best = last, the checkpoint marked as trained on them
 
 
 def add_dropout(model, p: float) -> list:
@@ -211,7 +211,7 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
     raw_examples = training_examples(data, cfg)
     examples = encode_examples(tokenizer, raw_examples, cfg.with_eos)
     if not examples:
-        raise ValueError("the data has no validation items to train on" if cfg.valid_only else
+        raise ValueError("no validation item has an earlier item of its user to predict it from" if cfg.valid_only else
                          "the data has no training examples (every train sequence has fewer than 2 items)")
     val_prompts = [] if cfg.train_on_valid else data.valid_prompts()[:cfg.eval_prompts]
 
@@ -233,8 +233,14 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
 
     return train_loop(model, tokenizer, out_dir, cfg, [len(ids) for ids, _ in examples], batch_loss,
                       validate if val_prompts else None, "recall@10", resume=resume, progress=progress,
-                      extra_config=({"train_on_valid": True, "valid_only": cfg.valid_only} if cfg.train_on_valid
-                                    else None))
+                      extra_config=training_data_marks(cfg))
+
+
+def training_data_marks(cfg: TrainConfig) -> dict | None:
+    """What a checkpoint says it learnt from beyond the train items (its ``meta.json``; resume compares it)."""
+    if not cfg.train_on_valid:
+        return None
+    return {"train_on_valid": True, "valid_only": True} if cfg.valid_only else {"train_on_valid": True}
 
 
 def training_examples(data: RecData, cfg: TrainConfig) -> list[tuple[tuple[int, ...], int]]:

@@ -56,8 +56,8 @@ def main(argv=None):
         scores[label(path)] = model_scores(model, tokenizer, prompts, args.k, args.batch_size)
     scores["popularity"] = popularity_scores(data, prompts, args.k)
     if args.split == "test":
-        recent = [a - b for a, b in zip(data.item_counts(include_valid=True), data.item_counts())]
-        scores["popularity (validation period)"] = popularity_scores(data, prompts, args.k, counts=recent)
+        scores["popularity (validation period)"] = popularity_scores(data, prompts, args.k,
+                                                                     counts=data.valid_item_counts())
     pop_recall = mean_and_se(scores["popularity"][0])[0]
 
     rows = []

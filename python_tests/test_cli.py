@@ -105,21 +105,43 @@ def test_train_on_valid_run_is_marked_and_evaluating_it_on_valid_warns(tmp_path,
                                                        standard_errors=True, include_valid=True)
 
 
-def test_valid_only_fine_tunes_an_init_checkpoint_into_its_own_folder(tmp_path, capsys, monkeypatch):
+def test_init_runs_get_their_own_folders_and_never_overwrite_their_start(tmp_path, capsys, monkeypatch):
     import json
 
     monkeypatch.setenv("ATSPEED_CACHE", str(tmp_path / "cache"))
-    common = ["--synthetic-users", "60", "--synthetic-items", "30", "--device", "cpu"]
-    assert main(["train-target", "--preset", "tiny-1x64", "--epochs", "1", *common]) == 0
-    base = tmp_path / "cache" / "synthetic-tiny-1x64" / "best"
-    assert main(["train-target", "--init", str(base), "--valid-only", "--epochs", "1", "--lr", "1e-4", *common]) == 0
-    out = capsys.readouterr().out
+    common = ["--synthetic-users", "60", "--synthetic-items", "30", "--device", "cpu", "--epochs", "1"]
+    base = tmp_path / "cache" / "synthetic-myrun"
+    assert main(["train-target", "--preset", "tiny-1x64", "--out", str(base), *common]) == 0
+    capsys.readouterr()
+    weights = (base / "best" / "model.safetensors").read_bytes()
     data = synthetic_recdata(num_users=60, num_items=30)
-    assert f"{len(data.valid_examples())} examples" in out
-    # Named after the run it started from, never overwriting it.
-    best = tmp_path / "cache" / "synthetic-tiny-1x64-validonly" / "best"
-    meta = json.loads((best / "meta.json").read_text())
-    assert meta["train_on_valid"] is True and meta["valid_only"] is True
+    for extra, folder, examples in (([], "synthetic-myrun-cont", len(data.train_examples())),
+                                    (["--valid-only", "--lr", "1e-4"], "synthetic-myrun-validonly",
+                                     len(data.valid_examples()))):
+        assert main(["train-target", "--init", str(base / "best"), *extra, *common]) == 0
+        out = capsys.readouterr().out
+        assert f": {examples} examples, " in out and f"checkpoints in {tmp_path / 'cache' / folder}" in out
+        meta = json.loads((tmp_path / "cache" / folder / "best" / "meta.json").read_text())
+        assert meta.get("valid_only", False) is ("--valid-only" in extra)
+    assert (base / "best" / "model.safetensors").read_bytes() == weights  # the start is untouched
+    with pytest.raises(SystemExit, match="would overwrite the checkpoint --init .* starts from"):
+        main(["train-target", "--init", str(base / "best"), "--out", str(base), *common])
+    with pytest.raises(SystemExit, match="--valid-only fine-tunes a trained model .* give --init RUN/best"):
+        main(["train-target", "--preset", "tiny-1x64", "--valid-only", *common])
+
+
+def test_run_names():
+    from atspeed_ext.commands import run_name
+    from atspeed_ext.train import TrainConfig
+
+    plain, on_valid, only_valid = TrainConfig(), TrainConfig(train_on_valid=True), TrainConfig(valid_only=True)
+    assert run_name("target-8x512", None, "beauty", plain) == "beauty-target-8x512"
+    assert run_name("target-8x512", None, "beauty", on_valid) == "beauty-target-8x512-trainvalid"
+    assert run_name("x", "/c/beauty-target-8x512/best", "beauty", plain) == "beauty-target-8x512-cont"
+    assert run_name("x", "/c/beauty-target-8x512/best", "beauty", on_valid) == "beauty-target-8x512-cont-trainvalid"
+    assert run_name("x", "/c/beauty-target-8x512/best", "beauty", only_valid) == "beauty-target-8x512-validonly"
+    assert run_name("x", "/c/beauty-target-8x512/last", "beauty", plain) == "beauty-target-8x512-last-cont"
+    assert run_name("x", "/models/qwen2-0.5b", "beauty", plain) == "beauty-qwen2-0.5b-cont"  # any HF folder
 
 
 def test_device_under_torchrun_is_one_gpu_per_process(monkeypatch):
@@ -130,12 +152,21 @@ def test_device_under_torchrun_is_one_gpu_per_process(monkeypatch):
     from atspeed_ext.commands import device_of
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert device_of(SimpleNamespace(device="cuda")) == torch.device("cuda", 1)
     assert device_of(SimpleNamespace(device=None)) == torch.device("cuda", 1)
     assert device_of(SimpleNamespace(device="cpu")) == torch.device("cpu")
-    with pytest.raises(SystemExit, match=r"--device cuda:0 under torchrun would put every process on one GPU"):
+    with pytest.raises(SystemExit, match=r"--device cuda:0 would put all 2 torchrun processes of this machine on one"):
         device_of(SimpleNamespace(device="cuda:0"))
-    monkeypatch.setenv("WORLD_SIZE", "1")  # a single process may pick any GPU
-    assert device_of(SimpleNamespace(device="cuda:0")) == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    with pytest.raises(SystemExit, match=r"started 4 processes on this machine but only 2 GPUs are visible"):
+        device_of(SimpleNamespace(device="cuda"))
+    # One GPU visible per process (the launcher set CUDA_VISIBLE_DEVICES), or one process per machine: as given.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert device_of(SimpleNamespace(device="cuda")) == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert device_of(SimpleNamespace(device="cuda:1")) == torch.device("cuda", 1)

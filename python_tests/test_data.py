@@ -34,6 +34,7 @@ def test_protocol_on_a_toy_directory(tmp_path):
     assert t1.history == (2, 3) and t1.truth == {1}                       # train + valid, last 2
     assert t2.history == (1, 2) and t2.truth == {3, 0}                    # the whole test set is the truth
     assert data.item_counts() == [1, 2, 2, 0] and data.item_counts(include_valid=True) == [1, 2, 2, 1]
+    assert data.valid_item_counts() == [0, 0, 0, 1]
     # Final-model training set: each validation item is a target after the user's train (+ earlier valid) items.
     assert data.train_examples(include_valid=True) == [((0,), 1), ((0, 1), 2), ((1, 2), 3), ((1,), 2)]
     assert data.valid_examples() == [((1, 2), 3)]                         # recency fine-tune: valid targets only

@@ -225,7 +225,7 @@ def test_valid_only_trains_on_the_validation_items_alone(small_data, tmp_path, m
     batches = []
     monkeypatch.setattr(train_module, "collate", lambda batch, *a: batches.append(batch) or collate(batch, *a))
     model = build_model("tiny-1x64", tok.vocab_size, seed=0)
-    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-3, train_on_valid=True, valid_only=True)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-3, valid_only=True)
     state = train_next_item(model, tok, data, tmp_path, cfg, progress=False)
     examples = data.valid_examples()
     assert 0 < len(examples) < len(data.train_examples())
@@ -236,14 +236,24 @@ def test_valid_only_trains_on_the_validation_items_alone(small_data, tmp_path, m
     assert meta["train_on_valid"] is True and meta["valid_only"] is True
 
 
-def test_valid_only_needs_train_on_valid_and_validation_items(small_data, tmp_path):
-    with pytest.raises(ValueError, match="valid_only .* needs train_on_valid=True"):
-        TrainConfig(valid_only=True)
+def test_valid_only_implies_train_on_valid_and_needs_validation_examples(small_data, tmp_path):
+    assert TrainConfig(valid_only=True).train_on_valid is True
     data, tok = small_data
-    data = RecData(identifiers=data.identifiers, train=data.train, valid={}, test=data.test)
-    with pytest.raises(ValueError, match="no validation items to train on"):
-        train_next_item(build_model("tiny-1x64", tok.vocab_size), tok, data, tmp_path,
-                        TrainConfig(train_on_valid=True, valid_only=True), progress=False)
+    # Validation items without an earlier item of their user (no train items, one validation item each).
+    data = RecData(identifiers=data.identifiers, train={1: [0, 1]}, valid={2: [3], 3: [4]}, test={})
+    assert data.valid_examples() == []
+    with pytest.raises(ValueError, match="no validation item has an earlier item of its user to predict it from"):
+        train_next_item(build_model("tiny-1x64", tok.vocab_size), tok, data, tmp_path, TrainConfig(valid_only=True),
+                        progress=False)
+
+
+def test_a_train_on_valid_checkpoint_is_marked_as_before(tmp_path):
+    from atspeed_ext.train import training_data_marks
+
+    # Runs saved before valid_only existed stored exactly this, and resume compares it exactly.
+    assert training_data_marks(TrainConfig(train_on_valid=True)) == {"train_on_valid": True}
+    assert training_data_marks(TrainConfig(valid_only=True)) == {"train_on_valid": True, "valid_only": True}
+    assert training_data_marks(TrainConfig()) is None
 
 
 def test_without_validation_prompts_nothing_stops_early(small_data, tmp_path, capsys):
@@ -289,6 +299,8 @@ def test_popularity_ranks_by_given_counts(small_data):
     assert all(r == (item in p.truth) / len(p.truth) for r, p in zip(recalls, prompts))
     with pytest.raises(ValueError, match=f"counts has 3 entries; expected one per item \\({data.num_items}\\)"):
         popularity_scores(data, prompts, 5, counts=[1, 2, 3])
+    with pytest.raises(ValueError, match="give either counts or include_valid, not both"):
+        popularity_scores(data, prompts, 5, include_valid=True, counts=data.item_counts())
 
 
 def test_per_prompt_scores_average_to_the_reported_metrics(small_data):
