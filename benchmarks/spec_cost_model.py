@@ -42,10 +42,7 @@ from atspeed_ext.tree_kv import ROOT, TreeKV  # noqa: E402
 
 def last_log_probs(model, prompt: list[int], prefixes: list[list[int]]) -> torch.Tensor:
     """Log-probabilities of the next token after ``prompt + prefix`` for each prefix (one batched call)."""
-    seqs = [prompt + prefix for prefix in prefixes]
-    width = max(len(s) for s in seqs)
-    ids = torch.tensor([[0] * (width - len(s)) + s for s in seqs])
-    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+    ids, mask = common.left_pad([prompt + prefix for prefix in prefixes], 0, "cpu")
     logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits
     return torch.log_softmax(logits[:, -1].float(), -1)
 

@@ -195,22 +195,31 @@ def test_history_dropout_shortens_training_prompts_but_keeps_targets(small_data,
     assert sum(len(ids) for b in dropped for ids, _ in b) < sum(len(ids) for b in plain for ids, _ in b)
 
 
-def test_train_on_valid_learns_the_validation_items_without_validating(small_data, tmp_path, monkeypatch):
-    data, tok = small_data
+def train_without_validating(monkeypatch, data, tok, out_dir, cfg):
+    """Train a tiny model with ``cfg``, failing on any validation; returns the trainer state and the sorted prompt
+    ids of every example trained on."""
     monkeypatch.setattr(train_module, "evaluate_model", lambda *a, **k: pytest.fail("validated on training data"))
     batches = []
     monkeypatch.setattr(train_module, "collate", lambda batch, *a: batches.append(batch) or collate(batch, *a))
-    model = build_model("tiny-1x64", tok.vocab_size, seed=0)
+    state = train_next_item(build_model("tiny-1x64", tok.vocab_size, seed=0), tok, data, out_dir, cfg, progress=False)
+    return state, sorted(tuple(ids) for batch in batches for ids, _ in batch)
+
+
+def each_once_per_epoch(tok, examples, epochs: int) -> list[tuple[int, ...]]:
+    return sorted(tuple(ids) for _ in range(epochs) for ids, _ in train_module.encode_examples(tok, examples, False))
+
+
+def test_train_on_valid_learns_the_validation_items_without_validating(small_data, tmp_path, monkeypatch):
+    data, tok = small_data
     # Five epochs with patience 1: nothing to validate on must neither stop early nor keep an old checkpoint.
     cfg = TrainConfig(epochs=5, batch_size=64, lr=5e-3, patience=1, train_on_valid=True)
-    state = train_next_item(model, tok, data, tmp_path, cfg, progress=False)
+    state, seen = train_without_validating(monkeypatch, data, tok, tmp_path, cfg)
     examples = data.train_examples(include_valid=True)
     assert len(examples) > len(data.train_examples())
     assert state["examples"] == len(examples) and state["epoch"] == 5 and len(state["history"]) == 5
     assert all("recall@10" not in h for h in state["history"]) and state["best"] is None
     # Every example, the validation ones included, is trained on once per epoch.
-    seen = sorted(tuple(ids) for batch in batches for ids, _ in batch)
-    assert seen == sorted(tuple(ids) for _ in range(5) for ids, _ in train_module.encode_examples(tok, examples, False))
+    assert seen == each_once_per_epoch(tok, examples, 5)
     best, last = (load_checkpoint(tmp_path / name)[0].state_dict() for name in ("best", "last"))
     assert all(torch.equal(best[k], last[k]) for k in best)  # best = the final model
     for name in ("best", "last"):  # both checkpoints say what they learnt from
@@ -221,17 +230,12 @@ def test_train_on_valid_learns_the_validation_items_without_validating(small_dat
 
 def test_valid_only_trains_on_the_validation_items_alone(small_data, tmp_path, monkeypatch):
     data, tok = small_data
-    monkeypatch.setattr(train_module, "evaluate_model", lambda *a, **k: pytest.fail("validated on training data"))
-    batches = []
-    monkeypatch.setattr(train_module, "collate", lambda batch, *a: batches.append(batch) or collate(batch, *a))
-    model = build_model("tiny-1x64", tok.vocab_size, seed=0)
     cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-3, valid_only=True)
-    state = train_next_item(model, tok, data, tmp_path, cfg, progress=False)
+    state, seen = train_without_validating(monkeypatch, data, tok, tmp_path, cfg)
     examples = data.valid_examples()
     assert 0 < len(examples) < len(data.train_examples())
     assert state["examples"] == len(examples) and state["step"] == 2 * -(-len(examples) // 16)
-    seen = sorted(tuple(ids) for batch in batches for ids, _ in batch)
-    assert seen == sorted(tuple(ids) for _ in range(2) for ids, _ in train_module.encode_examples(tok, examples, False))
+    assert seen == each_once_per_epoch(tok, examples, 2)
     meta = json.loads((tmp_path / "best" / "meta.json").read_text())
     assert meta["train_on_valid"] is True and meta["valid_only"] is True
 
