@@ -12,13 +12,13 @@ import torch
 
 from . import _C  # noqa: F401  (loads the schemas and the device kernels)
 
-__all__ = ["trie_beam_step", "trie_beam_sample", "tree_attention_mask", "compact_kv", "strict_verify",
-           "relaxed_verify", "exact_verify", "OP_NAMES"]
+__all__ = ["trie_beam_step", "trie_beam_sample", "tree_attention_mask", "compact_kv", "compaction_plan",
+           "strict_verify", "relaxed_verify", "exact_verify", "OP_NAMES"]
 
 #: Every dispatcher op of the extension (the tests check that each has a CPU kernel, a fake kernel and,
 #: in a CUDA build, a CUDA kernel).
-OP_NAMES = ("trie_beam_step", "trie_beam_sample", "tree_attention_mask", "compact_kv", "strict_verify",
-            "relaxed_verify", "exact_verify")
+OP_NAMES = ("trie_beam_step", "trie_beam_sample", "tree_attention_mask", "compact_kv", "compaction_plan",
+            "strict_verify", "relaxed_verify", "exact_verify")
 
 
 def trie_beam_step(
@@ -96,6 +96,20 @@ def compact_kv(caches: list[torch.Tensor], keep: torch.Tensor) -> list[torch.Ten
 @torch.library.register_fake("atspeed_ext::compact_kv")
 def _compact_kv_fake(caches, keep):
     return [c.new_empty((c.shape[0], c.shape[1], keep.shape[1], c.shape[3])) for c in caches]
+
+
+def compaction_plan(slot_parents: torch.Tensor, anchors: torch.Tensor,
+                    num_prompt: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which slots of a tree-shaped cache survive a compaction: the first ``num_prompt`` and the chains (self and
+    ancestors) of ``anchors [B, A]`` (negative entries ignored), in order. Returns ``keep``, ``new_parents``,
+    ``new_slot`` (each ``[B, S]``) and ``num_kept [B]``; spec: :func:`atspeed_ext.reference.compaction_plan`."""
+    return torch.ops.atspeed_ext.compaction_plan.default(slot_parents, anchors, num_prompt)
+
+
+@torch.library.register_fake("atspeed_ext::compaction_plan")
+def _compaction_plan_fake(slot_parents, anchors, num_prompt):
+    return (*(slot_parents.new_empty(slot_parents.shape) for _ in range(3)),
+            slot_parents.new_empty(slot_parents.shape[:1]))
 
 
 def strict_verify(logits, beam_rows, beam_scores, beam_nodes, beam_live, level_parent, level_token, level_row,

@@ -272,7 +272,7 @@ class SpecBeamDecoder:
             if not skipped:
                 with nvtx_range("atspeed/draft", device):
                     if draft_stale:  # compacted only now: a round without the draft never needs it
-                        state.dft_anchor = _remap(dft.compact(state.live_slots(state.dft_anchor), depth + 1),
+                        state.dft_anchor = _remap(dft.compact(state.live_slots(state.dft_anchor)),
                                                   state.dft_anchor)
                         draft_stale = False
                     levels = self._draft(state, dft, g_dev, max(g), first_round, ids, mask, trie)
@@ -299,7 +299,7 @@ class SpecBeamDecoder:
                 raise RuntimeError("internal error: a round drafted from the trie alone left a request unfinished")
             with nvtx_range("atspeed/compact", device):
                 # Keep the prompt and the ancestors of the surviving beams (the draft's: before its next call).
-                state.tgt_anchor = _remap(tgt.compact(state.live_slots(state.tgt_anchor), depth + 1), state.tgt_anchor)
+                state.tgt_anchor = _remap(tgt.compact(state.live_slots(state.tgt_anchor)), state.tgt_anchor)
                 draft_stale = dft.cache is not None
             if finished:  # finished requests leave the batch
                 keep = [r for r in range(rows) if t[r] < depth]
@@ -435,25 +435,21 @@ class SpecBeamDecoder:
                 logits, beam_rows, state.scores, state.nodes, state.live, lvl["parent"], lvl["token"],
                 lvl["target_row"], g_dev, trie.child_offsets, trie.child_tokens)
 
-        # Where each node of levels 0..G sits: [rows, G + 1, W] tables, read at (accepted, parent).
-        W = max(K, N)
-
-        def table(level0: torch.Tensor, per_level) -> torch.Tensor:
-            cols = [torch.nn.functional.pad(level0, (0, W - K), value=NOT_FED)]
-            cols += [torch.nn.functional.pad(per_level(i, level), (0, W - N), value=NOT_FED)
-                     for i, level in enumerate(levels)]
-            return torch.stack(cols, 1)
-
+        # Where each node of levels 0..G sits, one [rows, G + 1, N, 4] table read at (accepted, parent): its
+        # target slot, its draft slot, its parent's draft slot and its token (level 0: the current beams, padded
+        # from K to N with entries no parent index reaches).
         dslot0 = state.dft_anchor if levels else torch.full_like(state.nodes, NOT_FED)
+        not_fed, no_token = torch.full_like(dslot0, NOT_FED), torch.full_like(dslot0, -1)
+        cols = [torch.nn.functional.pad(torch.stack([state.beam_tslot, dslot0, not_fed, no_token], 2),
+                                        (0, 0, 0, N - K), value=NOT_FED)]
         dslots = [dslot0] + [level.draft_slot for level in levels]
-        where = accepted.view(rows, 1, 1).expand(rows, 1, W)
-        pick = lambda t: t.gather(1, where).squeeze(1).gather(1, parents.clamp(min=0))  # noqa: E731
-        new = {"scores": scores, "nodes": nodes, "tokens": tokens,
-               "tslot": pick(table(state.beam_tslot, lambda i, level: level.target_slot)),
-               "dslot": pick(table(dslot0, lambda i, level: level.draft_slot)),
-               "dparent": pick(table(torch.full_like(state.nodes, NOT_FED),
-                                     lambda i, level: _gather(dslots[i], level.parent))),
-               "ptoken": pick(table(torch.full_like(state.nodes, -1), lambda i, level: level.token))}
+        cols += [torch.stack([level.target_slot, level.draft_slot, _gather(dslots[i], level.parent), level.token], 2)
+                 for i, level in enumerate(levels)]
+        at_accepted = torch.stack(cols, 1)[torch.arange(rows, device=logits.device), accepted]   # [rows, N, 4]
+        tslot, dslot, dparent, ptoken = at_accepted.gather(
+            1, parents.clamp(min=0).unsqueeze(2).expand(-1, -1, 4)).unbind(2)
+        new = {"scores": scores, "nodes": nodes, "tokens": tokens, "tslot": tslot, "dslot": dslot,
+               "dparent": dparent, "ptoken": ptoken}
         return accepted, new
 
     def _sample_verify(self, state: "_BeamState", levels: list[_Level], logits: torch.Tensor,

@@ -82,27 +82,15 @@ class TreeKV:
                          use_cache=True, **{self._sig.cache_arg: self.cache})
         return out.logits
 
-    def compact(self, anchors: torch.Tensor, max_depth: int) -> torch.Tensor:
+    def compact(self, anchors: torch.Tensor) -> torch.Tensor:
         """Drop every tree slot that is not an ancestor-or-self of an anchor slot (``anchors [B, A]``; ROOT and
         NOT_TREE entries are ignored). The prompt slots stay where they are. Returns ``new_slot [B, S_old]``,
         the new index of each old slot (-1 for dropped ones), for remapping slot references."""
-        B, S = self.slot_parents.shape
         P = self.prompt_visible.shape[1]
-        marks = torch.zeros(B, S, dtype=torch.int32, device=anchors.device)
-        marks[:, :P] = 1
-        cur = anchors
-        for _ in range(max_depth):
-            valid = cur >= 0
-            marks.scatter_add_(1, cur.clamp(min=0), valid.to(torch.int32))
-            cur = torch.where(valid, self.slot_parents.gather(1, cur.clamp(min=0)), -1)
-        kept = marks > 0
-        new_slot = torch.where(kept, kept.cumsum(1) - 1, -1)
-        S_new = int(kept.sum(1).max())
-        keep = torch.sort((~kept).to(torch.int8), dim=1, stable=True).indices[:, :S_new]
-        keep = torch.where(kept.gather(1, keep), keep, -1)
-        parents = torch.where(keep >= 0, self.slot_parents.gather(1, keep.clamp(min=0)), NOT_TREE)
-        self.slot_parents = torch.where(parents >= 0, new_slot.gather(1, parents.clamp(min=0)), parents)
-        set_cache_tensors(self.cache, _ops.compact_kv(cache_tensors(self.cache), keep))
+        keep, parents, new_slot, num_kept = _ops.compaction_plan(self.slot_parents, anchors, P)
+        S_new = int(num_kept.max()) if num_kept.numel() else P
+        self.slot_parents = parents[:, :S_new]
+        set_cache_tensors(self.cache, _ops.compact_kv(cache_tensors(self.cache), keep[:, :S_new]))
         return new_slot
 
     def select(self, rows: torch.Tensor) -> None:

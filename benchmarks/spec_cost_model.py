@@ -76,7 +76,7 @@ def speculative_calls_ms(target, draft, prompt: list[int], K: int, N: int) -> fl
         call()
         total += time.perf_counter() - start
     P = len(prompt)
-    tgt.compact(torch.arange(P, P + K).view(1, K), 1)  # the K accepted level-1 nodes stay
+    tgt.compact(torch.arange(P, P + K).view(1, K))  # the K accepted level-1 nodes stay
     for call in (lambda: tgt.feed(tokens(K + N), roots(K + N)), lambda: dft.feed(tokens(2 * K), roots(2 * K))):
         start = time.perf_counter()
         call()

@@ -43,6 +43,14 @@ std::tuple<at::Tensor, at::Tensor> tree_attention_mask_cpu(const at::Tensor& slo
 //   caches [B, H, S, D] (one shape and dtype), keep [B, S_new] int64 (spec: reference/compact_kv.py).
 std::vector<at::Tensor> compact_kv_cpu(const std::vector<at::Tensor>& caches, const at::Tensor& keep);
 
+// The plan of a compaction: slots < num_prompt and the chains (self and ancestors) of the anchors [B, A] survive
+// (negative anchors are ignored), in slot order. Returns keep [B, S] (old slot of the i-th kept one, -1 past
+// num_kept), new_parents [B, S] (its parent renumbered; NOT_TREE past num_kept), new_slot [B, S] (new index of
+// each old slot, -1 if dropped) and num_kept [B] (spec: reference/compact_kv.py).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compaction_plan_cpu(const at::Tensor& slot_parents,
+                                                                               const at::Tensor& anchors,
+                                                                               int64_t num_prompt);
+
 // Strict top-K verification (spec: reference/strict_verify.py). logits [B, R, V]; beams [B, K] (rows into R,
 // scores, trie nodes, live); drafted levels [B, G, N] (parent index in the previous level or -1, token, row);
 // num_levels [B]. Returns accepted [B] and the new beams scores / parents / tokens / nodes [B, K].

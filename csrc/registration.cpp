@@ -15,6 +15,9 @@ TORCH_LIBRARY(atspeed_ext, m) {
   m.def("tree_attention_mask(Tensor slot_parents, Tensor prompt_visible, int num_queries) -> (Tensor, Tensor)");
   // KV-cache compaction: keep the listed slots [B, S_new] (-1 = zero padding) of every [B, H, S, D] tensor.
   m.def("compact_kv(Tensor[] caches, Tensor keep) -> Tensor[]");
+  // Its plan: the prompt and the chains of the anchor slots survive, in order. keep / new_parents / new_slot
+  // [B, S] (old slot of each kept one, its renumbered parent, new index of each old slot) and num_kept [B].
+  m.def("compaction_plan(Tensor slot_parents, Tensor anchors, int num_prompt) -> (Tensor, Tensor, Tensor, Tensor)");
   // Strict top-K verification of every drafted level of every request: the accepted level count [B] and the
   // new beams (scores, parent index in the last accepted level, tokens, trie nodes), each [B, K].
   m.def(

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import atspeed_ext
+from atspeed_ext import reference
 
 CUDA = torch.cuda.is_available() and atspeed_ext.built_with_cuda()
 requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a GPU and a CUDA build of atspeed_ext")
@@ -57,3 +58,22 @@ def left_pad(prompts: list[list[int]], pad: int = 0) -> tuple[torch.Tensor, torc
 def random_prompts(lengths, vocab_size: int, seed: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(SPECIAL, vocab_size, (n,), generator=g).tolist() for n in lengths]
+
+
+def random_tree_cache(B, P, S, seed, pad_frac=0.2):
+    """Random caches: left-padded prompts of P slots, then tree slots (random backward parents) and padding."""
+    g = torch.Generator().manual_seed(seed)
+    parents = torch.full((B, S), reference.NOT_TREE, dtype=torch.long)
+    lengths = torch.randint(1, P + 1, (B,), generator=g) if P else torch.zeros(B, dtype=torch.long)
+    visible = torch.arange(P).unsqueeze(0) >= (P - lengths).unsqueeze(1)
+    for b in range(B):
+        for s in range(P, S):
+            r = float(torch.rand(1, generator=g))
+            if r < pad_frac:
+                continue  # a padding slot
+            tree_slots = [t for t in range(P, s) if parents[b, t] != reference.NOT_TREE]
+            if not tree_slots or r < pad_frac + 0.2:
+                parents[b, s] = reference.ROOT
+            else:
+                parents[b, s] = tree_slots[int(torch.randint(len(tree_slots), (1,), generator=g))]
+    return parents, visible

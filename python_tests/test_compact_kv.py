@@ -1,10 +1,12 @@
-"""compact_kv: CPU and CUDA kernels against the reference, every layer at once, padding, opcheck."""
+"""compact_kv and compaction_plan: CPU and CUDA kernels against the reference, every layer at once, padding,
+hand-built trees, bad arguments, opcheck."""
 
 import pytest
 import torch
 
 from atspeed_ext import _ops, reference
-from conftest import requires_cuda
+from atspeed_ext.reference import NOT_TREE, ROOT
+from conftest import random_tree_cache, requires_cuda
 
 
 def make_case(B, H, S, D, S_new, layers, seed, dtype=torch.float32):
@@ -68,4 +70,82 @@ def test_cuda_matches_cpu(D, dtype):
     caches, keep = make_case(3, 4, 50, D, 30, 70, seed=D, dtype=dtype)   # 140 tensors: more than one launch
     got = _ops.compact_kv([c.cuda() for c in caches], keep.cuda())
     for g, w in zip(got, _ops.compact_kv(caches, keep)):
+        assert torch.equal(g.cpu(), w)
+
+
+def random_anchors(parents, A, seed):
+    """A anchors per request: random tree slots, with ROOT / NOT_TREE entries and repeats among them."""
+    g = torch.Generator().manual_seed(seed)
+    B, S = parents.shape
+    anchors = torch.randint(0, S, (B, A), generator=g)
+    anchors = torch.where(parents.gather(1, anchors) == NOT_TREE, ROOT, anchors)  # prompt / padding slots
+    anchors[torch.rand(B, A, generator=g) < 0.2] = NOT_TREE
+    return anchors
+
+
+@pytest.mark.parametrize("B, P, S, A", [(1, 4, 6, 2), (3, 7, 30, 5), (2, 0, 12, 4), (4, 10, 10, 3), (5, 3, 60, 10),
+                                        (2, 5, 9, 0), (0, 3, 8, 2)])
+@pytest.mark.parametrize("seed", range(3))
+def test_plan_cpu_matches_reference(B, P, S, A, seed):
+    parents, _ = random_tree_cache(B, P, S, seed)
+    anchors = random_anchors(parents, A, seed)
+    got, want = _ops.compaction_plan(parents, anchors, P), reference.compaction_plan(parents, anchors, P)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
+def test_plan_of_a_hand_built_tree():
+    # prompt [x, y] | a (root) | b (child of a) | c (root) | pad | d (child of b) | e (child of c)
+    parents = torch.tensor([[NOT_TREE, NOT_TREE, ROOT, 2, ROOT, NOT_TREE, 3, 4]])
+    anchors = torch.tensor([[6, NOT_TREE, 3, ROOT]])  # d (and its chain a, b), b again, nothing, nothing
+    for op in (_ops.compaction_plan, reference.compaction_plan):
+        keep, new_parents, new_slot, num_kept = op(parents, anchors, 2)
+        assert num_kept.tolist() == [5]
+        assert keep.tolist() == [[0, 1, 2, 3, 6, -1, -1, -1]]                   # x, y, a, b, d
+        assert new_parents.tolist() == [[NOT_TREE, NOT_TREE, ROOT, 2, 3, NOT_TREE, NOT_TREE, NOT_TREE]]
+        assert new_slot.tolist() == [[0, 1, 2, 3, -1, -1, 4, -1]]
+
+
+def test_plan_then_compact_keeps_the_chains_and_their_mask():
+    """Compacting by the plan leaves each anchor with the same visible slots (prompt + chain), renumbered."""
+    parents, visible = random_tree_cache(3, 6, 40, seed=7)
+    anchors = random_anchors(parents, 6, seed=7)
+    keep, new_parents, new_slot, num_kept = _ops.compaction_plan(parents, anchors, 6)
+    S_new = int(num_kept.max())
+    keep, new_parents = keep[:, :S_new], new_parents[:, :S_new]
+    old_mask, _ = _ops.tree_attention_mask(parents, visible, 40 - 6)
+    new_mask, _ = _ops.tree_attention_mask(new_parents, visible, S_new - 6)
+    for b in range(3):
+        for a in anchors[b].tolist():
+            if a < 0:
+                continue
+            seen_old = set(old_mask[b, a - 6].nonzero().flatten().tolist())
+            seen_new = set(keep[b, new_mask[b, int(new_slot[b, a]) - 6].nonzero().flatten()].tolist())
+            assert seen_new == seen_old
+
+
+def test_plan_bad_arguments_raise():
+    parents = torch.tensor([[NOT_TREE, NOT_TREE, ROOT, 2]])
+    with pytest.raises(RuntimeError, match="a parent must be"):
+        _ops.compaction_plan(torch.tensor([[NOT_TREE, NOT_TREE, 3, ROOT]]), torch.tensor([[3]]), 2)
+    with pytest.raises(RuntimeError, match=r"anchors\[0, 1\] = 4 is not a slot \(S = 4\)"):
+        _ops.compaction_plan(parents, torch.tensor([[3, 4]]), 2)
+    with pytest.raises(RuntimeError, match="need 0 <= num_prompt <= S"):
+        _ops.compaction_plan(parents, torch.tensor([[3]]), 5)
+    with pytest.raises(RuntimeError, match="anchors must be \\[B, A\\] with B = 1"):
+        _ops.compaction_plan(parents, torch.tensor([[3], [3]]), 2)
+
+
+def test_plan_opcheck():
+    parents, _ = random_tree_cache(3, 5, 20, seed=1)
+    torch.library.opcheck(torch.ops.atspeed_ext.compaction_plan.default, (parents, random_anchors(parents, 4, 1), 5))
+
+
+@requires_cuda
+@pytest.mark.parametrize("B, P, S, A", [(1, 4, 6, 2), (3, 7, 30, 5), (4, 10, 10, 3), (5, 300, 700, 40)])
+def test_plan_cuda_matches_cpu(B, P, S, A):
+    parents, _ = random_tree_cache(B, P, S, seed=S)
+    anchors = random_anchors(parents, A, seed=S)
+    got = _ops.compaction_plan(parents.cuda(), anchors.cuda(), P)
+    for g, w in zip(got, _ops.compaction_plan(parents, anchors, P)):
         assert torch.equal(g.cpu(), w)

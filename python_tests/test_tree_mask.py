@@ -5,26 +5,7 @@ import torch
 
 from atspeed_ext import _ops, reference
 from atspeed_ext.reference import NOT_TREE, ROOT
-from conftest import requires_cuda
-
-
-def random_tree_cache(B, P, S, seed, pad_frac=0.2):
-    """Random caches: left-padded prompts of P slots, then tree slots (random backward parents) and padding."""
-    g = torch.Generator().manual_seed(seed)
-    parents = torch.full((B, S), NOT_TREE, dtype=torch.long)
-    lengths = torch.randint(1, P + 1, (B,), generator=g) if P else torch.zeros(B, dtype=torch.long)
-    visible = torch.arange(P).unsqueeze(0) >= (P - lengths).unsqueeze(1)
-    for b in range(B):
-        for s in range(P, S):
-            r = float(torch.rand(1, generator=g))
-            if r < pad_frac:
-                continue  # a padding slot
-            tree_slots = [t for t in range(P, s) if parents[b, t] != NOT_TREE]
-            if not tree_slots or r < pad_frac + 0.2:
-                parents[b, s] = ROOT
-            else:
-                parents[b, s] = tree_slots[int(torch.randint(len(tree_slots), (1,), generator=g))]
-    return parents, visible
+from conftest import random_tree_cache, requires_cuda
 
 
 @pytest.mark.parametrize("B, P, S, Q", [(1, 4, 6, 2), (3, 7, 20, 9), (2, 0, 5, 5), (4, 10, 10, 0), (5, 3, 40, 17)])

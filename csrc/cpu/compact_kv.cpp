@@ -1,11 +1,14 @@
-// CPU kernel of the KV-cache compaction op (spec: atspeed_ext/reference/compact_kv.py): one gather of slots
-// per (tensor, request, head), every layer in one call.
+// CPU kernels of the KV-cache compaction ops (spec: atspeed_ext/reference/compact_kv.py): the plan (which
+// slots survive, renumbered) and one gather of slots per (tensor, request, head), every layer in one call.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
+#include <tuple>
 #include <vector>
 
 #include "../ops.h"
@@ -50,6 +53,55 @@ std::vector<at::Tensor> compact_kv_cpu(const std::vector<at::Tensor>& caches, co
   return out;
 }
 
-TORCH_LIBRARY_IMPL(atspeed_ext, CPU, m) { m.impl("compact_kv", &compact_kv_cpu); }
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compaction_plan_cpu(const at::Tensor& slot_parents,
+                                                                               const at::Tensor& anchors,
+                                                                               int64_t num_prompt) {
+  check_compaction_plan_args(slot_parents, anchors, num_prompt);
+  const int64_t B = slot_parents.size(0), S = slot_parents.size(1), A = anchors.size(1);
+  const at::Tensor par = slot_parents.contiguous(), anc = anchors.contiguous();
+  const int64_t* pp = par.data_ptr<int64_t>();
+  const int64_t* ap = anc.data_ptr<int64_t>();
+  check_parent_pointers(pp, B, S, num_prompt);
+  for (int64_t i = 0; i < B * A; ++i) {
+    TORCH_CHECK(ap[i] < S, "anchors[", i / A, ", ", i % A, "] = ", ap[i], " is not a slot (S = ", S, ")");
+  }
+  at::Tensor keep = at::full({B, S}, -1, slot_parents.options());
+  at::Tensor new_parents = at::full({B, S}, kNotTree, slot_parents.options());
+  at::Tensor new_slot = at::full({B, S}, -1, slot_parents.options());
+  at::Tensor num_kept = at::empty({B}, slot_parents.options());
+  int64_t *kp = keep.data_ptr<int64_t>(), *np = new_parents.data_ptr<int64_t>(), *sp = new_slot.data_ptr<int64_t>();
+  int64_t* cp = num_kept.data_ptr<int64_t>();
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t* parents = pp + b * S;
+      int64_t* slot = sp + b * S;  // 1 = kept while marking, then the new index
+      for (int64_t s = 0; s < std::min(num_prompt, S); ++s) slot[s] = 1;
+      for (int64_t a = 0; a < A; ++a) {
+        // A chain ends at an already kept slot: everything above it is kept too.
+        for (int64_t s = ap[b * A + a]; s >= 0 && slot[s] != 1; s = parents[s]) slot[s] = 1;
+      }
+      int64_t n = 0;
+      for (int64_t s = 0; s < S; ++s) {
+        if (slot[s] == 1) {
+          kp[b * S + n] = s;
+          slot[s] = n++;
+        } else {
+          slot[s] = -1;
+        }
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t p = parents[kp[b * S + i]];
+        np[b * S + i] = p >= 0 ? slot[p] : p;
+      }
+      cp[b] = n;
+    }
+  });
+  return {keep, new_parents, new_slot, num_kept};
+}
+
+TORCH_LIBRARY_IMPL(atspeed_ext, CPU, m) {
+  m.impl("compact_kv", &compact_kv_cpu);
+  m.impl("compaction_plan", &compaction_plan_cpu);
+}
 
 }  // namespace atspeed_ext

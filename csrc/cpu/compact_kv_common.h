@@ -1,9 +1,10 @@
-// Argument checks of the KV-cache compaction op, shared by the CPU and CUDA glue.
+// Argument checks of the KV-cache compaction ops, shared by the CPU and CUDA glue.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include "../checks.h"
+#include "tree_mask_common.h"
 
 namespace atspeed_ext {
 
@@ -19,6 +20,19 @@ inline void check_compact_kv_args(const std::vector<at::Tensor>& caches, const a
                 caches[0].scalar_type(), "), caches[", i, "] has ", c.sizes(), ", ", c.scalar_type());
     TORCH_CHECK(c.device() == keep.device(), "caches[", i, "] is on ", c.device(), " but keep is on ", keep.device());
   }
+}
+
+inline void check_compaction_plan_args(const at::Tensor& slot_parents, const at::Tensor& anchors,
+                                       int64_t num_prompt) {
+  ATS_CHECK_DIM(slot_parents, 2);
+  ATS_CHECK_DTYPE(slot_parents, at::kLong);
+  ATS_CHECK_DIM(anchors, 2);
+  ATS_CHECK_DTYPE(anchors, at::kLong);
+  ATS_CHECK_SAME_DEVICE(anchors, slot_parents);
+  TORCH_CHECK(anchors.size(0) == slot_parents.size(0), "anchors must be [B, A] with B = ", slot_parents.size(0),
+              ", got shape ", anchors.sizes());
+  TORCH_CHECK(num_prompt >= 0 && num_prompt <= slot_parents.size(1), "need 0 <= num_prompt <= S; got num_prompt = ",
+              num_prompt, ", S = ", slot_parents.size(1));
 }
 
 }  // namespace atspeed_ext

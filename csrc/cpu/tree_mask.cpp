@@ -20,15 +20,7 @@ std::tuple<at::Tensor, at::Tensor> tree_attention_mask_cpu(const at::Tensor& slo
   const at::Tensor par = slot_parents.contiguous(), vis = prompt_visible.contiguous();
   const int64_t* pp = par.data_ptr<int64_t>();
   const bool* vp = vis.data_ptr<bool>();
-  // Pointers must go backwards to a tree slot (or be ROOT / NOT_TREE): checked here, assumed on CUDA.
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t s = 0; s < S; ++s) {
-      const int64_t p = pp[b * S + s];
-      TORCH_CHECK(p == kRoot || p == kNotTree || (p >= P && p < s && pp[b * S + p] != kNotTree),
-                  "slot_parents[", b, ", ", s, "] = ", p, ": a parent must be ROOT (-1), NOT_TREE (-2) or an "
-                  "earlier tree slot in [", P, ", ", s, ")");
-    }
-  }
+  check_parent_pointers(pp, B, S, P);
   at::Tensor mask = at::empty({B, num_queries, S}, slot_parents.options().dtype(at::kBool));
   at::Tensor positions = at::empty({B, num_queries}, slot_parents.options());
   bool* mp = mask.data_ptr<bool>();

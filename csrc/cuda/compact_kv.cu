@@ -1,4 +1,5 @@
-// CUDA glue of the KV-cache compaction op: every layer's keys and values in as few launches as possible.
+// CUDA glue of the KV-cache compaction ops: the plan in one launch, then every layer's keys and values in as few
+// launches as possible.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
@@ -6,6 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <tuple>
 #include <vector>
 
 #include "../cpu/compact_kv_common.h"
@@ -43,6 +45,29 @@ std::vector<at::Tensor> compact_kv_cuda(const std::vector<at::Tensor>& caches, c
   return out;
 }
 
-TORCH_LIBRARY_IMPL(atspeed_ext, CUDA, m) { m.impl("compact_kv", &compact_kv_cuda); }
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compaction_plan_cuda(const at::Tensor& slot_parents,
+                                                                                const at::Tensor& anchors,
+                                                                                int64_t num_prompt) {
+  check_compaction_plan_args(slot_parents, anchors, num_prompt);
+  TORCH_CHECK(slot_parents.is_cuda(), "slot_parents must be a CUDA tensor, got ", slot_parents.device());
+  const c10::cuda::CUDAGuard guard(slot_parents.device());
+  const int64_t B = slot_parents.size(0), S = slot_parents.size(1);
+  const at::Tensor par = slot_parents.contiguous(), anc = anchors.contiguous();
+  at::Tensor keep = at::empty({B, S}, slot_parents.options());
+  at::Tensor new_parents = at::empty({B, S}, slot_parents.options());
+  at::Tensor new_slot = at::empty({B, S}, slot_parents.options());
+  at::Tensor num_kept = at::empty({B}, slot_parents.options());
+  if (B == 0) return {keep, new_parents, new_slot, num_kept};
+  cuda::compaction_plan_kernel<<<B, cuda::kPlanThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      par.data_ptr<int64_t>(), anc.data_ptr<int64_t>(), S, anchors.size(1), num_prompt, keep.data_ptr<int64_t>(),
+      new_parents.data_ptr<int64_t>(), new_slot.data_ptr<int64_t>(), num_kept.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {keep, new_parents, new_slot, num_kept};
+}
+
+TORCH_LIBRARY_IMPL(atspeed_ext, CUDA, m) {
+  m.impl("compact_kv", &compact_kv_cuda);
+  m.impl("compaction_plan", &compaction_plan_cuda);
+}
 
 }  // namespace atspeed_ext

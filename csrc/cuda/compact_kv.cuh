@@ -1,4 +1,4 @@
-// CUDA kernel of the KV-cache compaction op, on raw pointers (spec: atspeed_ext/reference/compact_kv.py).
+// CUDA kernels of the KV-cache compaction ops, on raw pointers (spec: atspeed_ext/reference/compact_kv.py).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -9,6 +9,7 @@ namespace atspeed_ext::cuda {
 
 constexpr int kCompactMaxTensors = 64;  // tensors per launch (passed by value)
 constexpr int kCompactThreads = 256;
+constexpr int kPlanThreads = 128;
 
 struct CompactPointers {
   const unsigned char* src[kCompactMaxTensors];
@@ -33,6 +34,63 @@ __global__ void compact_kv_kernel(CompactPointers ptrs, const int64_t* __restric
   } else {
     for (int64_t j = threadIdx.x; j < row_bytes; j += blockDim.x) d[j] = s < 0 ? 0 : src[j];
   }
+}
+
+// One block per request. Marks the prompt and the anchors' chains in new_slot (1 / 0), numbers the marked slots
+// with a block-wide scan (each thread a contiguous chunk), then renumbers the kept slots' parents. Parent
+// pointers are assumed valid (the CPU twin checks them); a chain stops at a pointer that does not go backwards.
+__global__ void compaction_plan_kernel(const int64_t* __restrict__ slot_parents, const int64_t* __restrict__ anchors,
+                                       int64_t S, int64_t A, int64_t num_prompt, int64_t* __restrict__ keep,
+                                       int64_t* __restrict__ new_parents, int64_t* __restrict__ new_slot,
+                                       int64_t* __restrict__ num_kept) {
+  __shared__ int64_t chunk_first[kPlanThreads + 1];
+  const int64_t b = blockIdx.x;
+  const int64_t* parents = slot_parents + b * S;
+  int64_t* slot = new_slot + b * S;
+  keep += b * S;
+  new_parents += b * S;
+  for (int64_t s = threadIdx.x; s < S; s += blockDim.x) slot[s] = s < num_prompt ? 1 : 0;
+  __syncthreads();
+  for (int64_t a = threadIdx.x; a < A; a += blockDim.x) {
+    for (int64_t s = anchors[b * A + a]; s >= 0 && s < S;) {
+      slot[s] = 1;
+      const int64_t p = parents[s];
+      if (p >= s) break;
+      s = p;
+    }
+  }
+  __syncthreads();
+  const int64_t chunk = (S + blockDim.x - 1) / blockDim.x;
+  const int64_t lo = min(S, threadIdx.x * chunk), hi = min(S, lo + chunk);
+  int64_t count = 0;
+  for (int64_t s = lo; s < hi; ++s) count += slot[s];
+  chunk_first[threadIdx.x + 1] = count;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    chunk_first[0] = 0;
+    for (unsigned t = 1; t <= blockDim.x; ++t) chunk_first[t] += chunk_first[t - 1];
+  }
+  __syncthreads();
+  for (int64_t s = lo, n = chunk_first[threadIdx.x]; s < hi; ++s) {
+    if (slot[s]) {
+      keep[n] = s;
+      slot[s] = n++;
+    } else {
+      slot[s] = -1;
+    }
+  }
+  __syncthreads();
+  const int64_t total = chunk_first[blockDim.x];
+  for (int64_t i = threadIdx.x; i < S; i += blockDim.x) {
+    if (i < total) {
+      const int64_t p = parents[keep[i]];
+      new_parents[i] = p >= 0 ? slot[p] : p;
+    } else {
+      keep[i] = -1;
+      new_parents[i] = -2;
+    }
+  }
+  if (threadIdx.x == 0) num_kept[b] = total;
 }
 
 }  // namespace atspeed_ext::cuda
