@@ -85,12 +85,14 @@ if [ -d "$beauty" ]; then
   spec=(python benchmarks/bench_spec_beauty.py --device cuda "${models[@]}" --requests 32
         --batches 1 16 --policies anchored)
   bench spec_k10 240 "$bench_log" "${spec[@]}" --beams 10 --name spec_beauty_cuda_k10
-  # Where a round's time goes (host ops, syncs, kernels), for BeamSearchDecoder and N = 20, gamma = 1.
+  # Where a round's time goes (host ops, syncs, kernels), for BeamSearchDecoder and N = 20, gamma = 1; then
+  # the ops each decoder issues outside the models per request (each a launch or host step on the GPU).
   if [ -n "${ATSPEED_TARGET:-}" ] && [ -n "${ATSPEED_DRAFT:-}" ]; then
     time_left && stage profile 90 "$log/profile.log" python benchmarks/profile_spec.py --device cuda "${models[@]}" \
       --requests 16
+    time_left && bench host_ops 60 "$bench_log" python benchmarks/host_ops.py --device cuda "${models[@]}" --requests 8
   else
-    echo "(profile_spec.py needs ATSPEED_TARGET and ATSPEED_DRAFT: skipped)" | tee -a "$log/stages.txt"
+    echo "(profile_spec.py and host_ops.py need ATSPEED_TARGET and ATSPEED_DRAFT: skipped)" | tee -a "$log/stages.txt"
   fi
   time_left && bench spec_k10_bf16 120 "$bench_log" "${spec[@]}" --beams 10 --dtype bfloat16 \
     --name spec_beauty_cuda_k10_bf16

@@ -1,0 +1,121 @@
+"""Host work per request: how many dispatcher ops each decoder issues outside the two models, per phase.
+
+On a GPU, small models leave every op costing launch and host time, so the ops a decoder issues around the
+model calls are a machine-independent measure of its bookkeeping (on a CPU they cost a few microseconds each).
+This decodes Beauty test prompts one at a time with ``BeamSearchDecoder`` and ``SpecBeamDecoder`` under a
+dispatch mode that counts every op, and splits the speculative decoder's ops by its NVTX phases (draft, target,
+verify, compact; "other": set-up, the round loop, the results). Ops inside the target and draft forwards are
+counted apart ("in models").
+
+    python benchmarks/host_ops.py --target DIR --draft DIR [--data ../shared/data/beauty] [--beams 10]
+        [--draft-beams 40] [--gamma 1] [--requests 16] [--device cpu] [--dtype bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+import atspeed_ext.spec_decoder as spec_decoder  # noqa: E402
+from atspeed_ext import BeamSearchDecoder, SpecBeamDecoder  # noqa: E402
+from atspeed_ext.data import load_lcrec  # noqa: E402
+from atspeed_ext.models import load_checkpoint  # noqa: E402
+from atspeed_ext.tokenizer import CodeTokenizer  # noqa: E402
+
+PHASES = ("atspeed/draft", "atspeed/target", "atspeed/verify", "atspeed/compact")
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts dispatcher ops by phase; ops while a model's forward runs go to "in models"."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = collections.Counter()
+        self.phase = "other"
+        self.model_depth = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts["in models" if self.model_depth else self.phase] += 1
+        return func(*args, **(kwargs or {}))
+
+    def watch(self, model: torch.nn.Module) -> None:
+        model.register_forward_pre_hook(lambda *_: setattr(self, "model_depth", self.model_depth + 1))
+        model.register_forward_hook(lambda *_: setattr(self, "model_depth", self.model_depth - 1))
+
+    @contextlib.contextmanager
+    def phase_range(self, name, device):
+        """Stands in for the decoder's nvtx_range: the ops inside belong to phase ``name``."""
+        outer, self.phase = self.phase, name
+        try:
+            yield
+        finally:
+            self.phase = outer
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="../shared/data/beauty")
+    p.add_argument("--target", required=True, help="target checkpoint directory")
+    p.add_argument("--draft", required=True, help="draft checkpoint directory")
+    p.add_argument("--beams", type=int, default=10)
+    p.add_argument("--draft-beams", type=int, default=40)
+    p.add_argument("--gamma", type=int, default=1)
+    p.add_argument("--requests", type=int, default=16, help="test prompts decoded one at a time (default 16)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
+    p.add_argument("--name", default=None, help="results file name (default host_ops_<device>_k<K>)")
+    args = p.parse_args(argv)
+    if args.requests < 1:
+        p.error(f"--requests must be >= 1, got {args.requests}")
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    data = load_lcrec(args.data)
+    tokenizer = CodeTokenizer(data.identifiers)
+    target = load_checkpoint(args.target, device, identifiers=data.identifiers)[0].to(dtype).eval()
+    draft = load_checkpoint(args.draft, device, identifiers=data.identifiers)[0].to(dtype).eval()
+    trie = tokenizer.trie().to(device)
+    prompts = [tokenizer.encode_prompt(q.history) for q in data.test_prompts()[:args.requests]]
+
+    counter = OpCounter()
+    counter.watch(target)
+    counter.watch(draft)
+    spec_decoder.nvtx_range = counter.phase_range  # phase attribution only; NVTX is not needed to count
+    decoders = {"BeamSearchDecoder": BeamSearchDecoder(target, trie, args.beams),
+                "SpecBeamDecoder": SpecBeamDecoder(target, draft, trie, args.beams, args.draft_beams, args.gamma)}
+    rows = []
+    for name, decoder in decoders.items():
+        decoder.generate(prompts[:1])  # warm-up (lazy initialisation is not per-request work)
+        counter.counts.clear()
+        calls = 0.0
+        with counter:
+            for prompt in prompts:
+                out = decoder.generate([prompt])
+                calls += out.stats.mean_target_calls if name == "SpecBeamDecoder" else 0.0
+        per_request = {k: v / len(prompts) for k, v in counter.counts.items()}
+        outside = sum(v for k, v in per_request.items() if k != "in models")
+        rows.append({"decoder": name, "outside_models": outside, "in_models": per_request.get("in models", 0.0),
+                     **{phase.split("/")[-1]: per_request.get(phase, 0.0) for phase in PHASES},
+                     "other": per_request.get("other", 0.0),
+                     "target_calls": calls / len(prompts) if calls else float(trie.depth)})
+    header = {"command": "python " + " ".join(sys.argv), "target": args.target, "draft": args.draft,
+              "K": args.beams, "N": args.draft_beams, "gamma": args.gamma, "requests": args.requests,
+              "device": str(device), "dtype": args.dtype,
+              "note": "dispatcher ops per request (batch 1); outside_models = draft + target + verify + compact + "
+                      "other (the speculative decoder's phases; for BeamSearchDecoder all in other)"}
+    columns = ["decoder", "outside_models", "draft", "target", "verify", "compact", "other", "in_models",
+               "target_calls"]
+    md = common.write_results(args.name or f"host_ops_{device.type}_k{args.beams}", header, rows, columns)
+    print(md.read_text())
+
+
+if __name__ == "__main__":
+    main()
