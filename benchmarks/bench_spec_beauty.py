@@ -11,10 +11,13 @@ median of those paired ratios, so a machine whose speed drifts during the grid d
 ``--dtype bfloat16`` runs both models in bfloat16 (AMX on recent Xeons, tensor cores on GPUs). Rounding then
 depends on the shapes of each call (a tree of N nodes vs K beams, batch 1 vs 16), so a few near-tied lists can
 differ from BeamSearchDecoder's; the table counts identical lists, and the header gives the same count for
-BeamSearchDecoder against itself at another batch size (the rounding noise floor).
+BeamSearchDecoder against itself at another batch size (the rounding noise floor). ``--draft-dtype`` gives the
+draft its own precision (default: ``--dtype``): the output does not depend on the draft's rounding, and on a CPU a
+tiny draft runs faster in float32 (no conversions around its norms and rotary embeddings).
 
     python benchmarks/bench_spec_beauty.py --target DIR --draft DIR [--data ../shared/data/beauty]
         [--beams 1 5 10 20] [--gammas 1 2 3] [--requests 48] [--batches 1 16] [--device cpu] [--dtype float32]
+        [--draft-dtype float32]
 
 Without --target / --draft the models are trained first (slow on a CPU: see the README) and cached in the
 user cache directory ($ATSPEED_CACHE or ~/.cache/atspeed_ext).
@@ -64,6 +67,8 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="weights and compute of both models (default float32)")
+    p.add_argument("--draft-dtype", choices=["float32", "bfloat16"], default=None,
+                   help="weights and compute of the draft (default: --dtype)")
     p.add_argument("--name", default=None, help="results file name (default spec_beauty_<device>)")
     args = p.parse_args(argv)
     if args.reps < 1 or args.requests < 1:
@@ -81,8 +86,8 @@ def main(argv=None):
         draft, _ = load_checkpoint(args.draft, device, identifiers=data.identifiers)
     else:
         draft = trained_model("draft-1x128", data, tokenizer, epochs=5, seed=0, device=device, tag="beauty", lr=3e-3)
-    dtype = getattr(torch, args.dtype)
-    target, draft = target.to(dtype).eval(), draft.to(dtype).eval()
+    args.draft_dtype = args.draft_dtype or args.dtype
+    target, draft = target.to(getattr(torch, args.dtype)).eval(), draft.to(getattr(torch, args.draft_dtype)).eval()
     trie = tokenizer.trie().to(device)
     queries = data.test_prompts()[:args.requests]
     prompts = [tokenizer.encode_prompt(q.history) for q in queries]
@@ -143,7 +148,7 @@ def main(argv=None):
               "data": f"{args.data}: first {len(prompts)} test prompts",
               "target": args.target or "target-8x512 (trained by this script)",
               "draft": args.draft or "draft-1x128, cross-entropy (trained by this script)",
-              "dtype": args.dtype,
+              "dtype": args.dtype, "draft_dtype": args.draft_dtype,
               "skip_exhaustive_draft": not args.no_skip_exhaustive,
               "note": "accepted = mean accepted levels per round; target_calls, draft_calls (draft forwards) per "
                       "request; vs_beam / vs_hf = speedup of this row over BeamSearchDecoder / HF generate at the "

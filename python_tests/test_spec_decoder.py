@@ -77,6 +77,19 @@ def test_unrelated_draft_still_identical_and_requests_progress_independently():
     assert out.stats.mean_target_calls >= 1 and out.stats.mean_accepted_levels >= 0
 
 
+def test_draft_in_another_precision_than_the_target():
+    """The draft's dtype is free (its rounding only changes what is drafted): float32 draft, float64 target."""
+    target = tiny_model("llama", VOCAB, seed=12)
+    draft = tiny_model("qwen2", VOCAB, seed=13, layers=1, dtype=torch.float32)
+    trie = ItemTrie(random_identifiers(150, 4, 5, seed=12), eos_token_id=EOS)
+    ids, mask = left_pad(random_prompts([6, 2, 9], VOCAB, seed=12))
+    ref = BeamSearchDecoder(target, trie, 5).generate(ids, mask)
+    for gamma in (1, 3):
+        out = SpecBeamDecoder(target, draft, trie, 5, 10, gamma, skip_exhaustive_draft=False).generate(ids, mask)
+        assert_identical(out, ref)
+        assert_stats_consistent(out, trie.depth, 3)
+
+
 def test_exhaustive_last_round_needs_no_draft_call():
     # Five codes per level: a last level under K = 3 beams has at most 15 children <= N, so with gamma = 1
     # every request's last round (g = 1, or 0 when only the bonus is left) is built from the trie alone.
