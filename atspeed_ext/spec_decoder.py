@@ -272,8 +272,7 @@ class SpecBeamDecoder:
             if not skipped:
                 with nvtx_range("atspeed/draft", device):
                     if draft_stale:  # compacted only now: a round without the draft never needs it
-                        state.dft_anchor = _remap(dft.compact(state.live_slots(state.dft_anchor)),
-                                                  state.dft_anchor)
+                        state.dft_anchor = _remap(dft.compact(state.live_slots(state.dft_anchor)), state.dft_anchor)
                         draft_stale = False
                     levels = self._draft(state, dft, g_dev, max(g), first_round, ids, mask, trie)
             with nvtx_range("atspeed/target", device):

@@ -11,5 +11,5 @@ from .sample_verify import exact_verify, relaxed_verify
 from .strict_verify import strict_verify
 from .tree_mask import NOT_TREE, ROOT, tree_attention_mask
 
-__all__ = ["row_logsumexp", "trie_beam_step", "trie_beam_sample", "compact_kv", "compaction_plan", "strict_verify", "relaxed_verify",
-           "exact_verify", "tree_attention_mask", "ROOT", "NOT_TREE"]
+__all__ = ["row_logsumexp", "trie_beam_step", "trie_beam_sample", "compact_kv", "compaction_plan", "strict_verify",
+           "relaxed_verify", "exact_verify", "tree_attention_mask", "ROOT", "NOT_TREE"]
