@@ -74,17 +74,26 @@ def test_cuda_matches_cpu(D, dtype):
 
 
 def random_anchors(parents, A, seed):
-    """A anchors per request: random tree slots, with ROOT / NOT_TREE entries and repeats among them."""
+    """A anchors per request: random slots (tree, prompt and padding ones), repeats, and negative codes (ROOT,
+    NOT_TREE and -3, the decoder's NOT_FED) that are ignored."""
     g = torch.Generator().manual_seed(seed)
     B, S = parents.shape
-    anchors = torch.randint(0, S, (B, A), generator=g)
-    anchors = torch.where(parents.gather(1, anchors) == NOT_TREE, ROOT, anchors)  # prompt / padding slots
-    anchors[torch.rand(B, A, generator=g) < 0.2] = NOT_TREE
-    return anchors
+    anchors = torch.randint(0, max(S, 1), (B, A), generator=g) if S else torch.full((B, A), ROOT)
+    negative = torch.tensor([ROOT, NOT_TREE, -3])[torch.randint(0, 3, (B, A), generator=g)]
+    return torch.where(torch.rand(B, A, generator=g) < 0.3, negative, anchors)
+
+
+def long_chain(B, P, S):
+    """Tree slots P..S-1 each the child of the one before: one chain of depth S - P."""
+    parents = torch.full((B, S), NOT_TREE, dtype=torch.long)
+    if S > P:
+        parents[:, P] = ROOT
+        parents[:, P + 1:] = torch.arange(P, S - 1)
+    return parents
 
 
 @pytest.mark.parametrize("B, P, S, A", [(1, 4, 6, 2), (3, 7, 30, 5), (2, 0, 12, 4), (4, 10, 10, 3), (5, 3, 60, 10),
-                                        (2, 5, 9, 0), (0, 3, 8, 2)])
+                                        (2, 5, 9, 0), (0, 3, 8, 2), (2, 0, 0, 3)])
 @pytest.mark.parametrize("seed", range(3))
 def test_plan_cpu_matches_reference(B, P, S, A, seed):
     parents, _ = random_tree_cache(B, P, S, seed)
@@ -115,13 +124,16 @@ def test_plan_then_compact_keeps_the_chains_and_their_mask():
     keep, new_parents = keep[:, :S_new], new_parents[:, :S_new]
     old_mask, _ = _ops.tree_attention_mask(parents, visible, 40 - 6)
     new_mask, _ = _ops.tree_attention_mask(new_parents, visible, S_new - 6)
+    checked = 0
     for b in range(3):
         for a in anchors[b].tolist():
-            if a < 0:
+            if a < 6 or parents[b, a] == NOT_TREE:  # only tree slots have a chain (and a mask row of their own)
                 continue
             seen_old = set(old_mask[b, a - 6].nonzero().flatten().tolist())
             seen_new = set(keep[b, new_mask[b, int(new_slot[b, a]) - 6].nonzero().flatten()].tolist())
             assert seen_new == seen_old
+            checked += 1
+    assert checked >= 6
 
 
 def test_plan_bad_arguments_raise():
@@ -141,11 +153,33 @@ def test_plan_opcheck():
     torch.library.opcheck(torch.ops.atspeed_ext.compaction_plan.default, (parents, random_anchors(parents, 4, 1), 5))
 
 
+def test_plan_of_a_chain_deeper_than_a_cuda_block():
+    parents = long_chain(2, 3, 300)
+    anchors = torch.tensor([[299], [150]])
+    for op in (_ops.compaction_plan, reference.compaction_plan):
+        keep, new_parents, new_slot, num_kept = op(parents, anchors, 3)
+        assert num_kept.tolist() == [300, 151]
+        assert keep[1, :151].tolist() == list(range(151)) and (keep[1, 151:] == -1).all()
+        assert new_parents[0].tolist() == parents[0].tolist()
+
+
+PLAN_CUDA_CASES = [(1, 4, 6, 2), (3, 7, 30, 5), (4, 10, 10, 3), (0, 3, 8, 2), (2, 5, 9, 0), (2, 0, 0, 3),
+                   (2, 3, 128, 6), (2, 3, 129, 6), (5, 300, 700, 40)]
+
+
 @requires_cuda
-@pytest.mark.parametrize("B, P, S, A", [(1, 4, 6, 2), (3, 7, 30, 5), (4, 10, 10, 3), (5, 300, 700, 40)])
+@pytest.mark.parametrize("B, P, S, A", PLAN_CUDA_CASES)
 def test_plan_cuda_matches_cpu(B, P, S, A):
     parents, _ = random_tree_cache(B, P, S, seed=S)
-    anchors = random_anchors(parents, A, seed=S)
-    got = _ops.compaction_plan(parents.cuda(), anchors.cuda(), P)
-    for g, w in zip(got, _ops.compaction_plan(parents, anchors, P)):
-        assert torch.equal(g.cpu(), w)
+    for parents in (parents, long_chain(B, P, S)):   # random trees; one chain deeper than a CUDA block is wide
+        anchors = random_anchors(parents, A, seed=S)
+        got = _ops.compaction_plan(parents.cuda(), anchors.cuda(), P)
+        for g, w in zip(got, _ops.compaction_plan(parents, anchors, P)):
+            assert torch.equal(g.cpu(), w)
+
+
+@requires_cuda
+def test_plan_cuda_opcheck():
+    parents, _ = random_tree_cache(3, 5, 20, seed=1)
+    torch.library.opcheck(torch.ops.atspeed_ext.compaction_plan.default,
+                          (parents.cuda(), random_anchors(parents, 4, 1).cuda(), 5))

@@ -66,6 +66,6 @@ def compaction_plan(slot_parents: torch.Tensor, anchors: torch.Tensor,
             p = parents[b][s]
             keep[b][i], new_parents[b][i] = s, new_slot[b][p] if p >= 0 else p
         num_kept[b] = len(order)
-    as_tensor = lambda x: torch.tensor(x, dtype=torch.long, device=slot_parents.device).view(-1, S)  # noqa: E731
+    as_tensor = lambda x: torch.tensor(x, dtype=torch.long, device=slot_parents.device).view(B, S)  # noqa: E731
     return as_tensor(keep), as_tensor(new_parents), as_tensor(new_slot), torch.tensor(
         num_kept, dtype=torch.long, device=slot_parents.device)
