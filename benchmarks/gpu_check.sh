@@ -10,6 +10,7 @@
 #   ATSPEED_BEAUTY   Beauty data directory (default: shared/data/beauty or ../shared/data/beauty, if present)
 #   ATSPEED_TARGET   trained target checkpoint for the Beauty stage (default: bench_spec_beauty.py trains one)
 #   ATSPEED_DRAFT    trained cross-entropy draft checkpoint (default: trained likewise)
+#   ATSPEED_ALIGNED_DRAFT  an aligned (AtSpeed-S) draft: adds its K = 10, batch 1 rows (default: skipped)
 #   ATSPEED_CUDA_ARCH_LIST  compute capabilities to build (default: the visible GPU's)
 #   GPU_CHECK_BUDGET seconds after which the optional stages (profile, bfloat16, K = 20, beam-search sweep) are
 #                    skipped (default 420)
@@ -93,6 +94,12 @@ if [ -d "$beauty" ]; then
     time_left && bench host_ops 60 "$bench_log" python benchmarks/host_ops.py --device cuda "${models[@]}" --requests 8
   else
     echo "(profile_spec.py and host_ops.py need ATSPEED_TARGET and ATSPEED_DRAFT: skipped)" | tee -a "$log/stages.txt"
+  fi
+  if [ -n "${ATSPEED_ALIGNED_DRAFT:-}" ] && [ -n "${ATSPEED_TARGET:-}" ]; then
+    # The aligned draft, the best K = 10 draft on the CPU: batch 1, gamma 1, both policies' common choice.
+    time_left && bench spec_k10_aligned 120 "$bench_log" python benchmarks/bench_spec_beauty.py --device cuda \
+      --data "$beauty" --target "$ATSPEED_TARGET" --draft "$ATSPEED_ALIGNED_DRAFT" --requests 32 --batches 1 \
+      --beams 10 --draft-beams 20 30 40 --gammas 1 --policies beam --no-hf --name spec_beauty_cuda_k10_aligned
   fi
   time_left && bench spec_k10_bf16 120 "$bench_log" "${spec[@]}" --beams 10 --dtype bfloat16 \
     --name spec_beauty_cuda_k10_bf16

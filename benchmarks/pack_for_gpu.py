@@ -7,6 +7,9 @@ variables that point gpu_check.sh at it:
     python benchmarks/pack_for_gpu.py --out .devcarry [--data ../shared/data/beauty]
         [--target ~/.cache/atspeed_ext/beauty-target-8x512/best]
         [--draft ~/.cache/atspeed_ext/beauty-draft-1x128-ce/best]
+        [--aligned-draft ~/.cache/atspeed_ext/beauty-align-atspeed-s-n8192/best]
+
+The aligned draft (AtSpeed-S, the best K = 10 draft on the CPU) is packed when it exists (skipped otherwise).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def main(argv=None):
     p.add_argument("--data", default="../shared/data/beauty")
     p.add_argument("--target", default=str(cache_dir() / "beauty-target-8x512" / "best"))
     p.add_argument("--draft", default=str(cache_dir() / "beauty-draft-1x128-ce" / "best"))
+    p.add_argument("--aligned-draft", default=str(cache_dir() / "beauty-align-atspeed-s-n8192" / "best"))
     args = p.parse_args(argv)
     out, data = Path(args.out), Path(args.data)
     if not data.is_dir():
@@ -47,10 +51,15 @@ def main(argv=None):
     shutil.copytree(data, out / "beauty", dirs_exist_ok=True)
     copy_checkpoint(Path(args.target).expanduser(), out / "target", torch.bfloat16)
     copy_checkpoint(Path(args.draft).expanduser(), out / "draft", None)
+    aligned = Path(args.aligned_draft).expanduser()
+    variables = f"ATSPEED_BEAUTY={out}/beauty ATSPEED_TARGET={out}/target ATSPEED_DRAFT={out}/draft"
+    if (aligned / "model.safetensors").exists():
+        copy_checkpoint(aligned, out / "aligned-draft", None)
+        variables += f" ATSPEED_ALIGNED_DRAFT={out}/aligned-draft"
+    else:
+        print(f"(no aligned draft at {aligned}: not packed)")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2 ** 20
-    print(f"packed {size:.0f} MiB into {out}; on the GPU machine:\n"
-          f"ATSPEED_BEAUTY={out}/beauty ATSPEED_TARGET={out}/target ATSPEED_DRAFT={out}/draft "
-          f"bash benchmarks/gpu_check.sh")
+    print(f"packed {size:.0f} MiB into {out}; on the GPU machine:\n{variables} bash benchmarks/gpu_check.sh")
 
 
 if __name__ == "__main__":
