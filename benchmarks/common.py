@@ -56,6 +56,29 @@ def median_ms(fn, reps: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def add_model_arguments(p) -> None:
+    """The options every trained-model benchmark shares: the data, the target and draft checkpoints, K."""
+    p.add_argument("--data", default="../shared/data/beauty")
+    p.add_argument("--target", required=True, help="target checkpoint directory")
+    p.add_argument("--draft", required=True, help="draft checkpoint directory")
+    p.add_argument("--beams", type=int, default=10)
+
+
+def load_models_and_prompts(args, device, dtype: torch.dtype):
+    """``(target, draft, trie, prompts)`` from :func:`add_model_arguments`' options: both models in ``dtype``
+    in eval mode, the trie on ``device`` and the first ``args.requests`` test prompts, encoded."""
+    from atspeed_ext.data import load_lcrec
+    from atspeed_ext.models import load_checkpoint
+    from atspeed_ext.tokenizer import CodeTokenizer
+
+    data = load_lcrec(args.data)
+    tokenizer = CodeTokenizer(data.identifiers)
+    target, draft = (load_checkpoint(path, device, identifiers=data.identifiers)[0].to(dtype).eval()
+                     for path in (args.target, args.draft))
+    prompts = [tokenizer.encode_prompt(q.history) for q in data.test_prompts()[:args.requests]]
+    return target, draft, tokenizer.trie().to(device), prompts
+
+
 def left_pad(prompts: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     T = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), T), pad, dtype=torch.long)

@@ -27,9 +27,6 @@ import common  # noqa: E402
 
 import atspeed_ext.spec_decoder as spec_decoder  # noqa: E402
 from atspeed_ext import BeamSearchDecoder, SpecBeamDecoder  # noqa: E402
-from atspeed_ext.data import load_lcrec  # noqa: E402
-from atspeed_ext.models import load_checkpoint  # noqa: E402
-from atspeed_ext.tokenizer import CodeTokenizer  # noqa: E402
 
 PHASES = ("atspeed/draft", "atspeed/target", "atspeed/verify", "atspeed/compact")
 
@@ -63,10 +60,7 @@ class OpCounter(TorchDispatchMode):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="../shared/data/beauty")
-    p.add_argument("--target", required=True, help="target checkpoint directory")
-    p.add_argument("--draft", required=True, help="draft checkpoint directory")
-    p.add_argument("--beams", type=int, default=10)
+    common.add_model_arguments(p)
     p.add_argument("--draft-beams", type=int, default=40)
     p.add_argument("--gamma", type=int, default=1)
     p.add_argument("--requests", type=int, default=16, help="test prompts decoded one at a time (default 16)")
@@ -78,12 +72,7 @@ def main(argv=None):
         p.error(f"--requests must be >= 1, got {args.requests}")
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    data = load_lcrec(args.data)
-    tokenizer = CodeTokenizer(data.identifiers)
-    target = load_checkpoint(args.target, device, identifiers=data.identifiers)[0].to(dtype).eval()
-    draft = load_checkpoint(args.draft, device, identifiers=data.identifiers)[0].to(dtype).eval()
-    trie = tokenizer.trie().to(device)
-    prompts = [tokenizer.encode_prompt(q.history) for q in data.test_prompts()[:args.requests]]
+    target, draft, trie, prompts = common.load_models_and_prompts(args, device, dtype)
 
     counter = OpCounter()
     counter.watch(target)

@@ -11,24 +11,23 @@ host work and the syncs that a round adds over a beam-search step can be read of
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from atspeed_ext import BeamSearchDecoder, SpecBeamDecoder
-from atspeed_ext.data import load_lcrec
-from atspeed_ext.models import load_checkpoint
-from atspeed_ext.tokenizer import CodeTokenizer
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from atspeed_ext import BeamSearchDecoder, SpecBeamDecoder  # noqa: E402
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="../shared/data/beauty")
-    p.add_argument("--target", required=True, help="target checkpoint directory")
-    p.add_argument("--draft", required=True, help="draft checkpoint directory")
+    common.add_model_arguments(p)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--beams", type=int, default=10)
     p.add_argument("--draft-beams", type=int, default=20)
     p.add_argument("--gamma", type=int, default=1)
     p.add_argument("--requests", type=int, default=16, help="test prompts decoded one at a time (default 16)")
@@ -40,12 +39,7 @@ def main(argv=None):
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    data = load_lcrec(args.data)
-    tokenizer = CodeTokenizer(data.identifiers)
-    target = load_checkpoint(args.target, device, identifiers=data.identifiers)[0].to(dtype).eval()
-    draft = load_checkpoint(args.draft, device, identifiers=data.identifiers)[0].to(dtype).eval()
-    trie = tokenizer.trie().to(device)
-    prompts = [tokenizer.encode_prompt(q.history) for q in data.test_prompts()[:args.requests]]
+    target, draft, trie, prompts = common.load_models_and_prompts(args, device, dtype)
     decoders = {"BeamSearchDecoder": BeamSearchDecoder(target, trie, args.beams),
                 f"SpecBeamDecoder N={args.draft_beams} gamma={args.gamma}":
                     SpecBeamDecoder(target, draft, trie, args.beams, args.draft_beams, args.gamma,

@@ -34,9 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from atspeed_ext import BeamSearchDecoder  # noqa: E402
-from atspeed_ext.data import load_lcrec  # noqa: E402
-from atspeed_ext.models import load_checkpoint  # noqa: E402
-from atspeed_ext.tokenizer import CodeTokenizer  # noqa: E402
 from atspeed_ext.tree_kv import ROOT, TreeKV  # noqa: E402
 
 
@@ -92,10 +89,7 @@ def beam_search_ms(decoder: BeamSearchDecoder, prompt: list[int]) -> float:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="../shared/data/beauty")
-    p.add_argument("--target", required=True, help="target checkpoint directory")
-    p.add_argument("--draft", required=True, help="draft checkpoint directory")
-    p.add_argument("--beams", type=int, default=10)
+    common.add_model_arguments(p)
     p.add_argument("--widths", type=int, nargs="+", default=[10, 20, 30, 40, 50, 60])
     p.add_argument("--requests", type=int, default=200, help="test prompts for the coverage (default 200)")
     p.add_argument("--timing-prompts", type=int, default=8, help="test prompts timed (default 8)")
@@ -107,12 +101,8 @@ def main(argv=None):
         p.error(f"every width must be >= --beams ({args.beams})")
     torch.set_grad_enabled(False)
     dtype = getattr(torch, args.dtype)
-    data = load_lcrec(args.data)
-    tokenizer = CodeTokenizer(data.identifiers)
-    target = load_checkpoint(args.target, "cpu", identifiers=data.identifiers)[0].to(dtype).eval()
-    draft = load_checkpoint(args.draft, "cpu", identifiers=data.identifiers)[0].to(dtype).eval()
-    trie, K = tokenizer.trie(), args.beams
-    prompts = [tokenizer.encode_prompt(q.history) for q in data.test_prompts()[:args.requests]]
+    target, draft, trie, prompts = common.load_models_and_prompts(args, "cpu", dtype)
+    K = args.beams
 
     needed = [needed_widths(target, draft, trie, prompt, K, trie.depth - 1) for prompt in prompts]
     timed = prompts[:args.timing_prompts]
