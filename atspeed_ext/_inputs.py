@@ -58,13 +58,17 @@ def normalise_prompts(
             if not all(isinstance(t, int) and not isinstance(t, bool) for t in p):
                 raise ValueError(f"prompt {i} must contain integer token ids")
             rows.append(p)
-        T = max(len(p) for p in rows)
-        ids = torch.full((len(rows), T), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), T), dtype=torch.long)
+        # Checked and padded as Python lists: two tensors made, no device round trip (a request's fixed cost).
         for i, p in enumerate(rows):
-            ids[i, T - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, T - len(p):] = 1
-        ids, mask = ids.to(device), mask.to(device)
+            if min(p) < 0 or max(p) >= vocab_size:
+                bad = min(p) if min(p) < 0 else max(p)
+                raise ValueError(f"input_ids contains token id {bad} (prompt {i}), outside the model's vocabulary "
+                                 f"[0, {vocab_size})")
+        T = max(len(p) for p in rows)
+        pad = pad_token_id if 0 <= pad_token_id < vocab_size else 0
+        ids = torch.tensor([[pad] * (T - len(p)) + p for p in rows], dtype=torch.long, device=device)
+        mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in rows], dtype=torch.long, device=device)
+        return ids, mask
     elif isinstance(input_ids, torch.Tensor):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be a 2-D [batch, length] tensor, got shape {tuple(input_ids.shape)}")

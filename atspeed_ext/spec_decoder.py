@@ -79,7 +79,7 @@ class _Level:
     parent: torch.Tensor  # index into the previous level (level 1: beam index)
     token: torch.Tensor
     node: torch.Tensor
-    live: torch.Tensor
+    live: torch.Tensor  # parent >= 0
     target_row: torch.Tensor | None = None   # row of the target logits of this node
     target_slot: torch.Tensor | None = None  # its slot in the target cache
     draft_slot: torch.Tensor | None = None   # its slot in the draft cache, or NOT_FED
@@ -399,11 +399,11 @@ class SpecBeamDecoder:
         offset, prev_slot = base + len(tokens) * K, beam_slot
         for level in levels:
             level.target_slot = torch.where(level.live, offset + torch.arange(N, device=device), NOT_TREE)
-            level.target_row = (level.target_slot - base + row_shift).clamp(min=0)
+            level.target_row = (level.target_slot - (base - row_shift)).clamp(min=0)
             tokens.append(torch.where(level.live, level.token, 0))
             parents.append(torch.where(level.live, _gather(prev_slot, level.parent), NOT_TREE))
             prev_slot, offset = level.target_slot, offset + N
-        beam_rows = (beam_slot - base + row_shift).clamp(min=0)
+        beam_rows = (beam_slot - (base - row_shift)).clamp(min=0)
         if first_round:
             empty = ids.new_zeros(rows, 0)
             logits = tgt.prefill(ids, mask, torch.cat(tokens, 1) if tokens else empty,
@@ -420,9 +420,9 @@ class SpecBeamDecoder:
         rows, K = state.scores.shape
         N = self.draft_beams
         if levels:
+            # (a level's parent is -1 exactly where its node is not live)
             lvl = {name: torch.stack([getattr(level, name) for level in levels], 1)
                    for name in ("parent", "token", "target_row")}
-            lvl["parent"] = torch.where(torch.stack([level.live for level in levels], 1), lvl["parent"], -1)
         else:
             empty = torch.full((rows, 0, N), -1, dtype=torch.long, device=logits.device)
             lvl = {"parent": empty, "token": empty, "target_row": empty}

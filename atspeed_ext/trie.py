@@ -73,6 +73,7 @@ class ItemTrie:
         self.num_items = self.leaf_items.numel()
         self.num_nodes = self.node_parent.numel()
         self._copies = {}  # device -> ItemTrie, so repeated .to(device) calls copy once
+        self._node_paths = None  # [num_nodes, depth] int32, built on first use (sequences_of_nodes)
         if host is not None:  # a device copy answers Python queries through its CPU twin
             self._host = host
             self.max_children = host.max_children
@@ -161,8 +162,22 @@ class ItemTrie:
         return h._items[h._item_offsets[leaf]:h._item_offsets[leaf + 1]]
 
     def sequences_of_nodes(self, nodes: torch.Tensor) -> torch.Tensor:
-        """Token paths ``[..., depth]`` from the root to the given leaf nodes (-1 for nodes < 0)."""
+        """Token paths ``[..., depth]`` from the root to the given leaf nodes (-1 for nodes < 0).
+
+        One lookup in a table of every node's path (built once per device; a node above the leaves gets its
+        path right-aligned, -1 in front), so a decode's results cost a few ops, not a walk per level."""
+        if self._node_paths is None:
+            host = self._host
+            if host._node_paths is None:
+                # int32: the table is then no larger than the trie's own int64 arrays
+                host._node_paths = host._walk_paths(torch.arange(host.num_nodes)).int()
+            self._node_paths = host._node_paths.to(self.device)
         nodes = nodes.to(self.device)
+        paths = self._node_paths[nodes.clamp(min=0)].long()
+        return paths.masked_fill_((nodes < 0).unsqueeze(-1), -1)
+
+    def _walk_paths(self, nodes: torch.Tensor) -> torch.Tensor:
+        """The paths of ``sequences_of_nodes``, by walking parent pointers one level at a time."""
         out = torch.empty((*nodes.shape, self.depth), dtype=torch.long, device=self.device)
         cur = nodes.clone()
         for d in range(self.depth - 1, -1, -1):

@@ -86,12 +86,17 @@ if [ -d "$beauty" ]; then
   spec=(python benchmarks/bench_spec_beauty.py --device cuda "${models[@]}" --requests 32
         --batches 1 16 --policies anchored)
   bench spec_k10 240 "$bench_log" "${spec[@]}" --beams 10 --name spec_beauty_cuda_k10
-  # Where a round's time goes (host ops, syncs, kernels), for BeamSearchDecoder and N = 20, gamma = 1; then
-  # the ops each decoder issues outside the models per request (each a launch or host step on the GPU).
+  # Wide trees: on a GPU a tree token costs almost nothing, so N up to 256 and gamma = 3 (every level of a
+  # depth-4 trie verified by the first call when the draft covers them) trade draft work for target calls.
+  time_left && bench spec_k10_wide 150 "$bench_log" python benchmarks/bench_spec_beauty.py --device cuda \
+    "${models[@]}" --requests 32 --batches 1 16 --beams 10 --draft-beams 40 64 128 256 --gammas 1 3 \
+    --policies beam --no-hf --name spec_beauty_cuda_k10_wide
+  # The ops each decoder issues outside the models per request (each a launch or host step on the GPU); then
+  # where a round's time goes (host ops, syncs, kernels), for BeamSearchDecoder and N = 20, gamma = 1.
   if [ -n "${ATSPEED_TARGET:-}" ] && [ -n "${ATSPEED_DRAFT:-}" ]; then
+    time_left && bench host_ops 60 "$bench_log" python benchmarks/host_ops.py --device cuda "${models[@]}" --requests 8
     time_left && stage profile 90 "$log/profile.log" python benchmarks/profile_spec.py --device cuda "${models[@]}" \
       --requests 16
-    time_left && bench host_ops 60 "$bench_log" python benchmarks/host_ops.py --device cuda "${models[@]}" --requests 8
   else
     echo "(profile_spec.py and host_ops.py need ATSPEED_TARGET and ATSPEED_DRAFT: skipped)" | tee -a "$log/stages.txt"
   fi

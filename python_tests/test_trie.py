@@ -120,3 +120,17 @@ def test_to_cuda_keeps_the_layout_and_the_queries():
     assert torch.equal(gpu.child_tokens.cpu(), trie.child_tokens)
     assert gpu.children([]) == trie.children([])
     assert gpu.to("cpu").children([]) == trie.children([])
+
+
+def test_sequences_of_nodes_table_matches_the_walk_for_every_node():
+    """The lookup table gives what walking the parent pointers gives, for every node (internal ones
+    right-aligned), in any shape, with negatives as -1, and the same on a device copy."""
+    ids = random_identifiers(60, 4, 3, seed=5)
+    trie = ItemTrie(ids, eos_token_id=int(ids.max()) + 1)
+    nodes = torch.cat([torch.arange(trie.num_nodes), torch.tensor([-1, -7])])
+    assert torch.equal(trie.sequences_of_nodes(nodes), trie._walk_paths(nodes.clamp(min=-1)))
+    grid = nodes[:24].view(2, 3, 4)
+    assert torch.equal(trie.sequences_of_nodes(grid), trie.sequences_of_nodes(grid.reshape(-1)).view(2, 3, 4, -1))
+    assert trie.sequences_of_nodes(torch.tensor([0]))[0].tolist() == [-1] * trie.depth  # the root: empty path
+    if torch.cuda.is_available():
+        assert torch.equal(trie.to("cuda").sequences_of_nodes(nodes.cuda()).cpu(), trie.sequences_of_nodes(nodes))
