@@ -64,7 +64,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> strict_ve
 // are drawn without replacement with probabilities proportional to exp(score / temperature), by Gumbel-top-k:
 // key = score / T - log(-log(u)) in float64, u the candidate's uniform.
 //   uniforms [B, W, C] float64 in [0, 1]: uniforms[b, w, i] belongs to the i-th child (token order) of beam w;
-//            C >= the children of every live beam's node (checked on the CPU; a device-side trap on CUDA)
+//            C >= the children of every live beam's node (checked on the CPU; a device-side assert on CUDA)
 //   temperature > 0
 // Returns scores / parents / tokens / nodes [B, W_out] as trie_beam_step, in draw order (higher key first;
 // equal keys to the lower beam, then the lower token). Slots without a candidate: score -inf, -1 elsewhere.

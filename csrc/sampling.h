@@ -1,8 +1,9 @@
-// Torch-free rules of sampling decoding, written once for both devices: the Gumbel key of
-// trie_beam_sample and the per-request algorithm of relaxed_verify / exact_verify. The algorithm is a
-// template over an executor X that the CPU kernel instantiates with a sequential loop executor and the CUDA
-// kernel with a block executor (csrc/cpu/sample_verify.cpp, csrc/cuda/sample_verify.cuh), so both twins take
-// the same decisions by construction; only the summation order of reductions differs (see below).
+// Torch-free rules of sampling decoding (c10's kernel-assert macro aside, on the GPU), written once for both
+// devices: the Gumbel key of trie_beam_sample and the per-request algorithm of relaxed_verify / exact_verify.
+// The algorithm is a template over an executor X that the CPU kernel instantiates with a sequential loop
+// executor and the CUDA kernel with a block executor (csrc/cpu/sample_verify.cpp, csrc/cuda/sample_verify.cuh),
+// so both twins take the same decisions by construction; only the summation order of reductions differs (see
+// below).
 // Readable spec: atspeed_ext/reference/sample_verify.py; the argument for exactness:
 // atspeed_ext/docs/sampling_verification.md.
 //
@@ -13,6 +14,7 @@
 //   x.once(f)                          f() on one thread, then a barrier
 //   x.sum(n, f), x.max(n, f)           reductions of double f(i) over [0, n); every thread gets the result
 //   x.inverse_cdf(n, w, u)             see inverse_cdf_rule below
+//   x.claim(slot, v)                   if *slot < 0, *slot = v (atomically on the GPU); returns the old *slot
 // Scalars (loop counters, decisions) are computed redundantly by every thread from data every thread sees,
 // so they agree without being broadcast.
 //
@@ -28,13 +30,25 @@
 #include <type_traits>
 
 // ATS_HD: the algorithm (device code in a .cu, plain C++ elsewhere); ATS_HOST_DEVICE: layout helpers the
-// CUDA glue also calls on the host.
+// CUDA glue also calls on the host. ATS_DEVICE_CHECK(cond, msg): the data checks of the CPU glue
+// (csrc/cpu/sample_verify.cpp, which rejects bad inputs before the algorithm runs), made where the algorithm
+// reads the value: a device-side assert on the GPU (the op fails with "device-side assert triggered"), nothing
+// on the CPU.
 #if defined(__CUDACC__)
+#include <c10/macros/Macros.h>
 #define ATS_HD __device__
 #define ATS_HOST_DEVICE __host__ __device__
+#define ATS_DEVICE_CHECK(cond, msg)  \
+  do {                               \
+    CUDA_KERNEL_ASSERT_MSG(cond, msg); \
+  } while (0)
 #else
 #define ATS_HD
 #define ATS_HOST_DEVICE
+#define ATS_DEVICE_CHECK(cond, msg) \
+  do {                              \
+    if (false) (void)(cond);        \
+  } while (0)
 #endif
 
 namespace atspeed_ext::sampling {
@@ -64,6 +78,9 @@ ATS_HD inline int64_t child_node(const int64_t* co, const int64_t* ct, int64_t n
   return (lo < co[node + 1] && ct[lo] == token) ? lo + 1 : -1;
 }
 
+// A uniform the rules may read: in [0, 1] (NaN is not).
+ATS_HD inline bool is_uniform(double u) { return u >= 0.0 && u <= 1.0; }
+
 // The last k with prefix[k] <= c (prefix is non-decreasing, prefix[0] = 0 <= c).
 ATS_HD inline int64_t owner_of(const int64_t* prefix, int64_t K, int64_t c) {
   int64_t lo = 0, hi = K - 1;
@@ -79,6 +96,7 @@ ATS_HD inline int64_t owner_of(const int64_t* prefix, int64_t K, int64_t c) {
 template <typename T>
 struct VerifyRequest {
   const T* logits;            // [R, V] target logits
+  int64_t R;
   int64_t V;
   const int64_t* beam_rows;   // [K]
   const float* beam_scores;   // [K]
@@ -94,8 +112,9 @@ struct VerifyRequest {
   const float* draft_scores;    // [G, W]
   int64_t W;
   const double* uniforms;       // [G + 1, 2N + K]
-  const int64_t* child_offsets;
+  const int64_t* child_offsets;  // [num_nodes + 1]
   const int64_t* child_tokens;
+  int64_t num_nodes;
   double temperature;
   bool exact;                   // exact_verify (true) or relaxed_verify (false)
 };
@@ -170,6 +189,10 @@ ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifySc
     s.nodes[k] = a.beam_nodes[k];
     s.live[k] = a.beam_live[k] ? 1 : 0;
     s.index[k] = k;
+    ATS_DEVICE_CHECK(!s.live[k] || (s.rows[k] >= 0 && s.rows[k] < a.R),
+                     "relaxed_verify / exact_verify: a beam_rows entry of a live beam is not a logits row in [0, R)");
+    ATS_DEVICE_CHECK(!s.live[k] || (s.nodes[k] >= 0 && s.nodes[k] < a.num_nodes),
+                     "relaxed_verify / exact_verify: a beam_nodes entry of a live beam is not a trie node");
   });
 
   for (int64_t j = 1;; ++j) {
@@ -277,8 +300,12 @@ ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifySc
         int64_t pnode = -1;
         if (j == 1) pnode = (par < K && a.beam_live[par]) ? a.beam_nodes[par] : -1;
         else pnode = par < N ? s.prev_node[par] : -1;
+        ATS_DEVICE_CHECK(pnode >= 0, "relaxed_verify / exact_verify: a level_parent entry is not a live node of the "
+                                     "beams (level 1) or of the previous level");
         const int64_t node = pnode >= 0 ? child_node(co, ct, pnode, token) : -1;
-        if (node < 0) return;  // not a trie child (rejected by the CPU glue; ignored on the GPU)
+        ATS_DEVICE_CHECK(node >= 0, "relaxed_verify / exact_verify: a level_token entry is not a trie child of its "
+                                    "parent");
+        if (node < 0) return;  // never taken: rejected by the CPU glue, asserted on the GPU
         s.cur_node[n] = node;
         if (par < W && s.dnode[par] >= 0) s.pflat[n] = s.dprefix[par] + (node - 1 - co[s.dnode[par]]);
         s.qx[n] = q_of_flat(s.pflat[n]);
@@ -287,7 +314,9 @@ ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifySc
         const int64_t c = s.prefix[k] + (node - 1 - co[s.nodes[k]]);
         if (is_candidate(s.tscore[c])) {
           s.tx[n] = c;
-          s.dn[c] = n;
+          const int64_t other = x.claim(&s.dn[c], n);  // another drafted node of this level already is c
+          ATS_DEVICE_CHECK(other < 0,
+                           "relaxed_verify / exact_verify: two drafted nodes of one level are the same trie node");
         }
       });
       x.for_each(C, [&](int64_t c) {  // a target candidate's parent is draft parent w iff w = its index < W
@@ -327,6 +356,7 @@ ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifySc
           const int64_t t = s.tx[n], f = s.pflat[n];
           const double sx = s_of_flat(f);
           const double rx = t >= 0 ? s.r[t] : 0.0;
+          ATS_DEVICE_CHECK(is_uniform(u_acc[n]), "exact_verify: a uniforms entry is not in [0, 1]");
           if (u_acc[n] * sx < rx) {  // u < r(x) / s(x), without dividing
             pick = t;
             if (f >= 0) consume(f, sx);
@@ -339,7 +369,10 @@ ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifySc
           }
           if (f >= 0) consume(f, sx);
         }
-        if (pick < 0) pick = x.inverse_cdf(C, s.r, u_fb[d]);
+        if (pick < 0) {
+          ATS_DEVICE_CHECK(is_uniform(u_fb[d]), "exact_verify: a uniforms entry is not in [0, 1]");
+          pick = x.inverse_cdf(C, s.r, u_fb[d]);
+        }
         if (pick < 0) break;
         x.once([&] {
           s.chosen[pick] = 1;
@@ -358,15 +391,23 @@ ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifySc
       const int64_t Keff = cands < K ? cands : K;
       x.for_each(N, [&](int64_t n) {
         const double pn = s.tx[n] >= 0 ? s.p[s.tx[n]] : 0.0;
-        s.acc[n] = (s.cur_node[n] >= 0 && u_acc[n] * s.qx[n] < pn) ? 1 : 0;
+        bool accept = false;
+        if (s.cur_node[n] >= 0) {
+          ATS_DEVICE_CHECK(is_uniform(u_acc[n]), "relaxed_verify: a uniforms entry is not in [0, 1]");
+          accept = u_acc[n] * s.qx[n] < pn;
+        }
+        s.acc[n] = accept ? 1 : 0;
       });
       const int64_t nacc = static_cast<int64_t>(x.sum(N, [&](int64_t n) { return s.acc[n] ? 1.0 : 0.0; }));
       if (drafted && nacc >= Keff) {
         x.once([&] {
           for (int64_t i = 0; i < Keff; ++i) {
             int64_t best = -1;
-            for (int64_t n = 0; n < N; ++n)
-              if (s.acc[n] && !s.sel[n] && (best < 0 || u_sel[n] < u_sel[best])) best = n;
+            for (int64_t n = 0; n < N; ++n) {
+              if (!s.acc[n] || s.sel[n]) continue;
+              ATS_DEVICE_CHECK(is_uniform(u_sel[n]), "relaxed_verify: a uniforms entry is not in [0, 1]");
+              if (best < 0 || u_sel[n] < u_sel[best]) best = n;
+            }
             s.sel[best] = 1;
             s.A[i] = s.tx[best];
             s.chosen[s.tx[best]] = 1;
@@ -384,6 +425,7 @@ ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifySc
         for (int64_t d = nacc; d < Keff; ++d) {
           x.for_each(C, [&](int64_t c) { s.r[c] = s.chosen[c] ? 0.0 : fmax(0.0, s.p[c] - s.qc[c]); });
           if (!(x.sum(C, [&](int64_t c) { return s.r[c]; }) > 0.0) && !remaining_law()) break;  // residual exhausted: p
+          ATS_DEVICE_CHECK(is_uniform(u_fb[d]), "relaxed_verify: a uniforms entry is not in [0, 1]");
           const int64_t pick = x.inverse_cdf(C, s.r, u_fb[d]);
           if (pick < 0) break;
           x.once([&] {
@@ -418,6 +460,9 @@ ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifySc
       if (i < nA) {
         const int64_t c = s.A[i], k = owner_of(s.prefix, K, c);
         s.t_rows[i] = lr[s.dn[c]];
+        ATS_DEVICE_CHECK(s.t_rows[i] >= 0 && s.t_rows[i] < a.R,
+                         "relaxed_verify / exact_verify: a level_row entry of a drafted node is not a logits row in "
+                         "[0, R)");
         s.t_scores[i] = s.tscore[c];
         s.t_nodes[i] = co[s.nodes[k]] + (c - s.prefix[k]) + 1;
         s.t_index[i] = s.dn[c];

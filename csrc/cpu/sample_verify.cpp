@@ -55,10 +55,16 @@ struct SerialExec {
     }
     return last;
   }
+  int64_t claim(int64_t* slot, int64_t v) const {
+    const int64_t old = *slot;
+    if (old < 0) *slot = v;
+    return old;
+  }
 };
 
 // Data checks the kernels rely on: levels in range, logits rows that exist, a drafted tree whose nodes are
-// trie children of live parents (no duplicates), uniforms in [0, 1].
+// trie children of live parents (no duplicates), uniforms in [0, 1]. The CUDA twin asserts them on the device
+// where the algorithm reads the values (ATS_DEVICE_CHECK in ../sampling.h).
 void check_sample_verify_data(const at::Tensor& br, const at::Tensor& bn, const at::Tensor& bl, const at::Tensor& lp,
                               const at::Tensor& lt, const at::Tensor& lr, const at::Tensor& nl, const at::Tensor& un,
                               const at::Tensor& co, const at::Tensor& ct, int64_t R) {
@@ -140,12 +146,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_ve
       s.carve(buffer.data(), K, N, W, Cmax, Cqmax);
       for (int64_t b = begin; b < end; ++b) {
         const sampling::VerifyRequest<scalar_t> req{
-            x.data_ptr<scalar_t>() + b * R * V, V, br.data_ptr<int64_t>() + b * K, bs.data_ptr<float>() + b * K,
+            x.data_ptr<scalar_t>() + b * R * V, R, V, br.data_ptr<int64_t>() + b * K, bs.data_ptr<float>() + b * K,
             bn.data_ptr<int64_t>() + b * K, bl.data_ptr<bool>() + b * K, K, lp.data_ptr<int64_t>() + b * G * N,
             lt.data_ptr<int64_t>() + b * G * N, lr.data_ptr<int64_t>() + b * G * N, N, nl.data_ptr<int64_t>()[b],
             dx.data_ptr<scalar_t>() + b * G * W * V, ds.data_ptr<float>() + b * G * W, W,
             un.data_ptr<double>() + b * (G + 1) * (2 * N + K), co.data_ptr<int64_t>(), ct.data_ptr<int64_t>(),
-            temperature, exact};
+            co.size(0) - 1, temperature, exact};
         const sampling::VerifyOut request_out{
             out.accepted.data_ptr<int64_t>() + b, out.scores.data_ptr<float>() + b * K,
             out.parents.data_ptr<int64_t>() + b * K, out.tokens.data_ptr<int64_t>() + b * K,

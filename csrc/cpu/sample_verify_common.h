@@ -1,6 +1,6 @@
 // Argument checks of the sampling verification ops (relaxed_verify, exact_verify), shared by the CPU and
 // CUDA glue: shapes, dtypes, devices and the temperature. Data checks (row indices, the drafted tree,
-// uniforms in [0, 1]) run in the CPU glue only.
+// uniforms in [0, 1]) run in the CPU glue, and as device-side asserts where the CUDA kernel reads the values.
 #pragma once
 
 #include <ATen/core/Tensor.h>

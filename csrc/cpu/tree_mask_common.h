@@ -25,7 +25,8 @@ inline void check_tree_mask_args(const at::Tensor& slot_parents, const at::Tenso
               prompt_visible.size(1), ", S = ", slot_parents.size(1));
 }
 
-// Parent pointers must go backwards to a tree slot (or be ROOT / NOT_TREE): checked on the CPU, assumed on CUDA.
+// Parent pointers must go backwards to a tree slot (or be ROOT / NOT_TREE): checked here for every slot on the
+// CPU; the CUDA kernels assert it on the device for the pointers they read.
 inline void check_parent_pointers(const int64_t* parents, int64_t B, int64_t S, int64_t P) {
   for (int64_t b = 0; b < B; ++b) {
     const int64_t* pp = parents + b * S;

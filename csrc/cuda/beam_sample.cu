@@ -47,9 +47,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> trie_beam_sample_cuda
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     cuda::sample_candidates_kernel<T><<<B, cuda::kBeamStepThreads, smem, stream>>>(
         xp, sc.data_ptr<float>(), nd.data_ptr<int64_t>(), lv.data_ptr<bool>(), co.data_ptr<int64_t>(),
-        ct.data_ptr<int64_t>(), lse.data_ptr<float>(), un.data_ptr<double>(), C_u, temperature, static_cast<int>(W), V,
-        static_cast<int>(num_out), cache_cap, out.scores.data_ptr<float>(), out.parents.data_ptr<int64_t>(),
-        out.tokens.data_ptr<int64_t>(), out.nodes.data_ptr<int64_t>());
+        ct.data_ptr<int64_t>(), lse.data_ptr<float>(), co.size(0) - 1, un.data_ptr<double>(), C_u, temperature,
+        static_cast<int>(W), V, static_cast<int>(num_out), cache_cap, out.scores.data_ptr<float>(),
+        out.parents.data_ptr<int64_t>(), out.tokens.data_ptr<int64_t>(), out.nodes.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out.tuple();

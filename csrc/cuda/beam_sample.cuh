@@ -1,7 +1,9 @@
-// CUDA kernel of trie_beam_sample, on raw pointers (no torch). Semantics in ../ops.h; mirrors the CPU kernel
-// (../cpu/beam_sample.cpp) decision for decision: the same float32 candidate scores and float64 Gumbel keys
-// (../sampling.h), drawn in key order.
+// CUDA kernel of trie_beam_sample, on raw pointers (no torch but c10's kernel-assert macro). Semantics in
+// ../ops.h; mirrors the CPU kernel (../cpu/beam_sample.cpp) decision for decision: the same float32 candidate
+// scores and float64 Gumbel keys (../sampling.h), drawn in key order.
 #pragma once
+
+#include <c10/macros/Macros.h>
 
 #include "../sampling.h"
 #include "beam_step.cuh"
@@ -15,15 +17,17 @@ __device__ __forceinline__ bool drawn_before(double ka, int64_t ia, double kb, i
 
 // One block per request: num_out rounds of a block-wide arg-max over the candidates strictly after the previous
 // pick in draw order (no sort buffer). Keys are cached in shared memory when they fit (NaN marks a non-candidate)
-// and recomputed otherwise (same formula, same value). A beam with more children than uniforms per beam (C_u)
-// traps: the CPU twin reports it as an error, the GPU cannot without a host sync.
+// and recomputed otherwise (same formula, same value). What the CPU twin checks up front (live beams' nodes in
+// the trie, no more children than uniforms per beam (C_u), uniforms in [0, 1]) is checked here where it is
+// read, by device-side asserts (no host sync): the op then fails with "device-side assert triggered".
 template <typename T>
 __global__ void sample_candidates_kernel(const T* __restrict__ logits, const float* __restrict__ beam_scores,
                                          const int64_t* __restrict__ beam_nodes, const bool* __restrict__ beam_live,
                                          const int64_t* __restrict__ child_offsets,
                                          const int64_t* __restrict__ child_tokens, const float* __restrict__ lse,
-                                         const double* __restrict__ uniforms, int64_t C_u, double temperature, int W,
-                                         int64_t V, int num_out, int key_cache_cap, float* __restrict__ out_scores,
+                                         int64_t num_nodes, const double* __restrict__ uniforms, int64_t C_u,
+                                         double temperature, int W, int64_t V, int num_out, int key_cache_cap,
+                                         float* __restrict__ out_scores,
                                          int64_t* __restrict__ out_parents, int64_t* __restrict__ out_tokens,
                                          int64_t* __restrict__ out_nodes) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -41,8 +45,12 @@ __global__ void sample_candidates_kernel(const T* __restrict__ logits, const flo
   if (threadIdx.x == 0) {
     prefix[0] = 0;
     for (int w = 0; w < W; ++w) {
+      CUDA_KERNEL_ASSERT_MSG(!live[w] || (nodes[w] >= 0 && nodes[w] < num_nodes),
+                             "trie_beam_sample: a beam_nodes entry of a live beam is not a trie node");
       const int64_t n = live[w] ? child_offsets[nodes[w] + 1] - child_offsets[nodes[w]] : 0;
-      if (n > C_u) __trap();
+      CUDA_KERNEL_ASSERT_MSG(n <= C_u,
+                             "trie_beam_sample: a live beam's node has more children than uniforms.size(2); "
+                             "uniforms.size(2) must be >= the children of every live beam's node");
       prefix[w + 1] = prefix[w] + n;
     }
   }
@@ -58,7 +66,9 @@ __global__ void sample_candidates_kernel(const T* __restrict__ logits, const flo
     const int w = static_cast<int>(sampling::owner_of(prefix, W, c));
     const float s = score_of(c, w);
     if (!sampling::is_candidate(s)) return static_cast<double>(NAN);
-    return sampling::gumbel_key(s, temperature, uniforms[(row0 + w) * C_u + (c - prefix[w])]);
+    const double u = uniforms[(row0 + w) * C_u + (c - prefix[w])];
+    CUDA_KERNEL_ASSERT_MSG(u >= 0.0 && u <= 1.0, "trie_beam_sample: a uniforms entry is not in [0, 1]");
+    return sampling::gumbel_key(s, temperature, u);
   };
   if (use_cache) {
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) cached[c] = key_of(c);

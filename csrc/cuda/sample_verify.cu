@@ -48,8 +48,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_ve
         exact, reinterpret_cast<const T*>(x.data_ptr<scalar_t>()), R, V, br.data_ptr<int64_t>(), bs.data_ptr<float>(),
         bn.data_ptr<int64_t>(), bl.data_ptr<bool>(), K, lp.data_ptr<int64_t>(), lt.data_ptr<int64_t>(),
         lr.data_ptr<int64_t>(), nl.data_ptr<int64_t>(), G, N, reinterpret_cast<const T*>(dx.data_ptr<scalar_t>()),
-        ds.data_ptr<float>(), W, un.data_ptr<double>(), co.data_ptr<int64_t>(), ct.data_ptr<int64_t>(), temperature,
-        scratch.data_ptr<uint8_t>(), scratch_bytes, Cmax, Cqmax, out.accepted.data_ptr<int64_t>(),
+        ds.data_ptr<float>(), W, un.data_ptr<double>(), co.data_ptr<int64_t>(), ct.data_ptr<int64_t>(), co.size(0) - 1,
+        temperature, scratch.data_ptr<uint8_t>(), scratch_bytes, Cmax, Cqmax, out.accepted.data_ptr<int64_t>(),
         out.scores.data_ptr<float>(), out.parents.data_ptr<int64_t>(), out.tokens.data_ptr<int64_t>(),
         out.nodes.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

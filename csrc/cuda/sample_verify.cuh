@@ -1,8 +1,12 @@
 // CUDA kernel of sampling verification (relaxed_verify, exact_verify), on raw pointers: one block per request
 // runs the shared algorithm of ../sampling.h with a block executor (parallel loops and reductions over the
-// block, scalar decisions computed redundantly by every thread). Row indices and the drafted tree are assumed
-// valid (the CPU twin checks them); per-request working memory is a global scratch buffer.
+// block, scalar decisions computed redundantly by every thread). What the CPU twin checks up front (num_levels,
+// row indices, the drafted tree, uniforms in [0, 1]) is checked where it is read, by device-side asserts
+// (CUDA_KERNEL_ASSERT_MSG, via ATS_DEVICE_CHECK in ../sampling.h): the op then fails with "device-side assert
+// triggered". Per-request working memory is a global scratch buffer.
 #pragma once
+
+#include <c10/macros/Macros.h>
 
 #include "../sampling.h"
 #include "beam_step.cuh"
@@ -94,6 +98,13 @@ struct BlockExec {
     return r;
   }
 
+  // if *slot < 0, *slot = v, atomically; the old *slot.
+  __device__ int64_t claim(int64_t* slot, int64_t v) const {
+    static_assert(sizeof(int64_t) == sizeof(unsigned long long), "int64_t must be 64 bits");
+    return static_cast<int64_t>(atomicCAS(reinterpret_cast<unsigned long long*>(slot),
+                                          static_cast<unsigned long long>(-1), static_cast<unsigned long long>(v)));
+  }
+
  private:
   // Block-wide sum or max; every thread gets the same value (same combination order everywhere).
   __device__ static double reduce(double v, bool is_max) {
@@ -122,18 +133,20 @@ __global__ void sample_verify_kernel(bool exact, const T* __restrict__ logits, i
                                      const T* __restrict__ draft_logits, const float* __restrict__ draft_scores,
                                      int64_t W, const double* __restrict__ uniforms,
                                      const int64_t* __restrict__ child_offsets,
-                                     const int64_t* __restrict__ child_tokens, double temperature,
+                                     const int64_t* __restrict__ child_tokens, int64_t num_nodes, double temperature,
                                      unsigned char* __restrict__ scratch, int64_t scratch_bytes, int64_t Cmax, int64_t Cqmax,
                                      int64_t* __restrict__ accepted, float* __restrict__ out_scores,
                                      int64_t* __restrict__ out_parents, int64_t* __restrict__ out_tokens,
                                      int64_t* __restrict__ out_nodes) {
   const int64_t b = blockIdx.x;
-  const sampling::VerifyRequest<T> req{logits + b * R * V, V, beam_rows + b * K, beam_scores + b * K,
+  const int64_t g = num_levels[b];
+  CUDA_KERNEL_ASSERT_MSG(g >= 0 && g <= G, "relaxed_verify / exact_verify: a num_levels entry is not in [0, G]");
+  const sampling::VerifyRequest<T> req{logits + b * R * V, R, V, beam_rows + b * K, beam_scores + b * K,
                                        beam_nodes + b * K, beam_live + b * K, K, level_parent + b * G * N,
-                                       level_token + b * G * N, level_row + b * G * N, N, num_levels[b],
+                                       level_token + b * G * N, level_row + b * G * N, N, g,
                                        draft_logits + b * G * W * V, draft_scores + b * G * W, W,
-                                       uniforms + b * (G + 1) * (2 * N + K), child_offsets, child_tokens, temperature,
-                                       exact};
+                                       uniforms + b * (G + 1) * (2 * N + K), child_offsets, child_tokens, num_nodes,
+                                       temperature, exact};
   sampling::VerifyScratch s;
   s.carve(scratch + b * scratch_bytes, K, N, W, Cmax, Cqmax);
   const sampling::VerifyOut out{accepted + b, out_scores + b * K, out_parents + b * K, out_tokens + b * K,

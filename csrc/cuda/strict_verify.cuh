@@ -1,8 +1,12 @@
 // CUDA kernel of strict top-K verification, on raw pointers (spec: atspeed_ext/reference/strict_verify.py).
 // One block per request walks its levels; each level is a block-wide beam step (beam_step.cuh) plus a
-// membership test of the target's top-K against the drafted nodes. Row indices are assumed valid (the CPU
-// twin checks them).
+// membership test of the target's top-K against the drafted nodes. The row indices and num_levels that the CPU
+// twin checks up front are checked here where they are read, by device-side asserts (CUDA_KERNEL_ASSERT_MSG:
+// the op then fails with "device-side assert triggered" instead of reading out of bounds). A level_parent that
+// is no drafted node of the previous level never matches, on both twins; it is only compared, never followed.
 #pragma once
+
+#include <c10/macros/Macros.h>
 
 #include "beam_step.cuh"
 
@@ -51,12 +55,15 @@ __global__ void strict_verify_kernel(const T* __restrict__ logits, int64_t R, in
   const int64_t* lt = level_token + b * G * N;
   const int64_t* lr = level_row + b * G * N;
   const int64_t g = num_levels[b];
+  CUDA_KERNEL_ASSERT_MSG(g >= 0 && g <= G, "strict_verify: a num_levels entry is not in [0, G]");
   for (int k = threadIdx.x; k < K; k += blockDim.x) {
     rows[k] = beam_rows[b * K + k];
     scores[k] = beam_scores[b * K + k];
     nodes[k] = beam_nodes[b * K + k];
     live[k] = beam_live[b * K + k];
     index[k] = k;
+    CUDA_KERNEL_ASSERT_MSG(!live[k] || (rows[k] >= 0 && rows[k] < R),
+                           "strict_verify: a beam_rows entry of a live beam is not a logits row in [0, R)");
   }
   __syncthreads();
   for (int64_t j = 0; j <= g; ++j) {
@@ -98,6 +105,8 @@ __global__ void strict_verify_kernel(const T* __restrict__ logits, int64_t R, in
     for (int k = threadIdx.x; k < K; k += blockDim.x) {
       live[k] = yp[k] >= 0;
       rows[k] = live[k] ? lr[j * N + matched[k]] : -1;
+      CUDA_KERNEL_ASSERT_MSG(!live[k] || (rows[k] >= 0 && rows[k] < R),
+                             "strict_verify: a level_row entry of a drafted node is not a logits row in [0, R)");
       scores[k] = ys[k];
       nodes[k] = yn[k];
       index[k] = matched[k];

@@ -1,7 +1,10 @@
 // CUDA kernel of the tree attention mask / positions op, on raw pointers (spec:
-// atspeed_ext/reference/tree_mask.py). Parent pointers are assumed valid (the CPU twin checks them).
+// atspeed_ext/reference/tree_mask.py). The parent pointers a query's ancestor walk reads are checked there with
+// the CPU twin's rule (ROOT, or an earlier tree slot in [P, s)) by device-side asserts (CUDA_KERNEL_ASSERT_MSG):
+// the op then fails with "device-side assert triggered".
 #pragma once
 
+#include <c10/macros/Macros.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -39,7 +42,12 @@ __global__ void tree_attention_mask_kernel(const int64_t* __restrict__ slot_pare
         m[s] = true;
         ++depth;
         const int64_t parent = parents[s];
-        if (parent >= s) break;  // invalid (valid parents point backwards): stop inside the row, never loop
+        CUDA_KERNEL_ASSERT_MSG(parent == -1 || parent == -2 || (parent >= P && parent < s),
+                               "tree_attention_mask: a slot_parents entry is not ROOT (-1), NOT_TREE (-2) or an "
+                               "earlier tree slot in [P, s)");
+        // q is no padding slot, so a NOT_TREE here is the parent pointer of the slot before pointing to one.
+        CUDA_KERNEL_ASSERT_MSG(parent != -2,
+                               "tree_attention_mask: a slot_parents entry points to a NOT_TREE (-2) slot");
         s = parent;
       }
       positions[row] = prompt_len + depth - 1;
