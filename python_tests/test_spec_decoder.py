@@ -45,6 +45,28 @@ def test_lossless_against_beam_search(family, num_beams, gamma):
                         assert_stats_consistent(out, trie.depth, 4)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_wide_trees_stay_lossless(family):
+    """Trees far wider than K (the GPU's choice: N = 64..256) and wider than some trie levels (padding nodes)
+    are still identical to BeamSearchDecoder; a tree that holds whole trie levels accepts every level."""
+    target = tiny_model(family, VOCAB, seed=7)
+    draft = tiny_model(family, VOCAB, seed=57, layers=1)
+    trie = ItemTrie(random_identifiers(600, 4, 8, seed=7, shared=2), eos_token_id=EOS)  # levels of 8, 64, ...
+    prompts = random_prompts([6, 2, 11], VOCAB, seed=7)
+    for K in (3, 10):
+        ref = BeamSearchDecoder(target, trie, K).generate(prompts)
+        for N, gamma in ((64, 1), (128, 3), (256, 2)):
+            out = SpecBeamDecoder(target, draft, trie, K, N, gamma).generate(prompts)
+            assert_identical(out, ref)
+            assert_stats_consistent(out, trie.depth, 3)
+    # N >= the widest level (600 identifiers): each drafted level holds every trie node of its depth.
+    for skip in (True, False):
+        out = SpecBeamDecoder(target, draft, trie, 10, 640, gamma=4, skip_exhaustive_draft=skip).generate(prompts)
+        assert out.stats.target_calls == [1, 1, 1]
+        assert out.stats.accepted_levels == [[4], [4], [4]]
+        assert_identical(out, BeamSearchDecoder(target, trie, 10).generate(prompts))
+
+
 def test_self_draft_with_n_equal_k_costs_one_target_call():
     target = tiny_model("llama", VOCAB, seed=3)
     trie = ItemTrie(random_identifiers(200, 4, 5, seed=3))                    # L = 4, no EOS
