@@ -18,13 +18,15 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
         f"`pip install --no-build-isolation .` against the installed torch. Cause: {exc}"
     ) from exc
 from ._ops import trie_beam_step
+from .cpu_prepack import prepack_for_cpu
 from .decoder import BeamSearchDecoder, BeamSearchOutput
 from .spec_decoder import SpecBeamDecoder, SpecBeamOutput, SpecStats
 from .trie import ItemTrie
 
 __version__ = "0.1.0"
 
-__all__ = ["ItemTrie", "BeamSearchDecoder", "BeamSearchOutput", "SpecBeamDecoder", "SpecBeamOutput", "SpecStats", "trie_beam_step", "built_with_cuda"]
+__all__ = ["ItemTrie", "BeamSearchDecoder", "BeamSearchOutput", "SpecBeamDecoder", "SpecBeamOutput", "SpecStats", "trie_beam_step", "built_with_cuda",
+           "prepack_for_cpu"]
 
 
 def built_with_cuda() -> bool:

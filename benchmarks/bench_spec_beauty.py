@@ -13,11 +13,13 @@ depends on the shapes of each call (a tree of N nodes vs K beams, batch 1 vs 16)
 differ from BeamSearchDecoder's; the table counts identical lists, and the header gives the same count for
 BeamSearchDecoder against itself at another batch size (the rounding noise floor). ``--draft-dtype`` gives the
 draft its own precision (default: ``--dtype``): the output does not depend on the draft's rounding, and on a CPU a
-tiny draft runs faster in float32 (no conversions around its norms and rotary embeddings).
+tiny draft runs faster in float32 (no conversions around its norms and rotary embeddings). ``--prepack`` packs
+the bfloat16 models' linear layers for oneDNN once (``atspeed_ext.prepack_for_cpu``; CPU only): every decoder,
+HF ``generate`` included, runs the same packed models.
 
     python benchmarks/bench_spec_beauty.py --target DIR --draft DIR [--data ../shared/data/beauty]
         [--beams 1 5 10 20] [--gammas 1 2 3] [--requests 48] [--batches 1 16] [--device cpu] [--dtype float32]
-        [--draft-dtype float32]
+        [--draft-dtype float32] [--prepack]
 
 Without --target / --draft the models are trained first (slow on a CPU: see the README) and cached in the
 user cache directory ($ATSPEED_CACHE or ~/.cache/atspeed_ext).
@@ -34,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from atspeed_ext import BeamSearchDecoder, SpecBeamDecoder  # noqa: E402
+from atspeed_ext import BeamSearchDecoder, SpecBeamDecoder, prepack_for_cpu  # noqa: E402
 from atspeed_ext.commands import trained_model  # noqa: E402
 from atspeed_ext.data import load_lcrec  # noqa: E402
 from atspeed_ext.hf import hf_constrained_beam_search  # noqa: E402
@@ -69,6 +71,8 @@ def main(argv=None):
                    help="weights and compute of both models (default float32)")
     p.add_argument("--draft-dtype", choices=["float32", "bfloat16"], default=None,
                    help="weights and compute of the draft (default: --dtype)")
+    p.add_argument("--prepack", action="store_true",
+                   help="pack the bfloat16 models' linear layers once for oneDNN (prepack_for_cpu; CPU only)")
     p.add_argument("--name", default=None, help="results file name (default spec_beauty_<device>)")
     args = p.parse_args(argv)
     if args.reps < 1 or args.requests < 1:
@@ -88,6 +92,14 @@ def main(argv=None):
         draft = trained_model("draft-1x128", data, tokenizer, epochs=5, seed=0, device=device, tag="beauty", lr=3e-3)
     args.draft_dtype = args.draft_dtype or args.dtype
     target, draft = target.to(getattr(torch, args.dtype)).eval(), draft.to(getattr(torch, args.draft_dtype)).eval()
+    if args.prepack:  # the draft too when it is bfloat16 (float32 layers are faster unpacked)
+        if args.dtype != "bfloat16":
+            p.error("--prepack packs bfloat16 layers: use it with --dtype bfloat16")
+        try:
+            for model in (target, draft) if args.draft_dtype == "bfloat16" else (target,):
+                prepack_for_cpu(model)
+        except ValueError as exc:
+            p.error(f"--prepack: {exc}")
     trie = tokenizer.trie().to(device)
     queries = data.test_prompts()[:args.requests]
     prompts = [tokenizer.encode_prompt(q.history) for q in queries]
@@ -148,7 +160,7 @@ def main(argv=None):
               "data": f"{args.data}: first {len(prompts)} test prompts",
               "target": args.target or "target-8x512 (trained by this script)",
               "draft": args.draft or "draft-1x128, cross-entropy (trained by this script)",
-              "dtype": args.dtype, "draft_dtype": args.draft_dtype,
+              "dtype": args.dtype, "draft_dtype": args.draft_dtype, "prepack": args.prepack,
               "skip_exhaustive_draft": not args.no_skip_exhaustive,
               "note": "accepted = mean accepted levels per round; target_calls, draft_calls (draft forwards) per "
                       "request; vs_beam / vs_hf = speedup of this row over BeamSearchDecoder / HF generate at the "

@@ -1,0 +1,73 @@
+"""Opt-in CPU speed-up for bfloat16 models: every ``nn.Linear``'s weight packed once for oneDNN.
+
+On a CPU, a bfloat16 ``nn.Linear`` re-lays its weight out for oneDNN on every call: for the few tokens a decoding
+step feeds, that is most of the call (a 512 x 1408 linear on this repository's AMX Xeon: ~75 us at 10 tokens, ~37
+us packed once). Packing once makes both decoders about 13-15% faster on the Beauty target-8x512 (README).
+Inference only: the packed copy does not follow later changes of the weight, and no gradient reaches it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["prepack_for_cpu", "PackedLinear"]
+
+
+def _packing_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") \
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class PackedLinear(torch.nn.Module):
+    """An ``nn.Linear`` whose weight is packed for oneDNN once. It keeps the original ``weight`` and ``bias``
+    parameters (state dicts and tied embeddings are unchanged); the packed copy is not saved."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        with torch.no_grad():
+            self._packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            raise RuntimeError(f"this linear layer was packed for the CPU (prepack_for_cpu) but got an input on "
+                               f"{x.device}; load the model again to run it elsewhere")
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            raise RuntimeError("a layer packed by prepack_for_cpu is for inference only: run it under "
+                               "torch.no_grad() or torch.inference_mode()")
+        bias = None if self.bias is None else self.bias.detach()
+        return torch.ops.mkldnn._linear_pointwise(x, self._packed, bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def prepack_for_cpu(model: torch.nn.Module) -> int:
+    """Replace every ``nn.Linear`` of a bfloat16 CPU model by a :class:`PackedLinear`, in place; returns how many.
+
+    Use it on a model that only decodes (``BeamSearchDecoder``, ``SpecBeamDecoder``, Hugging Face ``generate``):
+    every caller of the model then gets the packed layers. Outputs agree with the unpacked model's up to bfloat16
+    rounding (the same oneDNN arithmetic; identical on the Beauty models here).
+
+    Raises:
+        ValueError: a parameter is not on the CPU, or the linear layers are not bfloat16 (float32 layers run
+            faster unpacked at a few tokens, through MKL).
+        RuntimeError: this torch build has no oneDNN (mkldnn) linear ops.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name, p in model.named_parameters():
+        if p.device.type != "cpu":
+            raise ValueError(f"prepack_for_cpu needs a CPU model, but parameter {name!r} is on {p.device}")
+    linears = [(parent, child_name, child) for parent in model.modules()
+               for child_name, child in parent.named_children() if type(child) is torch.nn.Linear]
+    for parent, child_name, child in linears:
+        if child.weight.dtype != torch.bfloat16:
+            raise ValueError(f"prepack_for_cpu speeds up bfloat16 linear layers only; {child_name!r} is "
+                             f"{child.weight.dtype} (float32 layers are faster unpacked at a few tokens)")
+    if linears and not _packing_available():
+        raise RuntimeError("this torch build has no oneDNN (mkldnn) linear ops: prepack_for_cpu cannot pack")
+    for parent, child_name, child in linears:
+        setattr(parent, child_name, PackedLinear(child))
+    return len(linears)
