@@ -96,6 +96,10 @@ if [ -d "$beauty" ]; then
   time_left && bench spec_k10_wide 150 "$bench_log" python benchmarks/bench_spec_beauty.py --device cuda \
     "${models[@]}" --requests 32 --batches 1 16 --beams 10 --draft-beams 40 64 128 256 --gammas 1 3 \
     --policies beam --no-hf --name spec_beauty_cuda_k10_wide
+  # The issue's other K with the widths that win on a GPU (gamma 1, the best above).
+  time_left && bench spec_wide_k 150 "$bench_log" python benchmarks/bench_spec_beauty.py --device cuda \
+    "${models[@]}" --requests 32 --batches 1 16 --beams 1 5 20 --draft-beams -1 40 64 128 --gammas 1 \
+    --policies beam --no-hf --name spec_beauty_cuda_wide_k1_5_20
   # The ops each decoder issues outside the models per request (each a launch or host step on the GPU); then
   # where a round's time goes (host ops, syncs, kernels), for BeamSearchDecoder and N = 20, gamma = 1.
   if [ -n "${ATSPEED_TARGET:-}" ] && [ -n "${ATSPEED_DRAFT:-}" ]; then
