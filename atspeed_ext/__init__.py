@@ -25,8 +25,8 @@ from .trie import ItemTrie
 
 __version__ = "0.1.0"
 
-__all__ = ["ItemTrie", "BeamSearchDecoder", "BeamSearchOutput", "SpecBeamDecoder", "SpecBeamOutput", "SpecStats", "trie_beam_step", "built_with_cuda",
-           "prepack_for_cpu"]
+__all__ = ["ItemTrie", "BeamSearchDecoder", "BeamSearchOutput", "SpecBeamDecoder", "SpecBeamOutput", "SpecStats",
+           "trie_beam_step", "built_with_cuda", "prepack_for_cpu"]
 
 
 def built_with_cuda() -> bool:
