@@ -139,6 +139,23 @@ def test_bad_arguments_raise():
         _ops.trie_beam_step(logits.long(), scores, nodes, live, co, ct, 2)
 
 
+def test_live_beams_off_the_trie_raise_and_dead_ones_are_ignored():
+    logits, scores, nodes, live, trie = make_case(2, 3, 20, seed=0)
+    co, ct = trie.child_offsets, trie.child_tokens
+    live = torch.ones_like(live)
+    for bad in (-1, trie.num_nodes):
+        off_trie = nodes.clone()
+        off_trie[1, 2] = bad
+        for op in (_ops.trie_beam_step, reference.trie_beam_step):
+            with pytest.raises(RuntimeError, match=rf"beam_nodes\[1, 2\] = {bad} is not a trie node in \[0, "
+                                                   rf"{trie.num_nodes}\)"):
+                op(logits, scores, off_trie, live, co, ct, 4)
+        live_but_one = live.clone()
+        live_but_one[1, 2] = False  # a dead beam's node is never read
+        assert_same(_ops.trie_beam_step(logits, scores, off_trie, live_but_one, co, ct, 4),
+                    reference.trie_beam_step(logits, scores, nodes, live_but_one, co, ct, 4))
+
+
 def test_opcheck():
     for B, W, V, num_out in [(2, 3, 20, 4), (1, 1, 9, 1), (3, 5, 33, 12)]:
         logits, scores, nodes, live, trie = make_case(B, W, V, seed=B)

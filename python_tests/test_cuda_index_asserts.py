@@ -69,6 +69,7 @@ def _cases():
     """name -> (op, valid args, bad args, CPU error pattern, CUDA assert message, whether the CPU error is new
     here (not already tested in the op's own test file))."""
     strict, sample, beam = _strict_tree(), _sample_tree(), _beam_sample_case()
+    step = beam[:6] + [3]  # trie_beam_step on the same beams: no uniforms, no temperature
     plan_parents = torch.tensor([[NOT_TREE, NOT_TREE, ROOT, 2]])
     forward = torch.tensor([[NOT_TREE, NOT_TREE, 3, ROOT]])  # slot 2 points forward
     cache = [torch.randn(1, 1, 5, 4, generator=torch.Generator().manual_seed(1))]
@@ -78,6 +79,14 @@ def _cases():
             "strict_verify", strict, _with(strict, 1, torch.tensor([[99, 0]])),
             r"beam_rows\[0, 0\] = 99 is not a logits row in \[0, 4\)",
             "strict_verify: a beam_rows entry of a live beam is not a logits row in [0, R)", False),
+        "strict_verify/beam_nodes": (
+            "strict_verify", strict, _with(strict, 3, torch.tensor([[-1, 0]])),
+            r"beam_nodes\[0, 0\] = -1 is not a trie node in \[0, 6\)",
+            "trie_beam_step / strict_verify: a beam_nodes entry of a live beam is not a trie node", True),
+        "trie_beam_step/beam_nodes": (
+            "trie_beam_step", step, _with(step, 2, torch.tensor([[0, 6]])),
+            r"beam_nodes\[0, 1\] = 6 is not a trie node in \[0, 6\)",
+            "trie_beam_step / strict_verify: a beam_nodes entry of a live beam is not a trie node", True),
         "strict_verify/level_row": (
             "strict_verify", strict, _with(strict, 7, torch.tensor([[[99, 2], [3, 3]]])),
             r"level_row\[0, 0, 0\] = 99 is not a logits row in \[0, 4\)",

@@ -113,6 +113,14 @@ def test_bad_arguments_raise():
     with pytest.raises(RuntimeError, match="is not a logits row"):
         _ops.strict_verify(*bad)
     bad = list(case)
+    bad[3] = torch.tensor([[0, 0, 0], [10 ** 6, 0, 0]])  # beam 0 is live
+    with pytest.raises(RuntimeError, match=r"beam_nodes\[1, 0\] = 1000000 is not a trie node in \[0, "):
+        _ops.strict_verify(*bad)
+    with pytest.raises(RuntimeError, match="= 1000000 is not a trie node"):
+        reference.strict_verify(*bad)
+    bad[3] = torch.tensor([[0, 0, 0], [0, -1, 10 ** 6]])  # dead beams' nodes are never read
+    assert_same(_ops.strict_verify(*bad), reference.strict_verify(*case))
+    bad = list(case)
     bad[2] = case[2].double()
     with pytest.raises(RuntimeError, match="beam_scores must have dtype"):
         _ops.strict_verify(*bad)

@@ -49,7 +49,8 @@ def candidates(logits: torch.Tensor, beam_scores: torch.Tensor, beam_nodes: torc
                child_offsets: torch.Tensor, child_tokens: torch.Tensor):
     """Dense ``[B, W, V]`` tables of the (beam, token) pairs, shared by the beam ops: the float32 score
     ``beam_score + (logit - logsumexp)``, whether the pair is a candidate (the token is a trie child of a live
-    beam's node and the score is above -inf; NaN is not) and its trie edge (-1 for non-children)."""
+    beam's node and the score is above -inf; NaN is not) and its trie edge (-1 for non-children). A live beam
+    must sit on a trie node (a RuntimeError otherwise, as from the kernels)."""
     B, W, V = logits.shape
     device = logits.device
     scores = beam_scores.float().unsqueeze(-1) + (logits.float() - row_logsumexp(logits).unsqueeze(-1))
@@ -61,6 +62,8 @@ def candidates(logits: torch.Tensor, beam_scores: torch.Tensor, beam_nodes: torc
             if not bool(beam_live[b, w]):
                 continue
             node = int(beam_nodes[b, w])
+            if not 0 <= node < len(offsets) - 1:
+                raise RuntimeError(f"beam_nodes[{b}, {w}] = {node} is not a trie node in [0, {len(offsets) - 1})")
             edges = torch.arange(offsets[node], offsets[node + 1], device=device)
             allowed[b, w, child_tokens[edges]] = True
             edge_of[b, w, child_tokens[edges]] = edges

@@ -92,11 +92,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> trie_beam_sample_cpu(
                    un = uniforms.contiguous();
   // Every live beam's children need a uniform each; uniforms are probabilities.
   const int64_t* off = co.data_ptr<int64_t>();
+  cpu::check_live_beam_nodes(nd, lv, co.size(0) - 1);
   for (int64_t row = 0; row < B * W; ++row) {
     if (!lv.data_ptr<bool>()[row]) continue;
     const int64_t node = nd.data_ptr<int64_t>()[row];
-    TORCH_CHECK(node >= 0 && node + 1 < co.size(0), "beam_nodes[", row / W, ", ", row % W, "] = ", node,
-                " is not a trie node");
     TORCH_CHECK(off[node + 1] - off[node] <= C, "uniforms.size(2) = ", C, " is smaller than the ",
                 off[node + 1] - off[node], " children of the node of beam [", row / W, ", ", row % W, "]");
   }

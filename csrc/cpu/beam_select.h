@@ -8,6 +8,8 @@
 #include <limits>
 #include <vector>
 
+#include <ATen/core/Tensor.h>
+
 #include "beam_step_common.h"
 
 namespace atspeed_ext::cpu {
@@ -23,6 +25,19 @@ inline bool better(const Candidate& a, const Candidate& b) {
   if (a.score != b.score) return a.score > b.score;
   if (a.beam != b.beam) return a.beam < b.beam;
   return a.edge < b.edge;
+}
+
+// Every live beam must sit on a trie node: its children are read at child_offsets[node], [node + 1]. Dead
+// beams' nodes are never read. `beam_nodes` [B, W] int64 and `beam_live` [B, W] bool, contiguous CPU tensors;
+// the CUDA twins assert the same where they read a node.
+inline void check_live_beam_nodes(const at::Tensor& beam_nodes, const at::Tensor& beam_live, int64_t num_nodes) {
+  const int64_t W = beam_nodes.size(1);
+  const int64_t* nodes = beam_nodes.data_ptr<int64_t>();
+  const bool* live = beam_live.data_ptr<bool>();
+  for (int64_t i = 0; i < beam_nodes.numel(); ++i) {
+    TORCH_CHECK(!live[i] || (nodes[i] >= 0 && nodes[i] < num_nodes), "beam_nodes[", i / W, ", ", i % W, "] = ",
+                nodes[i], " is not a trie node in [0, ", num_nodes, ")");
+  }
 }
 
 template <typename scalar_t>

@@ -74,7 +74,7 @@ void check_sample_verify_data(const at::Tensor& br, const at::Tensor& bn, const 
   const bool* live = bl.data_ptr<bool>();
   const int64_t *par = lp.data_ptr<int64_t>(), *tok = lt.data_ptr<int64_t>(), *row = lr.data_ptr<int64_t>();
   const int64_t *off = co.data_ptr<int64_t>(), *tokens = ct.data_ptr<int64_t>();
-  const int64_t num_nodes = co.size(0) - 1;
+  cpu::check_live_beam_nodes(bn, bl, co.size(0) - 1);
   std::vector<int64_t> prev(N), cur(N);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t g = nl.data_ptr<int64_t>()[b];
@@ -83,8 +83,6 @@ void check_sample_verify_data(const at::Tensor& br, const at::Tensor& bn, const 
       if (!live[b * K + k]) continue;
       TORCH_CHECK(rows[b * K + k] >= 0 && rows[b * K + k] < R, "beam_rows[", b, ", ", k, "] = ", rows[b * K + k],
                   " is not a logits row in [0, ", R, ")");
-      TORCH_CHECK(nodes[b * K + k] >= 0 && nodes[b * K + k] < num_nodes, "beam_nodes[", b, ", ", k, "] = ",
-                  nodes[b * K + k], " is not a trie node");
     }
     for (int64_t j = 0; j < g; ++j) {
       for (int64_t n = 0; n < N; ++n) {

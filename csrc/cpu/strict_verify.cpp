@@ -82,8 +82,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> strict_ve
                    bn = beam_nodes.contiguous(), bl = beam_live.contiguous(), lp = level_parent.contiguous(),
                    lt = level_token.contiguous(), lr = level_row.contiguous(), nl = num_levels.contiguous(),
                    co = child_offsets.contiguous(), ct = child_tokens.contiguous();
-  // Row indices must address the logits: checked here for every entry; the CUDA twin asserts it on the device
-  // for the entries it reads.
+  // Row indices must address the logits and live beams must sit on trie nodes: checked here for every entry;
+  // the CUDA twin asserts it on the device for the entries it reads.
+  cpu::check_live_beam_nodes(bn, bl, co.size(0) - 1);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t g = nl.data_ptr<int64_t>()[b];
     TORCH_CHECK(g >= 0 && g <= G, "num_levels[", b, "] = ", g, " must be in [0, ", G, "]");

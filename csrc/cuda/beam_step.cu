@@ -47,7 +47,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> trie_beam_step_cuda(
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     cuda::select_candidates_kernel<T><<<B, cuda::kBeamStepThreads, smem, stream>>>(
         xp, sc.data_ptr<float>(), nd.data_ptr<int64_t>(), lv.data_ptr<bool>(), co.data_ptr<int64_t>(),
-        ct.data_ptr<int64_t>(), lse.data_ptr<float>(), static_cast<int>(W), V, static_cast<int>(num_out), cache_cap,
+        co.size(0) - 1, ct.data_ptr<int64_t>(), lse.data_ptr<float>(), static_cast<int>(W), V, static_cast<int>(num_out), cache_cap,
         out.scores.data_ptr<float>(), out.parents.data_ptr<int64_t>(), out.tokens.data_ptr<int64_t>(),
         out.nodes.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

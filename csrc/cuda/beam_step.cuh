@@ -2,6 +2,7 @@
 // mirror the CPU kernel (../cpu/beam_step.cpp) decision for decision.
 #pragma once
 
+#include <c10/macros/Macros.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -77,7 +78,7 @@ __global__ void row_logsumexp_kernel(const T* __restrict__ logits, const bool* _
 template <typename T, typename RowOf>
 __device__ void block_select_candidates(RowOf row_of, const float* lse, const float* beam_scores,
                                         const int64_t* beam_nodes, const bool* beam_live, int W,
-                                        const int64_t* __restrict__ child_offsets,
+                                        const int64_t* __restrict__ child_offsets, int64_t num_nodes,
                                         const int64_t* __restrict__ child_tokens, int num_out, int64_t* prefix,
                                         float* cached, int cache_cap, float* out_scores, int64_t* out_parents,
                                         int64_t* out_tokens, int64_t* out_nodes) {
@@ -89,6 +90,9 @@ __device__ void block_select_candidates(RowOf row_of, const float* lse, const fl
   if (threadIdx.x == 0) {
     prefix[0] = 0;
     for (int w = 0; w < W; ++w) {
+      // The CPU twin checks every live beam's node up front (cpu::check_live_beam_nodes).
+      CUDA_KERNEL_ASSERT_MSG(!beam_live[w] || (beam_nodes[w] >= 0 && beam_nodes[w] < num_nodes),
+                             "trie_beam_step / strict_verify: a beam_nodes entry of a live beam is not a trie node");
       const int64_t n = beam_live[w] ? child_offsets[beam_nodes[w] + 1] - child_offsets[beam_nodes[w]] : 0;
       prefix[w + 1] = prefix[w] + n;
     }
@@ -168,7 +172,7 @@ __device__ void block_select_candidates(RowOf row_of, const float* lse, const fl
 template <typename T>
 __global__ void select_candidates_kernel(const T* __restrict__ logits, const float* __restrict__ beam_scores,
                                          const int64_t* __restrict__ beam_nodes, const bool* __restrict__ beam_live,
-                                         const int64_t* __restrict__ child_offsets,
+                                         const int64_t* __restrict__ child_offsets, int64_t num_nodes,
                                          const int64_t* __restrict__ child_tokens, const float* __restrict__ lse,
                                          int W, int64_t V, int num_out, int score_cache_cap,
                                          float* __restrict__ out_scores, int64_t* __restrict__ out_parents,
@@ -179,8 +183,8 @@ __global__ void select_candidates_kernel(const T* __restrict__ logits, const flo
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * W, out0 = static_cast<int64_t>(blockIdx.x) * num_out;
   auto row_of = [&](int w) { return logits + (row0 + w) * V; };
   block_select_candidates<T>(row_of, lse + row0, beam_scores + row0, beam_nodes + row0, beam_live + row0, W,
-                             child_offsets, child_tokens, num_out, prefix, cached, score_cache_cap, out_scores + out0,
-                             out_parents + out0, out_tokens + out0, out_nodes + out0);
+                             child_offsets, num_nodes, child_tokens, num_out, prefix, cached, score_cache_cap,
+                             out_scores + out0, out_parents + out0, out_tokens + out0, out_nodes + out0);
 }
 
 }  // namespace atspeed_ext::cuda

@@ -46,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> strict_ve
         reinterpret_cast<const T*>(x.data_ptr<scalar_t>()), R, V, br.data_ptr<int64_t>(), bs.data_ptr<float>(),
         bn.data_ptr<int64_t>(), bl.data_ptr<bool>(), lp.data_ptr<int64_t>(), lt.data_ptr<int64_t>(),
         lr.data_ptr<int64_t>(), nl.data_ptr<int64_t>(), static_cast<int>(K), G, N, co.data_ptr<int64_t>(),
-        ct.data_ptr<int64_t>(), cache_cap, out.accepted.data_ptr<int64_t>(), out.scores.data_ptr<float>(),
+        co.size(0) - 1, ct.data_ptr<int64_t>(), cache_cap, out.accepted.data_ptr<int64_t>(), out.scores.data_ptr<float>(),
         out.parents.data_ptr<int64_t>(), out.tokens.data_ptr<int64_t>(), out.nodes.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

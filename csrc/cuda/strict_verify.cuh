@@ -1,9 +1,10 @@
 // CUDA kernel of strict top-K verification, on raw pointers (spec: atspeed_ext/reference/strict_verify.py).
 // One block per request walks its levels; each level is a block-wide beam step (beam_step.cuh) plus a
-// membership test of the target's top-K against the drafted nodes. The row indices and num_levels that the CPU
-// twin checks up front are checked here where they are read, by device-side asserts (CUDA_KERNEL_ASSERT_MSG:
-// the op then fails with "device-side assert triggered" instead of reading out of bounds). A level_parent that
-// is no drafted node of the previous level never matches, on both twins; it is only compared, never followed.
+// membership test of the target's top-K against the drafted nodes. The row indices, num_levels and the live
+// beams' nodes that the CPU twin checks up front are checked here where they are read, by device-side asserts
+// (CUDA_KERNEL_ASSERT_MSG: the op then fails with "device-side assert triggered" instead of reading out of
+// bounds). A level_parent that is no drafted node of the previous level never matches, on both twins; it is
+// only compared, never followed.
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -27,7 +28,7 @@ __global__ void strict_verify_kernel(const T* __restrict__ logits, int64_t R, in
                                      const int64_t* __restrict__ level_parent, const int64_t* __restrict__ level_token,
                                      const int64_t* __restrict__ level_row, const int64_t* __restrict__ num_levels,
                                      int K, int64_t G, int64_t N, const int64_t* __restrict__ child_offsets,
-                                     const int64_t* __restrict__ child_tokens, int cache_cap,
+                                     int64_t num_nodes, const int64_t* __restrict__ child_tokens, int cache_cap,
                                      int64_t* __restrict__ accepted, float* __restrict__ out_scores,
                                      int64_t* __restrict__ out_parents, int64_t* __restrict__ out_tokens,
                                      int64_t* __restrict__ out_nodes) {
@@ -74,8 +75,8 @@ __global__ void strict_verify_kernel(const T* __restrict__ logits, int64_t R, in
     }
     __syncthreads();
     auto row_of = [&](int w) { return x + (live[w] ? rows[w] : 0) * V; };
-    block_select_candidates<T>(row_of, lse, scores, nodes, live, K, child_offsets, child_tokens, K, prefix, cached,
-                               cache_cap, ys, yp, yt, yn);
+    block_select_candidates<T>(row_of, lse, scores, nodes, live, K, child_offsets, num_nodes, child_tokens, K, prefix,
+                               cached, cache_cap, ys, yp, yt, yn);
     if (threadIdx.x == 0) ok = j < g;
     __syncthreads();
     for (int k = threadIdx.x; k < K; k += blockDim.x) {
