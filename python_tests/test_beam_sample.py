@@ -133,6 +133,16 @@ def test_bad_arguments_raise():
     fails(2, torch.full_like(case[2], 10 ** 6), "is not a trie node")
 
 
+def test_dead_beams_nodes_are_never_read():
+    case = make_case(2, 3, 20, seed=0)
+    case[3] = torch.tensor([[True, False, True], [False, True, False]])
+    off_trie = list(case)
+    off_trie[2] = torch.where(case[3], case[2], torch.tensor([[-5, 10 ** 6, -1]]))
+    want = reference.trie_beam_sample(*case, 1.0, 4)
+    for op in (_ops.trie_beam_sample, reference.trie_beam_sample):
+        assert_same(op(*off_trie, 1.0, 4), want)
+
+
 def test_opcheck():
     op = torch.ops.atspeed_ext.trie_beam_sample.default
     for B, W, V, k, seed in [(3, 4, 40, 6, 0), (1, 1, 9, 1, 1), (2, 7, 33, 20, 2)]:

@@ -32,7 +32,8 @@ def trie_beam_sample(
                                             child_tokens)
     # The uniform of the i-th child (token order) of a beam's node, i = edge - first edge of the node; 0.5
     # (an extra column) for the other tokens, which are no candidates anyway.
-    child = edge_of - child_offsets[beam_nodes.clamp(min=0)].unsqueeze(-1)
+    # (A dead beam's node is never read: any value, even off the trie, stands for the root there.)
+    child = edge_of - child_offsets[torch.where(beam_live, beam_nodes, 0)].unsqueeze(-1)
     u = torch.nn.functional.pad(uniforms.double(), (0, 1), value=0.5).gather(
         2, torch.where(edge_of >= 0, child, uniforms.shape[2]))
     keys = scores.double() / temperature - torch.log(-torch.log(u))
