@@ -1,14 +1,18 @@
-"""Host work per request: how many dispatcher ops each decoder issues outside the two models, per phase.
+"""Host work per request: how many dispatcher ops each decoder issues outside the two models, per phase, and
+where the wall time goes.
 
 On a GPU, small models leave every op costing launch and host time, so the ops a decoder issues around the
 model calls are a machine-independent measure of its bookkeeping (on a CPU they cost a few microseconds each).
 This decodes Beauty test prompts one at a time with ``BeamSearchDecoder`` and ``SpecBeamDecoder`` under a
 dispatch mode that counts every op, and splits the speculative decoder's ops by its NVTX phases (draft, target,
 verify, compact; "other": set-up, the round loop, the results). Ops inside the target and draft forwards are
-counted apart ("in models").
+counted apart ("in models"). A second table times the same decodes without the counter (``--reps`` passes,
+summed): milliseconds per request in each phase and inside each model's forward (on a GPU the forwards'
+times are host times: the launches, not the kernels, unless a phase syncs).
 
     python benchmarks/host_ops.py --target DIR --draft DIR [--data ../shared/data/beauty] [--beams 10]
-        [--draft-beams 40] [--gamma 1] [--requests 16] [--device cpu] [--dtype bfloat16]
+        [--draft-beams 40] [--gamma 1] [--requests 16] [--reps 3] [--device cpu] [--dtype bfloat16]
+        [--prepack]
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import collections
 import contextlib
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -26,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 import atspeed_ext.spec_decoder as spec_decoder  # noqa: E402
-from atspeed_ext import BeamSearchDecoder, SpecBeamDecoder  # noqa: E402
+from atspeed_ext import BeamSearchDecoder, SpecBeamDecoder, prepack_for_cpu  # noqa: E402
 
 PHASES = ("atspeed/draft", "atspeed/target", "atspeed/verify", "atspeed/compact")
 
@@ -58,6 +63,45 @@ class OpCounter(TorchDispatchMode):
             self.phase = outer
 
 
+class PhaseTimer:
+    """Wall milliseconds by phase (the decoder's NVTX ranges, model calls included) and inside each model."""
+
+    def __init__(self):
+        self.ms = collections.Counter()
+        self._starts = {}
+
+    def watch(self, model: torch.nn.Module, name: str) -> None:
+        model.register_forward_pre_hook(lambda *_: self._starts.__setitem__(name, time.perf_counter()))
+        model.register_forward_hook(lambda *_: self._add(name, self._starts.pop(name)))
+
+    def _add(self, name: str, start: float) -> None:
+        self.ms[name] += (time.perf_counter() - start) * 1e3
+
+    @contextlib.contextmanager
+    def phase_range(self, name, device):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._add(name, start)
+
+
+def timed_phases(decoder, prompts, reps: int, timer: PhaseTimer) -> dict[str, float]:
+    """Milliseconds per request: in total, per phase and per model forward (``reps`` passes, one prompt at a
+    time); "other" is the total minus the phases (for BeamSearchDecoder: minus the target's forwards)."""
+    timer.ms.clear()
+    start = time.perf_counter()
+    for _ in range(reps):
+        for prompt in prompts:
+            decoder.generate([prompt])
+    n = reps * len(prompts)
+    ms = {k: v / n for k, v in timer.ms.items()}
+    ms["total"] = (time.perf_counter() - start) * 1e3 / n
+    inside = sum(ms.get(phase, 0.0) for phase in PHASES) if PHASES[0] in ms else ms.get("target forwards", 0.0)
+    ms["other"] = ms["total"] - inside
+    return ms
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_model_arguments(p)
@@ -65,14 +109,22 @@ def main(argv=None):
     p.add_argument("--gamma", type=int, default=1)
     p.add_argument("--requests", type=int, default=16, help="test prompts decoded one at a time (default 16)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--reps", type=int, default=3, help="timed passes over the prompts (default 3)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
+    p.add_argument("--prepack", action="store_true",
+                   help="pack the bfloat16 models' linear layers once for oneDNN (prepack_for_cpu; CPU only)")
     p.add_argument("--name", default=None, help="results file name (default host_ops_<device>_k<K>)")
     args = p.parse_args(argv)
-    if args.requests < 1:
-        p.error(f"--requests must be >= 1, got {args.requests}")
+    if args.requests < 1 or args.reps < 1:
+        p.error(f"--requests and --reps must be >= 1, got {args.requests} and {args.reps}")
+    if args.prepack and (args.device != "cpu" or args.dtype != "bfloat16"):
+        p.error("--prepack packs bfloat16 layers for the CPU: use it with --device cpu --dtype bfloat16")
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     target, draft, trie, prompts = common.load_models_and_prompts(args, device, dtype)
+    if args.prepack:
+        prepack_for_cpu(target)
+        prepack_for_cpu(draft)
 
     counter = OpCounter()
     counter.watch(target)
@@ -95,13 +147,28 @@ def main(argv=None):
                      **{phase.split("/")[-1]: per_request.get(phase, 0.0) for phase in PHASES},
                      "other": per_request.get("other", 0.0),
                      "target_calls": calls / len(prompts) if calls else float(trie.depth)})
+
+    timer = PhaseTimer()
+    timer.watch(target, "target forwards")
+    timer.watch(draft, "draft forwards")
+    spec_decoder.nvtx_range = timer.phase_range
+    for row, decoder in zip(rows, decoders.values()):
+        ms = timed_phases(decoder, prompts, args.reps, timer)
+        row.update({"ms_total": ms["total"], "ms_other": ms["other"],
+                    **{f"ms_{phase.split('/')[-1]}": ms.get(phase, 0.0) for phase in PHASES},
+                    "ms_target_fwd": ms.get("target forwards", 0.0), "ms_draft_fwd": ms.get("draft forwards", 0.0)})
+
     header = {"command": "python " + " ".join(sys.argv), "target": args.target, "draft": args.draft,
               "K": args.beams, "N": args.draft_beams, "gamma": args.gamma, "requests": args.requests,
-              "device": str(device), "dtype": args.dtype,
+              "reps": args.reps, "device": str(device), "dtype": args.dtype, "prepack": args.prepack,
               "note": "dispatcher ops per request (batch 1); outside_models = draft + target + verify + compact + "
-                      "other (the speculative decoder's phases; for BeamSearchDecoder all in other)"}
+                      "other (the speculative decoder's phases; for BeamSearchDecoder all in other); ms_* = wall "
+                      "milliseconds per request (batch 1): ms_draft / ms_target / ... include the model forwards "
+                      "that run in them (ms_target_fwd, ms_draft_fwd); ms_other = ms_total - the phases (for "
+                      "BeamSearchDecoder: - ms_target_fwd)"}
     columns = ["decoder", "outside_models", "draft", "target", "verify", "compact", "other", "in_models",
-               "target_calls"]
+               "target_calls", "ms_total", "ms_draft", "ms_target", "ms_verify", "ms_compact", "ms_other",
+               "ms_target_fwd", "ms_draft_fwd"]
     md = common.write_results(args.name or f"host_ops_{device.type}_k{args.beams}", header, rows, columns)
     print(md.read_text())
 
