@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 from datetime import datetime, timezone
@@ -39,6 +41,31 @@ def trained_model(preset: str, data, tokenizer: CodeTokenizer, epochs: int, seed
                                                                  precision=precision))
     model, _ = load_checkpoint(out / "best", device)
     return model
+
+
+def trained_recipe(preset: str, data, tokenizer: CodeTokenizer, stages, device, tag: str):
+    """A model of ``preset`` trained by each :class:`TrainConfig` of ``stages`` in turn, the first from scratch
+    (seeded by its ``seed``), each later one from the previous stage's ``best`` checkpoint (e.g. a
+    ``valid_only`` recency fine-tune). Stage i is cached in ``<cache>/<tag>-<preset>-s<i>-<digest>``, the digest
+    naming the settings of stages 1..i: a finished stage is never trained again, recipes with the same first
+    stages share them, and a changed stage never reuses another's results."""
+    if not stages:
+        raise ValueError("trained_recipe needs at least one training stage")
+    settings = [{k: v for k, v in dataclasses.asdict(cfg).items() if k != "history"} for cfg in stages]
+    previous = None
+    for i, cfg in enumerate(stages, 1):
+        digest = hashlib.sha256(json.dumps(settings[:i], sort_keys=True).encode()).hexdigest()[:10]
+        out = cache_dir() / f"{tag}-{preset}-s{i}-{digest}"
+        if (out / "best" / "model.safetensors").exists():
+            print(f"{preset}: stage {i}/{len(stages)} from the cache ({out / 'best'})")
+        else:
+            model = (build_model(preset, tokenizer.vocab_size, seed=cfg.seed).to(device) if previous is None
+                     else load_checkpoint(previous, device)[0])
+            print(f"{preset}: training stage {i}/{len(stages)} on {data.name} ({cfg.epochs} epochs"
+                  f"{', validation items only' if cfg.valid_only else ''}) -> {out}")
+            train_next_item(model, tokenizer, data, out, dataclasses.replace(cfg, history=[]))
+        previous = out / "best"
+    return load_checkpoint(previous, device)[0]
 
 
 def device_of(args) -> torch.device:

@@ -170,3 +170,41 @@ def test_device_under_torchrun_is_one_gpu_per_process(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     assert device_of(SimpleNamespace(device="cuda:1")) == torch.device("cuda", 1)
+
+
+def test_trained_recipe_chains_its_stages_and_caches_each(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from atspeed_ext.commands import trained_recipe
+    from atspeed_ext.models import build_model, load_checkpoint
+    from atspeed_ext.tokenizer import CodeTokenizer
+    from atspeed_ext.train import TrainConfig
+
+    monkeypatch.setenv("ATSPEED_CACHE", str(tmp_path))
+    data = synthetic_recdata(num_users=60, num_items=30)
+    tokenizer = CodeTokenizer(data.identifiers)
+    # Stage 2 moves the weights by ~1e-9 per step: its model is stage 1's best, not a fresh one.
+    stages = [TrainConfig(epochs=1, batch_size=32, lr=3e-3, eval_prompts=20, seed=1),
+              TrainConfig(epochs=1, batch_size=32, lr=1e-9, weight_decay=0.0, valid_only=True)]
+    model = trained_recipe("tiny-1x64", data, tokenizer, stages, "cpu", tag="t")
+    assert capsys.readouterr().out.count("training stage") == 2
+    first_dir, second_dir = sorted(tmp_path.iterdir())
+    assert first_dir.name.startswith("t-tiny-1x64-s1-") and second_dir.name.startswith("t-tiny-1x64-s2-")
+    first = load_checkpoint(first_dir / "best", "cpu")[0].state_dict()
+    fresh = build_model("tiny-1x64", tokenizer.vocab_size, seed=1).state_dict()
+    for name, weight in model.state_dict().items():
+        assert torch.allclose(weight, first[name], atol=1e-6), name
+    assert any(not torch.allclose(w, fresh[n], atol=1e-3) for n, w in first.items())  # stage 1 did train
+    assert (second_dir / "best" / "meta.json").read_text().count('"valid_only": true') == 1
+
+    again = trained_recipe("tiny-1x64", data, tokenizer, stages, "cpu", tag="t")
+    out = capsys.readouterr().out
+    assert "training stage" not in out and out.count("from the cache") == 2
+    assert all(torch.equal(w, again.state_dict()[n]) for n, w in model.state_dict().items())
+    # A recipe with the same first stage reuses it; its changed second stage is trained anew.
+    trained_recipe("tiny-1x64", data, tokenizer, stages[:1] + [TrainConfig(epochs=1, lr=1e-4, valid_only=True)],
+                   "cpu", tag="t")
+    out = capsys.readouterr().out
+    assert "stage 1/2 from the cache" in out and "training stage 2/2" in out and len(list(tmp_path.iterdir())) == 3
+    with pytest.raises(ValueError, match="at least one training stage"):
+        trained_recipe("tiny-1x64", data, tokenizer, [], "cpu", tag="t")
