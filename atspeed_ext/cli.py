@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--patience", type=_positive, default=3, help="validations without improvement before stopping")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                       help="bf16: bfloat16 autocast, about 2x faster on CPUs with AMX and on GPUs (default fp32)")
+                       help="bf16: bfloat16 autocast, faster on CPUs with bfloat16 units (AMX, AVX512-BF16) "
+                            "and on GPUs (default fp32)")
         p.add_argument("--resume", action="store_true", help="continue from OUT/last if it exists")
 
     train = sub.add_parser("train-target", help="next-item training of a target LM (safetensors checkpoints)")
