@@ -5,11 +5,13 @@ Copies the Beauty files and the spec benchmarks' cached checkpoints (the target 
 variables that point gpu_check.sh at it:
 
     python benchmarks/pack_for_gpu.py --out .devcarry [--data ../shared/data/beauty]
-        [--target ~/.cache/atspeed_ext/beauty-target-8x512/best]
-        [--draft ~/.cache/atspeed_ext/beauty-draft-1x128-ce/best]
+        [--target ~/.cache/atspeed_ext/beauty-target-8x512-validonly/best]
+        [--draft ~/.cache/atspeed_ext/beauty-draft-1x128-validonly/best]
         [--aligned-draft ~/.cache/atspeed_ext/beauty-align-atspeed-s-n8192/best]
 
-The aligned draft (AtSpeed-S, the best K = 10 draft on the CPU) is packed when it exists (skipped otherwise).
+The defaults are the folders the README's commands train into: its final target (the dropout recipe +
+``--valid-only``) and the cross-entropy draft-1x128 given the same fine-tune. The aligned draft (AtSpeed-S, the
+best K = 10 draft on the CPU) is packed when it exists (skipped otherwise).
 """
 
 from __future__ import annotations
@@ -41,13 +43,16 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder to fill (carry it to the GPU machine)")
     p.add_argument("--data", default="../shared/data/beauty")
-    p.add_argument("--target", default=str(cache_dir() / "beauty-target-8x512" / "best"))
-    p.add_argument("--draft", default=str(cache_dir() / "beauty-draft-1x128-ce" / "best"))
+    p.add_argument("--target", default=str(cache_dir() / "beauty-target-8x512-validonly" / "best"))
+    p.add_argument("--draft", default=str(cache_dir() / "beauty-draft-1x128-validonly" / "best"))
     p.add_argument("--aligned-draft", default=str(cache_dir() / "beauty-align-atspeed-s-n8192" / "best"))
     args = p.parse_args(argv)
     out, data = Path(args.out), Path(args.data)
     if not data.is_dir():
         raise SystemExit(f"error: --data {data} is not a directory")
+    for name, src in (("--target", args.target), ("--draft", args.draft)):  # before anything is copied
+        if not (Path(src).expanduser() / "model.safetensors").exists():
+            raise SystemExit(f"error: {name} {src} holds no model.safetensors (train it first: see the README)")
     shutil.copytree(data, out / "beauty", dirs_exist_ok=True)
     copy_checkpoint(Path(args.target).expanduser(), out / "target", torch.bfloat16)
     copy_checkpoint(Path(args.draft).expanduser(), out / "draft", None)
