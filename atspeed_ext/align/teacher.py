@@ -203,18 +203,20 @@ class TeacherData:
                 raise IndexError(f"teacher row {i} out of range [0, {len(self)})")
             f, r = self._shard(i // size), i % size
             chains.append(f.get_slice("chains")[r:r + 1])
-            roots.append(f.get_slice("root")[r:r + 1])
+            # float16 on disk; widened row by row, since CPU bfloat16 autocast (bf16 training) refuses to
+            # concatenate float16 tensors
+            roots.append(f.get_slice("root")[r:r + 1].float())
             lo, hi = f.get_slice("offsets")[r:r + 2].tolist()
-            values.append(f.get_slice("values")[lo:hi])
+            values.append(f.get_slice("values")[lo:hi].float())
         chains = torch.cat(chains).long()
         _, allowed = self.levels.walk(chains)
         n, M, L, C = allowed.shape
         logp = torch.full((n, M, L, C), float("-inf"))
-        root = torch.cat(roots).float()
+        root = torch.cat(roots)
         valid = (chains >= 0).all(-1)
         level0 = logp[:, :, 0]
         level0[:, :, self._root_slots] = root.unsqueeze(1).expand(n, M, -1)
         level0.masked_fill_(~valid.unsqueeze(-1), float("-inf"))
         rest = logp[:, :, 1:]
-        rest[allowed[:, :, 1:]] = torch.cat(values).float()
+        rest[allowed[:, :, 1:]] = torch.cat(values)
         return chains, logp
