@@ -51,7 +51,7 @@ def trained_recipe(preset: str, data, tokenizer: CodeTokenizer, stages, device, 
     stages share them, and a changed stage never reuses another's results."""
     if not stages:
         raise ValueError("trained_recipe needs at least one training stage")
-    settings = [{k: v for k, v in dataclasses.asdict(cfg).items() if k != "history"} for cfg in stages]
+    settings = [dataclasses.asdict(cfg) for cfg in stages]
     previous = None
     for i, cfg in enumerate(stages, 1):
         digest = hashlib.sha256(json.dumps(settings[:i], sort_keys=True).encode()).hexdigest()[:10]
@@ -63,7 +63,7 @@ def trained_recipe(preset: str, data, tokenizer: CodeTokenizer, stages, device, 
                      else load_checkpoint(previous, device)[0])
             print(f"{preset}: training stage {i}/{len(stages)} on {data.name} ({cfg.epochs} epochs"
                   f"{', validation items only' if cfg.valid_only else ''}) -> {out}")
-            train_next_item(model, tokenizer, data, out, dataclasses.replace(cfg, history=[]))
+            train_next_item(model, tokenizer, data, out, cfg)
         previous = out / "best"
     return load_checkpoint(previous, device)[0]
 

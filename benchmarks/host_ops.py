@@ -6,8 +6,8 @@ model calls are a machine-independent measure of its bookkeeping (on a CPU they 
 This decodes Beauty test prompts one at a time with ``BeamSearchDecoder`` and ``SpecBeamDecoder`` under a
 dispatch mode that counts every op, and splits the speculative decoder's ops by its NVTX phases (draft, target,
 verify, compact; "other": set-up, the round loop, the results). Ops inside the target and draft forwards are
-counted apart ("in models"). A second table times the same decodes without the counter (``--reps`` passes,
-summed): milliseconds per request in each phase and inside each model's forward (on a GPU the forwards'
+counted apart ("in models"). The ``ms_*`` columns time the same decodes without the counter (``--reps``
+passes): milliseconds per request in each phase and inside each model's forward (on a GPU the forwards'
 times are host times: the launches, not the kernels, unless a phase syncs).
 
     python benchmarks/host_ops.py --target DIR --draft DIR [--data ../shared/data/beauty] [--beams 10]
