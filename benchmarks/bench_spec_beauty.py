@@ -63,8 +63,10 @@ def draft_grid(K: int, widths: list[int]) -> list[int]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="../shared/data/beauty")
-    p.add_argument("--target", default=None, help="target checkpoint directory (default: train target-8x512 by TARGET_RECIPE)")
-    p.add_argument("--draft", default=None, help="draft checkpoint directory (default: train draft-1x128 by DRAFT_RECIPE: CE)")
+    p.add_argument("--target", default=None,
+                   help="target checkpoint directory (default: train target-8x512 by TARGET_RECIPE)")
+    p.add_argument("--draft", default=None,
+                   help="draft checkpoint directory (default: train draft-1x128 by DRAFT_RECIPE: CE)")
     p.add_argument("--beams", type=int, nargs="+", default=[1, 5, 10, 20])
     p.add_argument("--draft-beams", type=int, nargs="+", default=[-1, -2, 40],
                    help="N values; -m means m*K (default: K, 2K, 40)")

@@ -97,8 +97,8 @@ def timed_phases(decoder, prompts, reps: int, timer: PhaseTimer) -> dict[str, fl
     n = reps * len(prompts)
     ms = {k: v / n for k, v in timer.ms.items()}
     ms["total"] = (time.perf_counter() - start) * 1e3 / n
-    inside = sum(ms.get(phase, 0.0) for phase in PHASES) if PHASES[0] in ms else ms.get("target forwards", 0.0)
-    ms["other"] = ms["total"] - inside
+    phases = [ms[phase] for phase in PHASES if phase in ms]
+    ms["other"] = ms["total"] - (sum(phases) if phases else ms.get("target forwards", 0.0))
     return ms
 
 

@@ -25,9 +25,9 @@ from safetensors.torch import load_file, save_file
 
 from atspeed_ext.commands import cache_dir
 
+
 def copy_checkpoint(src: Path, dst: Path, dtype: torch.dtype | None) -> None:
-    if not (src / "model.safetensors").exists():
-        raise SystemExit(f"error: {src} holds no model.safetensors (train it first: see the README)")
+    """Copy a checkpoint folder (main() has checked that it holds weights), its weights cast to ``dtype``."""
     dst.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():  # config, tokenizer, meta...: everything but the weights, as they are
         if f.is_file() and f.name != "model.safetensors":

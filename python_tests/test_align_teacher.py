@@ -188,8 +188,8 @@ def test_train_draft_validates_by_accepted_levels(setup, tmp_path, objective, on
 
 @pytest.mark.parametrize("objective,on_policy", [("atspeed-s", False), ("seqkd", False), ("atspeed-r", True)])
 def test_train_draft_in_bfloat16_autocast(setup, tmp_path, objective, on_policy):
-    # The teacher data is stored in float16, which CPU bfloat16 autocast refuses to concatenate: it must be read
-    # outside the autocast's reach. The losses stay finite and the draft learns.
+    # The teacher data is stored in float16, which CPU bfloat16 autocast refuses to concatenate: the rows must be
+    # widened before they are joined. The losses stay finite and the draft learns.
     data, tok, target, state = _train(setup, tmp_path, objective, on_policy, precision="bf16")
     losses = [h["train_loss"] for h in state["history"]]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses))), losses
