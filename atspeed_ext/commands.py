@@ -25,24 +25,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ATSPEED_CACHE", Path.home() / ".cache" / "atspeed_ext"))
 
 
-def trained_model(preset: str, data, tokenizer: CodeTokenizer, epochs: int, seed: int, device, tag: str,
-                  lr: float = 3e-3, precision: str = "fp32"):
-    """A model of ``preset`` trained on ``data``, from the cache directory when it was trained before
-    (``<cache>/<tag>-<preset>-e<epochs>-s<seed>``; the training settings are part of the cache key)."""
-    key = f"{tag}-{preset}-e{epochs}-s{seed}" + ("" if lr == 3e-3 else f"-lr{lr:g}") + ("" if precision == "fp32" else f"-{precision}")
-    out = cache_dir() / key
-    if (out / "best" / "model.safetensors").exists():
-        print(f"{preset}: using the cached model in {out / 'best'}")
-    else:
-        print(f"{preset}: training on {data.name} ({epochs} epochs) -> {out}")
-        model = build_model(preset, tokenizer.vocab_size, seed=seed).to(device)
-        train_next_item(model, tokenizer, data, out, TrainConfig(epochs=epochs, batch_size=64, lr=lr, seed=seed,
-                                                                 eval_prompts=200, patience=epochs,
-                                                                 precision=precision))
-    model, _ = load_checkpoint(out / "best", device)
-    return model
-
-
 def trained_recipe(preset: str, data, tokenizer: CodeTokenizer, stages, device, tag: str):
     """A model of ``preset`` trained by each :class:`TrainConfig` of ``stages`` in turn, the first from scratch
     (seeded by its ``seed``), each later one from the previous stage's ``best`` checkpoint (e.g. a

@@ -15,13 +15,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .commands import trained_model
+from .commands import trained_recipe
 from .data import load_lcrec
 from .decoder import BeamSearchDecoder
 from .evaluate import output_recall_ndcg
 from .spec_decoder import SpecBeamDecoder
 from .synthetic import synthetic_recdata
 from .tokenizer import CodeTokenizer
+from .train import TrainConfig
 
 
 def _timed(fn):
@@ -48,8 +49,10 @@ def run_demo(args) -> int:
     trie = tokenizer.trie()
     print(f"atspeed_ext demo on {device}: {data.name}, {data.num_items} items, {len(data.train_examples())} "
           f"training examples; K={args.num_beams}, N={args.draft_beams}, gamma={args.gamma}")
-    target = trained_model(args.target_preset, data, tokenizer, args.epochs, args.seed, device, f"demo-{tag}")
-    draft = trained_model(args.draft_preset, data, tokenizer, args.epochs, args.seed, device, f"demo-{tag}")
+    recipe = [TrainConfig(epochs=args.epochs, batch_size=64, lr=3e-3, seed=args.seed, eval_prompts=200,
+                          patience=args.epochs)]  # one stage, cached under a digest of these settings
+    target = trained_recipe(args.target_preset, data, tokenizer, recipe, device, f"demo-{tag}")
+    draft = trained_recipe(args.draft_preset, data, tokenizer, recipe, device, f"demo-{tag}")
 
     prompts = data.test_prompts()[:args.requests]
     K = args.num_beams

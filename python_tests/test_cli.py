@@ -14,10 +14,11 @@ def test_demo_trains_caches_and_decodes_losslessly(tmp_path, monkeypatch, capsys
             "--epochs", "1", "--requests", "6", "--num-beams", "3", "--draft-beams", "5", "--device", "cpu"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "training on synthetic" in out and "identical beams: True" in out
+    assert "training stage 1/1 on synthetic" in out and "identical beams: True" in out
     assert "| target-only beam search |" in out and "| speculative beam search |" in out
     assert main(argv) == 0                                   # second run: from the cache, no training
-    assert "using the cached model" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "training stage" not in out and out.count("stage 1/1 from the cache") == 2
 
 
 def test_demo_rejects_bad_options():
