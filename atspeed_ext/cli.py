@@ -10,23 +10,39 @@ from .align.losses import OBJECTIVES
 __all__ = ["main"]
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _integer_at_least(low: int):
+    """An argparse type: an integer >= ``low`` (argparse names it in its message: "invalid integer >= 1 value")."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+_positive = _integer_at_least(1)
+_non_negative = _integer_at_least(0)
+
+
+def _float_in(low: float, high: float, low_open: bool, high_open: bool):
+    """An argparse type: a float in the given range (NaN never is)."""
+    def parse(text: str) -> float:
+        value = float(text)
+        if not ((low < value if low_open else low <= value) and (value < high if high_open else value <= high)):
+            raise argparse.ArgumentTypeError(f"must be in {'(' if low_open else '['}{low:g}, {high:g}"
+                                             f"{')' if high_open else ']'}, got {value}")
+        return value
+    parse.__name__ = "number"
+    return parse
 
 
 def _train_float(name: str):
     """An argparse type: a float in the range TrainConfig allows for ``name`` (checked before data loads)."""
-    def parse(text: str) -> float:
-        from .train import range_error
-        value = float(text)
-        error = range_error(name, value)
-        if error:
-            raise argparse.ArgumentTypeError(error)
-        return value
-    return parse
+    from .train import FLOAT_RANGES
+
+    low, high, low_open = FLOAT_RANGES[name]
+    return _float_in(low, high, low_open, True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,16 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-grad-norm", type=_train_float("max_grad_norm"), default=1.0)
         p.add_argument("--dropout", type=_train_float("dropout"), default=0.0,
                        help="dropout on the embeddings and residual branches while training (default 0)")
-        p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
-        p.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0: every epoch)")
-        p.add_argument("--eval-prompts", type=_positive, default=eval_prompts,
-                       help=f"validation prompts used (default {eval_prompts})")
+        p.add_argument("--max-steps", type=_non_negative, default=0, help="stop after this many steps (0: no limit)")
+        p.add_argument("--eval-every", type=_non_negative, default=0, help="validate every N steps (0: every epoch)")
+        p.add_argument("--eval-prompts", type=_non_negative, default=eval_prompts,
+                       help=f"validation prompts used (default {eval_prompts}; 0: no validation, no early "
+                            "stopping, every checkpoint is the best)")
         p.add_argument("--patience", type=_positive, default=3, help="validations without improvement before stopping")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                        help="bf16: bfloat16 autocast, faster on CPUs with bfloat16 units (AMX, AVX512-BF16) "
                             "and on GPUs (default fp32)")
-        p.add_argument("--resume", action="store_true", help="continue from OUT/last if it exists")
+        p.add_argument("--resume", action="store_true", help="continue from OUT/last if it exists (with the same "
+                       "settings: an exact resume)")
+        p.add_argument("--overwrite", action="store_true", help="replace the checkpoints already in OUT (without "
+                       "it, or --resume, an OUT holding a run is refused)")
 
     train = sub.add_parser("train-target", help="next-item training of a target LM (safetensors checkpoints)")
     data_options(train)
@@ -103,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True, help="a checkpoint directory (e.g. OUT/best)")
     ev.add_argument("--split", choices=["test", "valid"], default="test")
     ev.add_argument("--ks", type=_positive, nargs="+", default=[5, 10, 20])
-    ev.add_argument("--limit", type=int, default=0, help="evaluate the first N prompts only (0: all)")
+    ev.add_argument("--limit", type=_non_negative, default=0, help="evaluate the first N prompts only (0: all)")
     ev.add_argument("--batch-size", type=_positive, default=32)
     ev.add_argument("--output", default=None, help="JSON report path (default: CHECKPOINT/eval_<split>.json)")
 
@@ -113,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     teach.add_argument("--checkpoint", required=True, help="the target checkpoint directory")
     teach.add_argument("--num-beams", type=_positive, default=20, help="K beams per prompt (default 20)")
     teach.add_argument("--batch-size", type=_positive, default=64)
-    teach.add_argument("--limit", type=int, default=0, help="the first N training prompts only (0: all)")
+    teach.add_argument("--limit", type=_non_negative, default=0, help="the first N training prompts only (0: all)")
     teach.add_argument("--shard-size", type=_positive, default=4096, help="prompts per shard file (default 4096)")
     teach.add_argument("--out", default=None, help="output directory (default: the user cache directory)")
 
@@ -125,8 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     draft.add_argument("--objective", choices=OBJECTIVES, default="atspeed-s")
     draft.add_argument("--preset", default="draft-1x128", help="draft model preset (default draft-1x128)")
     draft.add_argument("--init", default=None, metavar="DIR", help="start from this draft checkpoint instead")
-    draft.add_argument("--alpha", type=float, default=0.7, help="weight of the alignment term (default 0.7)")
-    draft.add_argument("--temperature", type=float, default=1.0)
+    draft.add_argument("--alpha", type=_float_in(0.0, 1.0, False, False), default=0.7,
+                       help="weight of the alignment term, in [0, 1] (default 0.7)")
+    draft.add_argument("--temperature", type=_float_in(0.0, float("inf"), True, True), default=1.0,
+                       help="softmax temperature of both distributions in the alignment term (default 1)")
     draft.add_argument("--topk", type=_positive, default=20, help="AtSpeed-S: size of the draft's top-K set (default 20)")
     draft.add_argument("--on-policy", action="store_true", help="atspeed-s / atspeed-r along the draft's own beams "
                        "scored by the target (DistillSpec style) instead of the target's beams")
@@ -139,16 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        from .demo import run_demo
-
-        return run_demo(args)
+    """Run one command; a user error (bad data, paths or settings) ends it with ``error: ...`` on stderr and exit
+    status 2 instead of a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from .align.commands import run_teacher, run_train_draft
     from .commands import run_eval, run_train_target
+    from .demo import run_demo
 
-    return {"train-target": run_train_target, "eval": run_eval, "teacher": run_teacher,
-            "train-draft": run_train_draft}[args.command](args)
+    command = {"demo": run_demo, "train-target": run_train_target, "eval": run_eval, "teacher": run_teacher,
+               "train-draft": run_train_draft}[args.command]
+    try:
+        return command(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:  # DataError is a ValueError
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 from .data import load_lcrec
 from .evaluate import evaluate_model, evaluate_popularity
 from .machine import machine_name
-from .models import build_model, load_checkpoint, trained_on_valid
+from .models import build_model, checkpoint_meta, load_checkpoint, trained_on_valid
 from .synthetic import synthetic_recdata
 from .tokenizer import CodeTokenizer
 from .train import TrainConfig, run_summary, train_next_item, training_examples
@@ -29,31 +29,64 @@ def trained_recipe(preset: str, data, tokenizer: CodeTokenizer, stages, device, 
     """A model of ``preset`` trained by each :class:`TrainConfig` of ``stages`` in turn, the first from scratch
     (seeded by its ``seed``), each later one from the previous stage's ``best`` checkpoint (e.g. a
     ``valid_only`` recency fine-tune). Stage i is cached in ``<cache>/<tag>-<preset>-s<i>-<digest>``, the digest
-    naming the settings of stages 1..i: a finished stage is never trained again, recipes with the same first
-    stages share them, and a changed stage never reuses another's results."""
+    naming the data's contents and the settings of stages 1..i: a finished stage is never trained again, recipes
+    with the same first stages share them, and a changed stage or other data never reuse another's results. A
+    stage counts as finished once its training returned (``recipe.json`` written); an interrupted one resumes."""
     if not stages:
         raise ValueError("trained_recipe needs at least one training stage")
-    settings = [dataclasses.asdict(cfg) for cfg in stages]
+    settings = [data_fingerprint(data)] + [dataclasses.asdict(cfg) for cfg in stages]
     previous = None
     for i, cfg in enumerate(stages, 1):
-        digest = hashlib.sha256(json.dumps(settings[:i], sort_keys=True).encode()).hexdigest()[:10]
+        digest = hashlib.sha256(json.dumps(settings[:i + 1], sort_keys=True).encode()).hexdigest()[:10]
         out = cache_dir() / f"{tag}-{preset}-s{i}-{digest}"
-        if (out / "best" / "model.safetensors").exists():
+        if (out / "recipe.json").exists():
             print(f"{preset}: stage {i}/{len(stages)} from the cache ({out / 'best'})")
         else:
             model = (build_model(preset, tokenizer.vocab_size, seed=cfg.seed).to(device) if previous is None
                      else load_checkpoint(previous, device)[0])
             print(f"{preset}: training stage {i}/{len(stages)} on {data.name} ({cfg.epochs} epochs"
                   f"{', validation items only' if cfg.valid_only else ''}) -> {out}")
-            train_next_item(model, tokenizer, data, out, cfg)
+            train_next_item(model, tokenizer, data, out, cfg, resume=True)
+            (out / "recipe.json").write_text(json.dumps(settings[:i + 1], indent=2) + "\n")
         previous = out / "best"
     return load_checkpoint(previous, device)[0]
 
 
-def device_of(args) -> torch.device:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+def data_fingerprint(data) -> str:
+    """A digest of what a model learns from: the identifiers, every split's sequences and the history length."""
+    content = json.dumps([data.identifiers, sorted(data.train.items()), sorted(data.valid.items()),
+                          sorted(data.test.items()), data.max_history])
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def parse_device(name: str | None) -> torch.device:
+    """``--device`` as a torch device (default: cuda if available); a clear error for a bad or absent one."""
+    try:
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise SystemExit(f"error: --device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"error: --device {name} is not supported; use cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda was given but no CUDA GPU is available")
+        raise SystemExit(f"error: --device {name} was given but no CUDA GPU is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SystemExit(f"error: --device {name}: only {torch.cuda.device_count()} CUDA GPUs are visible")
+    return device
+
+
+def refuse_to_overwrite(out: Path, args) -> None:
+    """Stop a training command whose output folder already holds a run, unless --resume or --overwrite says what
+    to do with it (a retry must not silently destroy hours of training)."""
+    if args.resume or args.overwrite:
+        return
+    held = [name for name in ("best", "last") if (out / name).exists()]
+    if held:
+        raise SystemExit(f"error: {out} already holds a run ({' and '.join(held)}/); pass --resume to continue it "
+                         "with the same settings, --overwrite to replace it, or another --out")
+
+
+def device_of(args) -> torch.device:
+    device = parse_device(args.device)
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: processes on this machine
     visible = torch.cuda.device_count() if device.type == "cuda" else 0
     if local_processes <= 1 or visible <= 1:  # one process here, or the launcher gave each process its own GPU
@@ -87,6 +120,7 @@ def run_train_target(args) -> int:
     if args.init and Path(args.init).resolve() in (out.resolve(), out.resolve() / "best", out.resolve() / "last"):
         raise SystemExit(f"error: --out {out} would overwrite the checkpoint --init {args.init} starts from; "
                          "give another --out")
+    refuse_to_overwrite(out, args)
     if args.init:  # one of our checkpoints, or a local HF causal LM + its tokenizer, prompted with text
         model, tokenizer = load_checkpoint(args.init, device, identifiers=data.identifiers)
     else:
@@ -108,11 +142,18 @@ def run_name(preset: str, init: str | None, data_name: str, cfg: TrainConfig) ->
     run it starts from or of the run validated on the same data."""
     if init is None:
         return f"{data_name}-{preset}" + ("-trainvalid" if cfg.train_on_valid else "")
-    path = Path(init).resolve()
-    base = path.parent.name + ("-last" if path.name == "last" else "") if path.name in ("best", "last") else path.name
-    base = base.removeprefix(f"{data_name}-")
+    base = run_of(init).removeprefix(f"{data_name}-")
     suffix = "-validonly" if cfg.valid_only else "-cont" + ("-trainvalid" if cfg.train_on_valid else "")
     return f"{data_name}-{base}{suffix}"
+
+
+def run_of(checkpoint: str) -> str:
+    """The name of the run a checkpoint folder belongs to: ``RUN`` for ``RUN/best``, ``RUN-last`` for
+    ``RUN/last``, the folder's own name otherwise."""
+    path = Path(checkpoint).resolve()
+    if path.name in ("best", "last"):
+        return path.parent.name + ("-last" if path.name == "last" else "")
+    return path.name
 
 
 def train_config(args) -> TrainConfig:
@@ -134,8 +175,22 @@ def run_eval(args) -> int:
         model, tokenizer = load_checkpoint(args.checkpoint, device, identifiers=data.identifiers)
     except ValueError as e:
         raise SystemExit(f"error: {e} ({args.data or 'the synthetic data'})") from None
+    out = Path(args.output) if args.output else Path(args.checkpoint) / f"eval_{args.split}.json"
+    if not out.parent.is_dir():  # checked before the evaluation, not after it
+        raise SystemExit(f"error: --output {out}: the folder {out.parent} does not exist")
+    trained_eos = checkpoint_meta(args.checkpoint).get("with_eos")
+    if trained_eos is not None and trained_eos != args.with_eos:
+        raise SystemExit(f"error: {args.checkpoint} was trained {'with' if trained_eos else 'without'} <eos> "
+                         f"ending its identifiers; evaluate it {'with' if trained_eos else 'without'} --with-eos")
+    identifiers = len(set(data.identifiers))
+    if max(args.ks) > identifiers:
+        raise SystemExit(f"error: --ks {max(args.ks)} is more than the {identifiers} distinct item identifiers "
+                         f"of {args.data or 'the synthetic data'}; give K <= {identifiers}")
     on_valid = trained_on_valid(args.checkpoint, args.split)
     prompts = data.test_prompts() if args.split == "test" else data.valid_prompts()
+    if not prompts:
+        raise SystemExit(f"error: no user of {args.data or 'the synthetic data'} has a {args.split} item "
+                         f"(sequential_{args.split}.txt missing or empty?): nothing to evaluate")
     if args.limit > 0:
         prompts = prompts[:args.limit]
     metrics = evaluate_model(model, tokenizer, prompts, ks=args.ks, batch_size=args.batch_size,
@@ -147,7 +202,6 @@ def run_eval(args) -> int:
               "prompts": len(prompts), "ks": args.ks,
               "with_eos": args.with_eos, "machine": machine_name(device), "torch": torch.__version__,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    out = Path(args.output) if args.output else Path(args.checkpoint) / f"eval_{args.split}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print("| metric | model (± standard error over prompts) | popularity |\n|---|---|---|")
     for k in metrics:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .commands import trained_recipe
+from .commands import parse_device, trained_recipe
 from .data import load_lcrec
 from .decoder import BeamSearchDecoder
 from .evaluate import output_recall_ndcg
@@ -37,20 +37,25 @@ def _timed(fn):
 
 def run_demo(args) -> int:
     started = time.perf_counter()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda was given but no CUDA GPU is available")
+    device = parse_device(args.device)
+    if args.draft_beams < args.num_beams:  # before any training, not after it
+        raise SystemExit(f"error: --draft-beams (N = {args.draft_beams}) must be >= --num-beams (K = "
+                         f"{args.num_beams})")
     if args.data:
         data, tag = load_lcrec(args.data), Path(args.data).name
     else:
         data = synthetic_recdata(num_users=args.users, num_items=args.items, seed=args.seed)
         tag = f"synthetic{args.users}x{args.items}"
+    identifiers = len(set(data.identifiers))
+    if args.num_beams > identifiers:
+        raise SystemExit(f"error: --num-beams {args.num_beams} is more than the {identifiers} distinct item "
+                         f"identifiers of {data.name}; give K <= {identifiers}")
     tokenizer = CodeTokenizer(data.identifiers)
     trie = tokenizer.trie()
     print(f"atspeed_ext demo on {device}: {data.name}, {data.num_items} items, {len(data.train_examples())} "
           f"training examples; K={args.num_beams}, N={args.draft_beams}, gamma={args.gamma}")
     recipe = [TrainConfig(epochs=args.epochs, batch_size=64, lr=3e-3, seed=args.seed, eval_prompts=200,
-                          patience=args.epochs)]  # one stage, cached under a digest of these settings
+                          patience=args.epochs)]  # one stage, cached under a digest of the data and these settings
     target = trained_recipe(args.target_preset, data, tokenizer, recipe, device, f"demo-{tag}")
     draft = trained_recipe(args.draft_preset, data, tokenizer, recipe, device, f"demo-{tag}")
 

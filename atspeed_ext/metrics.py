@@ -10,9 +10,15 @@ __all__ = ["hits_of_ranking", "recall_ndcg", "popularity_ranking"]
 
 def hits_of_ranking(ranked_items: Sequence[Sequence[int]], truth: Iterable[int]) -> list[bool]:
     """Hit flags of a ranked list of identifiers. ``ranked_items[r]`` are the items sharing the identifier at
-    rank r (collisions): an identifier hits when any of its items is in the truth, and counts once."""
-    truth = set(truth)
-    return [bool(truth.intersection(items)) for items in ranked_items]
+    rank r (collisions): an identifier hits when any of its items is in the truth, and counts once; a truth item
+    already hit never hits again (a list that repeats an identifier cannot score a recall above 1)."""
+    unfound = set(truth)
+    hits = []
+    for items in ranked_items:
+        found = unfound.intersection(items)
+        unfound -= found
+        hits.append(bool(found))
+    return hits
 
 
 def recall_ndcg(hits: Sequence[bool], num_truth: int, k: int) -> tuple[float, float]:

@@ -22,7 +22,8 @@ from .evaluate import evaluate_model
 from .models import save_checkpoint
 from .tokenizer import CodeTokenizer
 
-__all__ = ["TrainConfig", "train_next_item", "train_loop", "run_summary", "encode_examples", "collate", "add_dropout"]
+__all__ = ["TrainConfig", "train_next_item", "train_loop", "run_summary", "encode_examples", "collate", "add_dropout",
+           "validation_prompts"]
 
 #: Modules whose outputs get dropout: the token embeddings and each block's two residual branches (LLaMA, Qwen2).
 _DROPOUT_SUFFIXES = ("embed_tokens", "self_attn.o_proj", "mlp.down_proj")
@@ -66,9 +67,12 @@ class TrainConfig:
     history: list = field(default_factory=list)
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, zero in (("max_steps", "no limit"), ("eval_every", "every epoch"), ("eval_prompts", "no validation")):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: {zero}), got {getattr(self, name)}")
         for name in FLOAT_RANGES:
             error = range_error(name, getattr(self, name))
             if error:
@@ -174,6 +178,37 @@ def _load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": json.loads((path / "optimizer.json").read_text())})
 
 
+#: TrainConfig fields a resume may change: they do not alter what is trained.
+_RESUME_FREE = ("eval_batch_size", "history")
+
+
+def _changed_settings(saved: dict, cfg: TrainConfig) -> str:
+    """The settings of ``cfg`` that differ from a saved run's (``name old -> new``, comma-separated; '' if none).
+    A field the saved run predates counts as its default."""
+    defaults = asdict(TrainConfig())
+    current = json.loads(json.dumps(asdict(cfg)))  # as stored: tuples become lists
+    return ", ".join(f"{k} {saved.get(k, defaults[k])!r} -> {v!r}" for k, v in current.items()
+                     if k not in _RESUME_FREE and saved.get(k, defaults[k]) != v)
+
+
+def _load_weights(model, path: Path, device: torch.device) -> None:
+    """Load a checkpoint's weights into ``model``, refusing one of another architecture or size (a weight left
+    out of the file is fine only when tied to one in it, as ``save_pretrained`` drops tied copies)."""
+    tensors = load_file(str(path), device=str(device))
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in tensors.items()
+             if k in own and own[k].shape != v.shape]
+    extra = [k for k in tensors if k not in own]
+    loaded = {own[k].data_ptr() for k in tensors if k in own}
+    missing = [k for k in own if k not in tensors and own[k].data_ptr() not in loaded]
+    if wrong or extra or missing:
+        details = "; ".join(part for part in (f"shapes differ: {', '.join(wrong[:3])}" if wrong else "",
+                                              f"not in the model: {', '.join(extra[:3])}" if extra else "",
+                                              f"not in the file: {', '.join(missing[:3])}" if missing else "") if part)
+        raise ValueError(f"{path} does not fit this model (another preset or architecture?): {details}")
+    model.load_state_dict(tensors, strict=False)
+
+
 def _dist(device: torch.device):
     """(rank, world size), initialising torch.distributed when launched by torchrun: NCCL for a model on a GPU,
     gloo for one on the CPU (also on a machine that has GPUs: NCCL cannot reduce CPU tensors). The group this
@@ -213,7 +248,7 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
     if not examples:
         raise ValueError("no validation item has an earlier item of its user to predict it from" if cfg.valid_only else
                          "the data has no training examples (every train sequence has fewer than 2 items)")
-    val_prompts = [] if cfg.train_on_valid else data.valid_prompts()[:cfg.eval_prompts]
+    val_prompts = [] if cfg.train_on_valid else validation_prompts(data, cfg)
 
     def batch_loss(train_model, indices: list[int]) -> torch.Tensor:
         device = next(model.parameters()).device
@@ -234,6 +269,18 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
     return train_loop(model, tokenizer, out_dir, cfg, [len(ids) for ids, _ in examples], batch_loss,
                       validate if val_prompts else None, "recall@10", resume=resume, progress=progress,
                       extra_config=training_data_marks(cfg))
+
+
+def validation_prompts(data: RecData, cfg: TrainConfig) -> list:
+    """The first ``cfg.eval_prompts`` validation prompts (none when it is 0); an error when validation was asked
+    for but the data has no validation items, rather than silently training without early stopping."""
+    prompts = data.valid_prompts()[:cfg.eval_prompts]
+    if cfg.eval_prompts > 0 and not prompts:
+        raise ValueError(f"{data.name} has no validation prompts (no user has a validation item: is "
+                         "sequential_valid.txt missing or empty?); train without validation with eval_prompts=0 "
+                         "(--eval-prompts 0: no early stopping, every checkpoint is the best) or on data that has "
+                         "validation items")
+    return prompts
 
 
 def training_data_marks(cfg: TrainConfig) -> dict | None:
@@ -287,7 +334,16 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
             raise ValueError(f"{last} is a validated run (best {state['metric']} {state['best']:.4f}) but this one "
                              "has nothing to validate on: its unvalidated checkpoints would replace that best/; "
                              "resume with validation prompts or use another output directory")
-        model.load_state_dict(load_file(str(last / "model.safetensors"), device=str(device)), strict=False)
+        changed = _changed_settings(state.get("config", {}), cfg)
+        if changed:
+            raise ValueError(f"{last} was trained with other settings ({changed}): an exact resume needs the same "
+                             "ones (to continue with new settings start a new run from --init RUN/last), or use "
+                             "another output directory")
+        if state.get("examples", len(lengths)) != len(lengths):
+            raise ValueError(f"{last} was trained on {state['examples']} examples but this run has {len(lengths)} "
+                             "(other data or history length); resume on the same data or use another output "
+                             "directory")
+        _load_weights(model, last / "model.safetensors", device)
         _load_optimizer(last, optimizer)
         scheduler.load_state_dict(state.pop("scheduler"))
         if rank == 0:
@@ -320,13 +376,13 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
                 if validated:
                     state["best"] = metrics[metric]
                 save_checkpoint(out_dir / "best", model, tokenizer,
-                                {"step": state["step"], **(metrics or {}), **extra_config})
+                                {"step": state["step"], **(metrics or {}), **extra_config, "with_eos": cfg.with_eos})
             else:
                 state["bad_evals"] += 1
             # Written to a side folder and swapped in, so a crash never leaves a half-written `last`.
             tmp = out_dir / "last.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            save_checkpoint(tmp, model, tokenizer, {"step": state["step"], **extra_config})
+            save_checkpoint(tmp, model, tokenizer, {"step": state["step"], **extra_config, "with_eos": cfg.with_eos})
             _save_optimizer(tmp, optimizer)
             (tmp / "trainer_state.json").write_text(json.dumps({**state, "scheduler": scheduler.state_dict()}, indent=2))
             shutil.rmtree(last, ignore_errors=True)
@@ -360,6 +416,9 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
                 scheduler.step()
                 state["step"] += 1
                 value = loss.item()
+                if not math.isfinite(value):  # stop before a NaN / inf run saves its broken weights as best/
+                    raise FloatingPointError(f"the training loss is {value} at step {state['step']}: the run "
+                                             "diverged (try a lower learning rate); no checkpoint was saved for it")
                 if rank == 0:
                     interval_losses.append(value)
                 loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value

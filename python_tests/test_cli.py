@@ -209,3 +209,95 @@ def test_trained_recipe_chains_its_stages_and_caches_each(tmp_path, monkeypatch,
     assert "stage 1/2 from the cache" in out and "training stage 2/2" in out and len(list(tmp_path.iterdir())) == 3
     with pytest.raises(ValueError, match="at least one training stage"):
         trained_recipe("tiny-1x64", data, tokenizer, [], "cpu", tag="t")
+    # Other data under the same tag and settings is trained anew, not served another data set's model.
+    other = synthetic_recdata(num_users=61, num_items=30)
+    trained_recipe("tiny-1x64", other, CodeTokenizer(other.identifiers), stages[:1], "cpu", tag="t")
+    assert "training stage 1/1" in capsys.readouterr().out and len(list(tmp_path.iterdir())) == 4
+
+
+def test_trained_recipe_resumes_an_interrupted_stage(tmp_path, monkeypatch, capsys):
+    from atspeed_ext.commands import trained_recipe
+    from atspeed_ext.tokenizer import CodeTokenizer
+    from atspeed_ext.train import TrainConfig
+
+    monkeypatch.setenv("ATSPEED_CACHE", str(tmp_path))
+    data = synthetic_recdata(num_users=60, num_items=30)
+    tokenizer = CodeTokenizer(data.identifiers)
+    stages = [TrainConfig(epochs=2, batch_size=32, lr=3e-3, eval_prompts=20)]
+    trained_recipe("tiny-1x64", data, tokenizer, stages, "cpu", tag="t")
+    (stage,) = tmp_path.iterdir()
+    (stage / "recipe.json").unlink()  # as if killed after its last checkpoint, before the stage was marked done
+    trained_recipe("tiny-1x64", data, tokenizer, stages, "cpu", tag="t")
+    out = capsys.readouterr().out
+    assert out.count("training stage 1/1") == 2 and "resumed from" in out and (stage / "recipe.json").exists()
+
+
+SMALL = ["--synthetic-users", "80", "--synthetic-items", "30", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train-target", *SMALL, "--preset", "tiny-1x64", "--max-steps", "2", "--eval-prompts", "10",
+                 "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train-target", "--max-steps", "-5"], "argument --max-steps: must be >= 0, got -5"),
+    (["train-target", "--eval-every", "-2"], "argument --eval-every: must be >= 0, got -2"),
+    (["train-target", "--epochs", "abc"], "argument --epochs: invalid integer >= 1 value: 'abc'"),
+    (["train-target", "--lr", "abc"], "argument --lr: invalid number value: 'abc'"),
+    (["train-target", "--lr", "nan"], "argument --lr: must be in (0, inf), got nan"),
+    (["eval", "--checkpoint", "x", "--limit", "-3"], "argument --limit: must be >= 0, got -3"),
+    (["teacher", "--checkpoint", "x", "--limit", "-1"], "argument --limit: must be >= 0, got -1"),
+    (["train-draft", "--target", "x", "--temperature", "nan"], "argument --temperature: must be in (0, inf), got nan"),
+    (["train-draft", "--target", "x", "--alpha", "1.5"], "argument --alpha: must be in [0, 1], got 1.5"),
+])
+def test_bad_option_values_are_named(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_user_errors_end_with_a_message_not_a_traceback(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("ATSPEED_CACHE", str(tmp_path / "cache"))
+    best = str(tiny_run / "best")
+    n = len(set(synthetic_recdata(num_users=80, num_items=30).identifiers))  # 30 items, some sharing one
+    cases = [
+        (["eval", "--data", str(tmp_path / "missing"), "--checkpoint", best], "missing"),
+        (["eval", *SMALL, "--checkpoint", str(tmp_path / "nothing")], "nothing"),
+        (["train-target", *SMALL, "--device", "foo"], "--device 'foo' is not a device"),
+        (["train-target", *SMALL, "--preset", "nope", "--out", str(tmp_path / "p")], "unknown preset 'nope'"),
+        (["eval", *SMALL, "--checkpoint", best, "--output", str(tmp_path / "nodir" / "x.json")],
+         "the folder " + str(tmp_path / "nodir") + " does not exist"),
+        (["eval", *SMALL, "--checkpoint", best, "--ks", "5", "20000"],
+         f"--ks 20000 is more than the {n} distinct item identifiers"),
+        (["eval", *SMALL, "--checkpoint", best, "--with-eos"], "was trained without <eos>"),
+        (["teacher", *SMALL, "--checkpoint", best, "--num-beams", str(n + 1), "--out", str(tmp_path / "t")],
+         f"--num-beams {n + 1} is more than the {n} distinct item identifiers"),
+        (["demo", "--device", "cpu", "--users", "80", "--items", "30", "--num-beams", str(n + 1), "--draft-beams",
+          "40"], f"--num-beams {n + 1} is more than the {n} distinct item identifiers"),
+        (["demo", "--device", "cpu", "--num-beams", "10", "--draft-beams", "5"], "must be >= --num-beams (K = 10)"),
+        # a retry into a folder holding a run is refused unless --resume or --overwrite says what to do
+        (["train-target", *SMALL, "--preset", "tiny-1x64", "--max-steps", "2", "--out", str(tiny_run)],
+         "already holds a run (best and last/); pass --resume"),
+        (["train-target", *SMALL, "--preset", "tiny-1x64", "--max-steps", "2", "--eval-prompts", "10", "--lr", "0.5",
+          "--out", str(tiny_run), "--resume"], "other settings (lr 0.001 -> 0.5)"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert isinstance(e.value.code, str) and e.value.code.startswith("error: ") and message in e.value.code, argv
+    assert not (tmp_path / "cache").exists()  # the demo's checks came before any training
+
+
+def test_train_draft_default_folder_is_named_after_the_init_run(tiny_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ATSPEED_CACHE", str(tmp_path))
+    argv = ["train-draft", *SMALL, "--target", str(tiny_run / "best"), "--init", str(tiny_run / "best"),
+            "--objective", "ce", "--max-steps", "1", "--eval-prompts", "4"]
+    assert main(argv) == 0
+    assert (tmp_path / "synthetic-draft-run-ce" / "best").is_dir()  # RUN/best -> "run", not "best"
+    with pytest.raises(SystemExit, match="already holds a run"):
+        main(argv)
+    assert main(argv + ["--overwrite"]) == 0

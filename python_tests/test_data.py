@@ -110,6 +110,9 @@ def test_metrics_by_hand():
     assert n == pytest.approx((1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3) + 1 / math.log2(4)))
     assert recall_ndcg([False, False, True], 1, k=2) == (0.0, 0.0)   # hits below rank k do not count
     assert recall_ndcg([True], 1, k=5) == (1.0, 1.0)
+    # A list repeating an identifier hits once: the truth item is found, not found again.
+    assert hits_of_ranking([[1], [1], [2], [1, 3]], {1, 3}) == [True, False, False, True]
+    assert recall_ndcg(hits_of_ranking([[1], [1], [1]], {1}), 1, k=3) == (1.0, 1.0)
     with pytest.raises(ValueError):
         recall_ndcg([True], 0, k=1)
 

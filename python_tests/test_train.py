@@ -325,3 +325,52 @@ def test_per_prompt_scores_average_to_the_reported_metrics(small_data):
     assert mean_and_se([2.0]) == (2.0, 0.0) and mean_and_se([1.0, 3.0]) == (2.0, 1.0)
     with pytest.raises(ValueError, match="no prompts"):
         model_scores(model, tok, [], 5)
+
+
+def test_config_refuses_negative_step_counts():
+    for name in ("max_steps", "eval_every", "eval_prompts"):
+        with pytest.raises(ValueError, match=f"{name} must be >= 0"):
+            TrainConfig(**{name: -2})
+
+
+def test_a_diverging_run_stops_before_saving(small_data, tmp_path):
+    data, tok = small_data
+    model = build_model("tiny-1x64", tok.vocab_size, seed=0)
+    with pytest.raises(FloatingPointError, match="training loss is nan at step 1"):
+        train_loop(model, tok, tmp_path, TrainConfig(epochs=1), [3, 3],
+                   lambda m, idx: next(m.parameters()).sum() * float("nan"), None, "recall@10", progress=False)
+    assert not (tmp_path / "best").exists() and not (tmp_path / "last").exists()
+
+
+def test_resume_refuses_other_settings_data_or_model(small_data, tmp_path):
+    data, tok = small_data
+    cfg = TrainConfig(epochs=1, batch_size=64, max_steps=2, eval_every=1, eval_prompts=10)
+    train_next_item(build_model("tiny-1x64", tok.vocab_size), tok, data, tmp_path, cfg, progress=False)
+    last = (tmp_path / "last" / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match=r"other settings \(lr 0.001 -> 0.5, max_steps 2 -> 3\)"):
+        train_next_item(build_model("tiny-1x64", tok.vocab_size), tok, data, tmp_path,
+                        TrainConfig(epochs=1, batch_size=64, max_steps=3, eval_every=1, eval_prompts=10, lr=0.5),
+                        resume=True, progress=False)
+    fewer = synthetic_recdata(num_users=200, num_items=60, codes_per_level=6, seed=3)
+    with pytest.raises(ValueError, match="trained on .* examples but this run has"):
+        train_next_item(build_model("tiny-1x64", tok.vocab_size), tok, fewer, tmp_path, cfg, resume=True,
+                        progress=False)
+    with pytest.raises(ValueError, match="does not fit this model.*shapes differ"):
+        train_next_item(build_model("target-2x128", tok.vocab_size), tok, data, tmp_path, cfg, resume=True,
+                        progress=False)
+    assert (tmp_path / "last" / "model.safetensors").read_bytes() == last  # nothing was overwritten
+    state = train_next_item(build_model("tiny-1x64", tok.vocab_size), tok, data, tmp_path,
+                            TrainConfig(epochs=1, batch_size=64, max_steps=2, eval_every=1, eval_prompts=10,
+                                        eval_batch_size=7), resume=True, progress=False)
+    assert state["step"] == 2  # eval_batch_size may change: it does not alter what is trained
+
+
+def test_training_without_validation_items_needs_eval_prompts_0(small_data, tmp_path):
+    data, tok = small_data
+    no_valid = RecData(data.identifiers, data.train, {}, data.test, name="novalid")
+    with pytest.raises(ValueError, match="novalid has no validation prompts.*eval_prompts=0"):
+        train_next_item(build_model("tiny-1x64", tok.vocab_size), tok, no_valid, tmp_path, TrainConfig(max_steps=1),
+                        progress=False)
+    state = train_next_item(build_model("tiny-1x64", tok.vocab_size), tok, no_valid, tmp_path,
+                            TrainConfig(max_steps=1, eval_prompts=0), progress=False)
+    assert state["best"] is None and json.loads((tmp_path / "best" / "meta.json").read_text())["with_eos"] is False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..commands import cache_dir, data_of, device_of, train_config
+from ..commands import cache_dir, data_of, device_of, refuse_to_overwrite, run_of, train_config
 from ..models import build_model, load_checkpoint
 from ..train import run_summary
 from .levels import LevelView
@@ -13,35 +13,21 @@ from .teacher import TeacherData, generate_teacher_data
 from .trainer import AlignConfig, needs_teacher, train_draft
 
 
-def _fail(e: Exception):
-    raise SystemExit(f"error: {e}") from None
-
-
 def run_teacher(args) -> int:
-    try:
-        return _teacher(args)
-    except (ValueError, FileNotFoundError) as e:
-        _fail(e)
-
-
-def run_train_draft(args) -> int:
-    try:
-        return _train_draft(args)
-    except (ValueError, FileNotFoundError) as e:
-        _fail(e)
-
-
-def _teacher(args) -> int:
     data = data_of(args)
     if args.with_eos:
         raise ValueError("teacher data covers identifier tokens only; drop --with-eos")
     device = device_of(args)
     target, tokenizer = load_checkpoint(args.checkpoint, device, identifiers=data.identifiers)
+    identifiers = len(set(data.identifiers))
+    if args.num_beams > identifiers:
+        raise ValueError(f"--num-beams {args.num_beams} is more than the {identifiers} distinct item identifiers "
+                         f"of {data.name}; give K <= {identifiers}")
     examples = data.train_examples()
     if args.limit > 0:
         examples = examples[:args.limit]
     out = Path(args.out) if args.out else \
-        cache_dir() / f"{data.name}-teacher-{Path(args.checkpoint).resolve().parent.name}-k{args.num_beams}"
+        cache_dir() / f"{data.name}-teacher-{run_of(args.checkpoint)}-k{args.num_beams}"
     print(f"teacher data: {len(examples)} training prompts, K={args.num_beams}, target {args.checkpoint} -> {out}")
     generate_teacher_data(target, tokenizer, examples, out, num_beams=args.num_beams, batch_size=args.batch_size,
                           shard_size=args.shard_size,
@@ -52,7 +38,7 @@ def _teacher(args) -> int:
     return 0
 
 
-def _train_draft(args) -> int:
+def run_train_draft(args) -> int:
     data = data_of(args)
     device = device_of(args)
     align = AlignConfig(objective=args.objective, alpha=args.alpha, temperature=args.temperature, topk=args.topk,
@@ -71,9 +57,10 @@ def _train_draft(args) -> int:
         draft, _ = load_checkpoint(args.init, device, identifiers=data.identifiers)
     else:
         draft = build_model(args.preset, tokenizer.vocab_size, seed=args.seed).to(device)
-    name = f"{args.preset if not args.init else Path(args.init).resolve().name}-{args.objective}" + \
+    name = f"{args.preset if not args.init else run_of(args.init)}-{args.objective}" + \
         ("-onpolicy" if args.on_policy else "")
     out = Path(args.out) if args.out else cache_dir() / f"{data.name}-draft-{name}"
+    refuse_to_overwrite(out, args)
     print(f"training draft {name} on {data.name} with target {args.target}; checkpoints in {out}")
     state = train_draft(draft, target, tokenizer, data, out, cfg, align, teacher=teacher, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 validates (torchrun)

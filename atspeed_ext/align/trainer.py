@@ -3,6 +3,7 @@ data, validated by the mean accepted levels of strict speculative beam search wi
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from ..data import RecData
 from ..decoder import BeamSearchDecoder
 from ..spec_decoder import SpecBeamDecoder
-from ..train import TrainConfig, train_loop
+from ..train import TrainConfig, train_loop, validation_prompts
 from .forcing import forced_level_log_probs
 from .levels import LevelView
 from .losses import OBJECTIVES, alignment_loss
@@ -35,8 +36,8 @@ class AlignConfig:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if self.temperature <= 0 or self.topk < 1:
-            raise ValueError(f"need temperature > 0 and topk >= 1, got {self.temperature} and {self.topk}")
+        if not 0 < self.temperature < math.inf or self.topk < 1:  # NaN fails the first test too
+            raise ValueError(f"need a finite temperature > 0 and topk >= 1, got {self.temperature} and {self.topk}")
         if self.val_draft_beams < self.val_beams:
             raise ValueError("val_draft_beams (N) must be >= val_beams (K)")
         if self.on_policy and self.objective not in ON_POLICY_OBJECTIVES:
@@ -87,7 +88,7 @@ def train_draft(draft, target, tokenizer, data: RecData, out_dir: str | Path, cf
     prompts = [tokenizer.encode_prompt(h) for h, _ in examples]
     truths = tokenizer.item_token_ids[[t for _, t in examples]]
     lengths = [len(p) for p in prompts]
-    val_prompts = [tokenizer.encode_prompt(p.history) for p in data.valid_prompts()[:cfg.eval_prompts]]
+    val_prompts = [tokenizer.encode_prompt(p.history) for p in validation_prompts(data, cfg)]
     device = next(draft.parameters()).device
 
     def batch_loss(train_model, indices: list[int]) -> torch.Tensor:
