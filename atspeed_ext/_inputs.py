@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from .trie import ItemTrie
@@ -28,8 +30,33 @@ def check_model_and_trie(model: torch.nn.Module, trie: ItemTrie, name: str = "mo
     _, n_out = model_vocab_sizes(model)
     if trie.vocab_size > n_out:
         raise ValueError(
-            f"vocabulary mismatch: the trie uses token ids up to {trie.vocab_size - 1} but {name} "
-            f"({type(model).__name__}) only scores {n_out} tokens"
+            f"vocabulary mismatch: the trie is built for a vocabulary of {trie.vocab_size} tokens (its largest "
+            f"token id is {int(trie.child_tokens.max())}) but {name} ({type(model).__name__}) only scores {n_out}"
+        )
+
+
+def sliding_window(model: torch.nn.Module) -> int | None:
+    """The attention window of a model whose cache keeps only its last tokens on some layers (Mistral,
+    Gemma 2/3, Qwen2 with ``use_sliding_window``); None for full attention everywhere."""
+    config = getattr(model, "config", None)
+    window = getattr(config, "sliding_window", None)
+    if not window:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return int(window) if any("sliding" in str(t) for t in layer_types) else None
+    return None if getattr(config, "use_sliding_window", True) is False else int(window)
+
+
+def check_cache_window(model: torch.nn.Module, name: str, slots: int) -> None:
+    """Refuse a decode whose cache could outgrow a sliding window: the decoders' beam and tree masks address
+    every cache slot, and a sliding-window cache drops the oldest ones."""
+    window = sliding_window(model)
+    if window is not None and slots >= window:
+        raise ValueError(
+            f"{name} ({type(model).__name__}) uses sliding-window attention with a window of {window} tokens, and "
+            f"this decode can hold up to {slots} cache slots (longest prompt + decoding slots): the decoders need "
+            "every slot kept; use shorter prompts, smaller K / N, or a model with full attention"
         )
 
 
@@ -55,9 +82,9 @@ def normalise_prompts(
             p = list(p)
             if len(p) == 0:
                 raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
-            if not all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+            if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in p):
                 raise ValueError(f"prompt {i} must contain integer token ids")
-            rows.append(p)
+            rows.append([int(t) for t in p])  # numpy integers too
         # Checked and padded as Python lists: two tensors made, no device round trip (a request's fixed cost).
         for i, p in enumerate(rows):
             if min(p) < 0 or max(p) >= vocab_size:

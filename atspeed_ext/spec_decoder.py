@@ -31,7 +31,7 @@ import torch
 
 from . import _ops
 from ._nvtx import nvtx_range
-from ._inputs import check_model_and_trie, model_device, model_vocab_sizes, normalise_prompts
+from ._inputs import check_cache_window, check_model_and_trie, model_device, model_vocab_sizes, normalise_prompts
 from .decoder import BeamSearchOutput, SeededUniforms, best_first, check_temperature
 from .tree_kv import NOT_TREE, ROOT, TreeKV
 from .trie import ItemTrie
@@ -120,7 +120,8 @@ class _BeamState:
         full = lambda *shape, v: torch.full(shape, v, dtype=torch.long, device=device)  # noqa: E731
         live = torch.zeros(B, K, dtype=torch.bool, device=device)
         live[:, 0] = True  # one beam: the root
-        return _BeamState(scores=torch.zeros(B, K, device=device), nodes=full(B, K, v=0), live=live,
+        scores = torch.zeros(B, K, dtype=torch.float32, device=device)  # float32 whatever torch's default dtype
+        return _BeamState(scores=scores, nodes=full(B, K, v=0), live=live,
                           tgt_pending=full(B, K, v=-1), tgt_anchor=full(B, K, v=ROOT),
                           dft_pending=full(B, K, 2, v=-1), dft_anchor=full(B, K, v=ROOT))
 
@@ -251,9 +252,12 @@ class SpecBeamDecoder:
         ids, mask = normalise_prompts(input_ids, attention_mask, device, self._vocab_in, self._pad_token_id)
         trie = self.trie.to(device)
         B, K, depth = ids.shape[0], self.num_beams, trie.depth
+        slots = ids.shape[1] + K * depth + self.draft_beams * self.gamma  # kept beams' ancestors + one round's tree
+        check_cache_window(self.target, "target", slots)
+        check_cache_window(self.draft, "draft", slots)
 
         # Results, indexed by original request.
-        out_scores = torch.full((B, K), float("-inf"), device=device)
+        out_scores = torch.full((B, K), float("-inf"), dtype=torch.float32, device=device)
         out_nodes = torch.full((B, K), -1, dtype=torch.long, device=device)
         stats = SpecStats(target_calls=[0] * B, draft_calls=[0] * B, accepted_levels=[[] for _ in range(B)])
 
@@ -374,7 +378,7 @@ class SpecBeamDecoder:
             children = torch.where(live_j, co[nodes + 1] - co[nodes], 0).sum(1)
             if int(children.max()) > N:
                 return None
-            uniform = torch.zeros(rows, nodes.shape[1], trie.vocab_size, device=nodes.device)
+            uniform = torch.zeros(rows, nodes.shape[1], trie.vocab_size, dtype=torch.float32, device=nodes.device)
             scores, parent, token, nodes = _ops.trie_beam_step(uniform, scores, nodes, live_j, co, ct, N)
             live = parent >= 0
             levels.append(_Level(parent=parent, token=token, node=nodes, live=live,

@@ -358,7 +358,7 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
 
     def validate_and_save() -> bool:
         """Validation on rank 0, checkpoints; returns True when training should stop."""
-        stop = torch.zeros(1, device=device)
+        stop = torch.zeros(1, dtype=torch.float32, device=device)
         if rank == 0:
             model.eval()
             metrics = validate() if validate is not None else None

@@ -24,6 +24,22 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         ~allowed, torch.finfo(dtype).min).unsqueeze(1)
 
 
+def compact_all(tensors: list[torch.Tensor], keep: torch.Tensor) -> list[torch.Tensor]:
+    """:func:`_ops.compact_kv` over cache tensors of any mix of shapes and dtypes: one op per group of equal
+    shape and dtype, in the common case all of them in one op (keys and values can differ, e.g. a float32 model
+    under bfloat16 autocast, or MLA models whose keys are wider than their values)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((tuple(t.shape), t.dtype), []).append(i)
+    if len(groups) == 1:
+        return _ops.compact_kv(tensors, keep)
+    out: list[torch.Tensor | None] = [None] * len(tensors)
+    for indices in groups.values():
+        for i, t in zip(indices, _ops.compact_kv([tensors[i] for i in indices], keep)):
+            out[i] = t
+    return out
+
+
 class TreeKV:
     def __init__(self, model: torch.nn.Module):
         self.model = model
@@ -90,7 +106,7 @@ class TreeKV:
         keep, parents, new_slot, num_kept = _ops.compaction_plan(self.slot_parents, anchors, P)
         S_new = int(num_kept.max()) if num_kept.numel() else P
         self.slot_parents = parents[:, :S_new]
-        set_cache_tensors(self.cache, _ops.compact_kv(cache_tensors(self.cache), keep[:, :S_new]))
+        set_cache_tensors(self.cache, compact_all(cache_tensors(self.cache), keep[:, :S_new]))
         return new_slot
 
     def select(self, rows: torch.Tensor) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -192,9 +193,16 @@ class ItemTrie:
 
 
 def _as_token_list(seq) -> list[int]:
+    """A query's token ids as ints; floats (which ``int`` would truncate to another token) are an error."""
     if isinstance(seq, torch.Tensor):
-        return [int(t) for t in seq.reshape(-1).tolist()]
-    return [int(t) for t in seq]
+        if seq.dtype.is_floating_point or seq.dtype.is_complex or seq.dtype == torch.bool:
+            raise ValueError(f"token ids must be integers, got a tensor of dtype {seq.dtype}")
+        return seq.reshape(-1).tolist()
+    tokens = list(seq)
+    for t in tokens:
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+            raise ValueError(f"token ids must be integers, got {t!r} in {tokens}")
+    return [int(t) for t in tokens]
 
 
 def _as_identifier_table(sequences) -> torch.Tensor:
@@ -206,7 +214,9 @@ def _as_identifier_table(sequences) -> torch.Tensor:
             raise ValueError(f"sequences must be a 2-D [num_items, L] tensor, got shape {tuple(sequences.shape)}")
         table = sequences.detach().to("cpu", torch.long).contiguous()
     else:
-        rows = [list(row) if isinstance(row, (list, tuple, torch.Tensor)) else row for row in sequences]
+        # A row may be any sequence of ids: list, tuple, tensor, numpy array (a 2-D array iterates as these).
+        rows = [list(row) if hasattr(row, "__len__") and not isinstance(row, (str, bytes, dict)) else row
+                for row in sequences]
         if not rows:
             raise ValueError("sequences is empty: an ItemTrie needs at least one identifier")
         for i, row in enumerate(rows):

@@ -21,9 +21,9 @@ ce=$CACHE/beauty-draft-1x128-ce
 teacher=$CACHE/beauty-teacher-8x512-k20-n$TEACHER_PROMPTS
 
 [ -f "$target/best/model.safetensors" ] || atspeed-ext train-target --data "$DATA" --preset target-8x512 --epochs 3 \
-    --batch-size 64 --lr 1e-3 --eval-every 800 --eval-prompts 500 --precision bf16 --out "$target"
+    --batch-size 64 --lr 1e-3 --eval-every 800 --eval-prompts 500 --precision bf16 --out "$target" --resume
 [ -f "$ce/best/model.safetensors" ] || atspeed-ext train-target --data "$DATA" --preset draft-1x128 --epochs 5 \
-    --batch-size 64 --lr 3e-3 --eval-prompts 500 --out "$ce"
+    --batch-size 64 --lr 3e-3 --eval-prompts 500 --out "$ce" --resume
 atspeed-ext teacher --data "$DATA" --checkpoint "$target/best" --num-beams 20 --limit "$TEACHER_PROMPTS" \
     --batch-size 64 --out "$teacher"   # resumes / skips finished shards
 
@@ -32,7 +32,7 @@ for obj in $OBJECTIVES; do
   out=$CACHE/beauty-align-$obj-n$TEACHER_PROMPTS
   [ -f "$out/best/model.safetensors" ] || atspeed-ext train-draft --data "$DATA" --target "$target/best" \
       --teacher "$teacher" --objective "$obj" --init "$ce/best" --epochs "$DRAFT_EPOCHS" --lr 1e-3 \
-      --eval-prompts 200 --val-beams 10 --val-draft-beams 40 --val-gamma 3 --out "$out"
+      --eval-prompts 200 --val-beams 10 --val-draft-beams 40 --val-gamma 3 --out "$out" --resume
   drafts+=(--draft "$obj=$out/best")
 done
 [ "$BENCH" = 1 ] || exit 0

@@ -107,6 +107,8 @@ def test_bad_input_raises_clear_errors():
         BeamSearchDecoder(model, trie, 2.0)
     with pytest.raises(ValueError, match="vocabulary mismatch"):
         BeamSearchDecoder(model, ItemTrie([[3, 70]]), 2)
+    with pytest.raises(ValueError, match="built for a vocabulary of 100 tokens \\(its largest token id is 9\\)"):
+        BeamSearchDecoder(model, ItemTrie([[5, 9]], vocab_size=100), 2)
     with pytest.raises(TypeError, match="ItemTrie"):
         BeamSearchDecoder(model, [[3, 4]], 2)
     dec = BeamSearchDecoder(model, trie, 3)
@@ -123,6 +125,8 @@ def test_bad_input_raises_clear_errors():
         dec.generate(ids, mask * 2)
     with pytest.raises(ValueError, match="outside the model's vocabulary"):
         dec.generate([[5, 64]])
+    np = pytest.importorskip("numpy")  # numpy integer prompts are prompts like any other
+    assert torch.equal(dec.generate([list(np.array([5, 6, 7]))]).sequences, dec.generate([[5, 6, 7]]).sequences)
     with pytest.raises(ValueError, match="outside the model's vocabulary"):
         dec.generate([[-1, 5]])
     with pytest.raises(ValueError, match="empty"):

@@ -221,3 +221,70 @@ def test_caches_are_compacted_to_the_ancestors_of_the_beams():
     # drafted level), not every node ever drafted (which would grow by K + N per round).
     assert max(seen["target"]) <= 12 + K * trie.depth
     assert max(seen["draft"]) <= 12 + K * trie.depth + N
+
+
+def test_lossless_with_float64_as_torch_default_dtype():
+    target, draft = tiny_model("llama", VOCAB, seed=3), tiny_model("llama", VOCAB, seed=53, layers=1)
+    trie = ItemTrie(random_identifiers(100, 3, 5, seed=3), eos_token_id=EOS)
+    prompts = random_prompts([5, 2], VOCAB, seed=3)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:  # the decoders' own score tensors stay float32, as the ops require
+        assert_identical(SpecBeamDecoder(target, draft, trie, 4, 8, 2).generate(prompts),
+                         BeamSearchDecoder(target, trie, 4).generate(prompts))
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def test_cache_tensors_of_mixed_shapes_and_dtypes_compact_alike():
+    """Compaction groups the cache tensors by shape and dtype (keys wider than values as in MLA models, float32
+    keys beside bfloat16 values under autocast): each comes out as if compacted alone."""
+    from atspeed_ext import _ops
+    from atspeed_ext.tree_kv import compact_all
+
+    g = torch.Generator().manual_seed(0)
+    keep = torch.tensor([[0, 1, 2, 4, 7, -1], [0, 1, 2, 3, 5, 8]])  # slot indices kept, -1 padding
+    tensors = [torch.randn(2, 3, 9, 8, generator=g), torch.randn(2, 3, 9, 4, generator=g).bfloat16(),
+               torch.randn(2, 3, 9, 8, generator=g), torch.randn(2, 3, 9, 4, generator=g).bfloat16()]
+    for got, t in zip(compact_all(tensors, keep), tensors):
+        (alone,) = _ops.compact_kv([t], keep)
+        assert got.dtype == t.dtype and torch.equal(got, alone)
+
+
+def test_lossless_on_a_model_whose_keys_and_values_differ_in_width():
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "DeepseekV3ForCausalLM"):
+        pytest.skip("this transformers has no DeepSeek-V3 (multi-head latent attention)")
+    torch.manual_seed(0)
+    cfg = transformers.DeepseekV3Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, n_group=1,
+        topk_group=1, first_k_dense_replace=2, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8,
+        qk_nope_head_dim=8, v_head_dim=4)
+    model = transformers.DeepseekV3ForCausalLM(cfg).double().eval()
+    trie = ItemTrie(random_identifiers(40, 3, 4, seed=1), eos_token_id=EOS)
+    prompts = random_prompts([3, 5], VOCAB, seed=1)
+    assert_identical(SpecBeamDecoder(model, model, trie, 4, 8, 2).generate(prompts),
+                     BeamSearchDecoder(model, trie, 4).generate(prompts))
+
+
+def test_sliding_window_models_are_refused_when_the_cache_could_outgrow_the_window():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    def qwen2(window):
+        torch.manual_seed(0)
+        return Qwen2ForCausalLM(Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                            use_sliding_window=True, sliding_window=window, max_window_layers=0,
+                                            max_position_embeddings=256)).double().eval()
+
+    trie = ItemTrie(random_identifiers(60, 3, 4, seed=2), eos_token_id=EOS)
+    prompts = random_prompts([6, 3], VOCAB, seed=2)
+    narrow = qwen2(8)
+    with pytest.raises(ValueError, match="sliding-window attention with a window of 8 tokens.*up to 22 cache slots"):
+        BeamSearchDecoder(narrow, trie, 4).generate(prompts)      # 6 + 4 beams x 4 levels (with EOS)
+    with pytest.raises(ValueError, match="target .* window of 8 tokens.*up to 38 cache slots"):
+        SpecBeamDecoder(narrow, narrow, trie, 4, 8, 2).generate(prompts)  # + 8 x 2 tree slots
+    wide = qwen2(200)  # never outgrown here: decoded as usual, still lossless
+    assert_identical(SpecBeamDecoder(wide, wide, trie, 4, 8, 2).generate(prompts),
+                     BeamSearchDecoder(wide, trie, 4).generate(prompts))

@@ -112,6 +112,19 @@ def test_vocab_size_and_eos_checks():
     assert ItemTrie([[1, 7]]).vocab_size == 8
 
 
+def test_numpy_identifiers_build_and_float_queries_are_refused():
+    np = pytest.importorskip("numpy")
+    table = [[5, 9], [5, 12], [7, 9]]
+    trie = ItemTrie(np.array(table))
+    assert trie.items_of(np.array([5, 12])) == [1] and trie.contains([np.int64(7), np.int64(9)])
+    assert ItemTrie([np.array(row) for row in table]).child_tokens.tolist() == trie.child_tokens.tolist()
+    for query in ([5.7, 9.9], torch.tensor([5.0, 9.0]), [5, True]):  # int() would silently answer for [5, 9]
+        with pytest.raises(ValueError, match="token ids must be integers"):
+            trie.contains(query)
+        with pytest.raises(ValueError, match="token ids must be integers"):
+            trie.node_of(query)
+
+
 @requires_cuda
 def test_to_cuda_keeps_the_layout_and_the_queries():
     trie = ItemTrie(random_identifiers(100, 4, 5, seed=3), eos_token_id=2)
