@@ -50,14 +50,29 @@ def sliding_window(model: torch.nn.Module) -> int | None:
 
 def check_cache_window(model: torch.nn.Module, name: str, slots: int) -> None:
     """Refuse a decode whose cache could outgrow a sliding window: the decoders' beam and tree masks address
-    every cache slot, and a sliding-window cache drops the oldest ones."""
+    every cache slot, and a sliding-window cache drops the oldest ones. ``slots`` bounds the slots a call can
+    attend to (the decoder's own bound, see :func:`spec_cache_slots`)."""
     window = sliding_window(model)
     if window is not None and slots >= window:
         raise ValueError(
             f"{name} ({type(model).__name__}) uses sliding-window attention with a window of {window} tokens, and "
-            f"this decode can hold up to {slots} cache slots (longest prompt + decoding slots): the decoders need "
+            f"this decode may need up to {slots} cache slots (longest prompt + decoding slots): the decoders need "
             "every slot kept; use shorter prompts, smaller K / N, or a model with full attention"
         )
+
+
+def beam_cache_slots(prompt_len: int, K: int, depth: int) -> int:
+    """BeamSearchDecoder's cache: the prompt, then K slots for each level but the last (never fed)."""
+    return prompt_len + K * (depth - 1)
+
+
+def spec_cache_slots(prompt_len: int, K: int, N: int, gamma: int, depth: int) -> int:
+    """A bound on SpecBeamDecoder's cache in a round that starts with t levels decided: the prompt, K slots per
+    level fed before (after compaction), the K pending beams and N slots per drafted level,
+    g = min(gamma, depth - t - 1) of them (round one: no pending beams)."""
+    first = N * min(gamma, depth - 1)
+    later = [K * t + N * min(gamma, depth - t - 1) for t in range(1, depth)]
+    return prompt_len + max([first] + later)
 
 
 def normalise_prompts(

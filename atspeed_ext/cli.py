@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .align.losses import OBJECTIVES
@@ -160,9 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What a command raises for a user's mistake (bad data, paths or settings; DataError is a ValueError) or a
+#: diverged training run: reported as ``error: ...``, without a traceback unless ATSPEED_DEBUG=1.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; a user error (bad data, paths or settings) ends it with ``error: ...`` on stderr and exit
-    status 2 instead of a traceback."""
+    """Run one command; a user error (:data:`USER_ERRORS`) ends it with ``error: ...`` on stderr and exit
+    status 1 instead of a traceback (set ATSPEED_DEBUG=1 to see the traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     from .align.commands import run_teacher, run_train_draft
@@ -173,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
                "train-draft": run_train_draft}[args.command]
     try:
         return command(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as e:  # DataError is a ValueError
-        raise SystemExit(f"error: {e}") from None
+    except USER_ERRORS as e:
+        if os.environ.get("ATSPEED_DEBUG"):
+            raise
+        raise SystemExit(f"error: {e} (ATSPEED_DEBUG=1 shows the traceback)") from None
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def trained_recipe(preset: str, data, tokenizer: CodeTokenizer, stages, device, 
     stage counts as finished once its training returned (``recipe.json`` written); an interrupted one resumes."""
     if not stages:
         raise ValueError("trained_recipe needs at least one training stage")
-    settings = [data_fingerprint(data)] + [dataclasses.asdict(cfg) for cfg in stages]
+    settings = [data.fingerprint()] + [dataclasses.asdict(cfg) for cfg in stages]
     previous = None
     for i, cfg in enumerate(stages, 1):
         digest = hashlib.sha256(json.dumps(settings[:i + 1], sort_keys=True).encode()).hexdigest()[:10]
@@ -52,13 +53,6 @@ def trained_recipe(preset: str, data, tokenizer: CodeTokenizer, stages, device, 
     return load_checkpoint(previous, device)[0]
 
 
-def data_fingerprint(data) -> str:
-    """A digest of what a model learns from: the identifiers, every split's sequences and the history length."""
-    content = json.dumps([data.identifiers, sorted(data.train.items()), sorted(data.valid.items()),
-                          sorted(data.test.items()), data.max_history])
-    return hashlib.sha256(content.encode()).hexdigest()
-
-
 def parse_device(name: str | None) -> torch.device:
     """``--device`` as a torch device (default: cuda if available); a clear error for a bad or absent one."""
     try:
@@ -74,15 +68,22 @@ def parse_device(name: str | None) -> torch.device:
     return device
 
 
-def refuse_to_overwrite(out: Path, args) -> None:
-    """Stop a training command whose output folder already holds a run, unless --resume or --overwrite says what
-    to do with it (a retry must not silently destroy hours of training)."""
-    if args.resume or args.overwrite:
+def prepare_output(out: Path, args) -> None:
+    """The output folder of a training command: one that already holds a run is refused unless --resume
+    (continue it) or --overwrite (its checkpoints are deleted first, so nothing of the old run survives) says
+    what to do with it: a retry must not silently destroy hours of training."""
+    if args.resume and args.overwrite:
+        raise SystemExit("error: give --resume (continue the run in OUT) or --overwrite (replace it), not both")
+    held = [name for name in ("best", "last", "last.tmp") if (out / name).exists()]
+    if not held or args.resume:
         return
-    held = [name for name in ("best", "last") if (out / name).exists()]
-    if held:
+    if not args.overwrite:
         raise SystemExit(f"error: {out} already holds a run ({' and '.join(held)}/); pass --resume to continue it "
                          "with the same settings, --overwrite to replace it, or another --out")
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun: one process deletes
+        for name in held:
+            shutil.rmtree(out / name)
+        print(f"--overwrite: deleted {', '.join(held)} in {out}")
 
 
 def device_of(args) -> torch.device:
@@ -120,7 +121,7 @@ def run_train_target(args) -> int:
     if args.init and Path(args.init).resolve() in (out.resolve(), out.resolve() / "best", out.resolve() / "last"):
         raise SystemExit(f"error: --out {out} would overwrite the checkpoint --init {args.init} starts from; "
                          "give another --out")
-    refuse_to_overwrite(out, args)
+    prepare_output(out, args)
     if args.init:  # one of our checkpoints, or a local HF causal LM + its tokenizer, prompted with text
         model, tokenizer = load_checkpoint(args.init, device, identifiers=data.identifiers)
     else:

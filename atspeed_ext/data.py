@@ -13,6 +13,7 @@ the validation items only for a recency fine-tune).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -50,6 +51,12 @@ class RecData:
     @property
     def num_items(self) -> int:
         return len(self.identifiers)
+
+    def fingerprint(self) -> str:
+        """A digest of what a model learns from: the identifiers, every split's sequences, the history length."""
+        content = json.dumps([self.identifiers, sorted(self.train.items()), sorted(self.valid.items()),
+                              sorted(self.test.items()), self.max_history])
+        return hashlib.sha256(content.encode()).hexdigest()
 
     def train_examples(self, include_valid: bool = False) -> list[tuple[tuple[int, ...], int]]:
         """Every next-item prediction inside the train sequences: (last <= max_history items, next item).

@@ -9,7 +9,8 @@ import torch
 
 from . import _ops
 from ._hf_compat import ForwardSignature
-from ._inputs import check_cache_window, check_model_and_trie, model_device, model_vocab_sizes, normalise_prompts
+from ._inputs import (beam_cache_slots, check_cache_window, check_model_and_trie, model_device, model_vocab_sizes,
+                      normalise_prompts)
 from .tree_kv import additive_mask
 from .trie import ItemTrie
 
@@ -129,7 +130,7 @@ class BeamSearchDecoder:
         ids, mask = normalise_prompts(input_ids, attention_mask, device, self._vocab_in, self._pad_token_id)
         trie = self.trie.to(device)
         B, K, depth = ids.shape[0], self.num_beams, trie.depth
-        check_cache_window(self.model, "model", ids.shape[1] + K * depth)
+        check_cache_window(self.model, "model", beam_cache_slots(ids.shape[1], K, depth))
         prompt_lengths = mask.sum(1)
 
         # Prefill: every prompt once; only the last position's logits are needed. Without padding the model

@@ -54,7 +54,8 @@ def run_demo(args) -> int:
     trie = tokenizer.trie()
     print(f"atspeed_ext demo on {device}: {data.name}, {data.num_items} items, {len(data.train_examples())} "
           f"training examples; K={args.num_beams}, N={args.draft_beams}, gamma={args.gamma}")
-    recipe = [TrainConfig(epochs=args.epochs, batch_size=64, lr=3e-3, seed=args.seed, eval_prompts=200,
+    validate = 200 if data.valid_prompts() else 0  # data without validation items trains without validation
+    recipe = [TrainConfig(epochs=args.epochs, batch_size=64, lr=3e-3, seed=args.seed, eval_prompts=validate,
                           patience=args.epochs)]  # one stage, cached under a digest of the data and these settings
     target = trained_recipe(args.target_preset, data, tokenizer, recipe, device, f"demo-{tag}")
     draft = trained_recipe(args.draft_preset, data, tokenizer, recipe, device, f"demo-{tag}")

@@ -31,7 +31,8 @@ import torch
 
 from . import _ops
 from ._nvtx import nvtx_range
-from ._inputs import check_cache_window, check_model_and_trie, model_device, model_vocab_sizes, normalise_prompts
+from ._inputs import (check_cache_window, check_model_and_trie, model_device, model_vocab_sizes, normalise_prompts,
+                      spec_cache_slots)
 from .decoder import BeamSearchOutput, SeededUniforms, best_first, check_temperature
 from .tree_kv import NOT_TREE, ROOT, TreeKV
 from .trie import ItemTrie
@@ -252,7 +253,7 @@ class SpecBeamDecoder:
         ids, mask = normalise_prompts(input_ids, attention_mask, device, self._vocab_in, self._pad_token_id)
         trie = self.trie.to(device)
         B, K, depth = ids.shape[0], self.num_beams, trie.depth
-        slots = ids.shape[1] + K * depth + self.draft_beams * self.gamma  # kept beams' ancestors + one round's tree
+        slots = spec_cache_slots(ids.shape[1], K, self.draft_beams, self.gamma, depth)
         check_cache_window(self.target, "target", slots)
         check_cache_window(self.draft, "draft", slots)
 

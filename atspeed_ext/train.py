@@ -268,7 +268,7 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
 
     return train_loop(model, tokenizer, out_dir, cfg, [len(ids) for ids, _ in examples], batch_loss,
                       validate if val_prompts else None, "recall@10", resume=resume, progress=progress,
-                      extra_config=training_data_marks(cfg))
+                      extra_config=training_data_marks(cfg), data_fingerprint=data.fingerprint())
 
 
 def validation_prompts(data: RecData, cfg: TrainConfig) -> list:
@@ -296,7 +296,8 @@ def training_examples(data: RecData, cfg: TrainConfig) -> list[tuple[tuple[int, 
 
 
 def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths: list[int], batch_loss, validate,
-               metric: str, resume: bool = False, progress: bool = True, extra_config: dict | None = None) -> dict:
+               metric: str, resume: bool = False, progress: bool = True, extra_config: dict | None = None,
+               data_fingerprint: str | None = None) -> dict:
     """The training loop shared by the target and draft trainers: AdamW, warm-up + cosine, clipping,
     (bfloat16 autocast), validation every ``cfg.eval_every`` steps or epoch, early stopping on ``metric``
     (higher is better), ``best/`` and ``last/`` checkpoints, exact resume, DDP under torchrun. Each validation
@@ -311,6 +312,8 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
             validated ``best/``).
         extra_config: more settings of the run (e.g. the alignment objective): kept in the trainer state and
             in ``best/meta.json``; a resume with different ones is refused.
+        data_fingerprint: :meth:`RecData.fingerprint` of the training data, kept in the trainer state; a resume
+            on other data is refused (runs saved without one are checked on their example count only).
     """
     device = next(model.parameters()).device
     rank, world = _dist(device)
@@ -321,10 +324,14 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(int(cfg.warmup_ratio * total), total))
     extra_config = extra_config or {}
     state = {"step": 0, "epoch": 0, "metric": metric, "best": None, "bad_evals": 0, "history": [],
-             "config": asdict(cfg), "extra_config": extra_config, "examples": len(lengths)}
+             "config": asdict(cfg), "extra_config": extra_config, "examples": len(lengths), "data": data_fingerprint}
     last = out_dir / "last"
     if resume and (last / "trainer_state.json").exists():
-        state = json.loads((last / "trainer_state.json").read_text())
+        try:
+            state = json.loads((last / "trainer_state.json").read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{last / 'trainer_state.json'} is not valid JSON ({e}): a damaged run; resume another "
+                             "or start again with --overwrite") from None
         if state.get("extra_config", {}) != json.loads(json.dumps(extra_config)):
             raise ValueError(f"{last} was trained with other settings ({state.get('extra_config')}); resume with the "
                              "same ones or use another output directory")
@@ -339,10 +346,12 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
             raise ValueError(f"{last} was trained with other settings ({changed}): an exact resume needs the same "
                              "ones (to continue with new settings start a new run from --init RUN/last), or use "
                              "another output directory")
-        if state.get("examples", len(lengths)) != len(lengths):
-            raise ValueError(f"{last} was trained on {state['examples']} examples but this run has {len(lengths)} "
-                             "(other data or history length); resume on the same data or use another output "
-                             "directory")
+        saved_data = state.get("data")  # None: a run saved without a fingerprint
+        if state.get("examples", len(lengths)) != len(lengths) or \
+                (data_fingerprint and saved_data and saved_data != data_fingerprint):
+            raise ValueError(f"{last} was trained on other data ({state.get('examples')} examples; this run has "
+                             f"{len(lengths)}: another data set, other sequences or history length); resume on the "
+                             "same data or use another output directory")
         _load_weights(model, last / "model.safetensors", device)
         _load_optimizer(last, optimizer)
         scheduler.load_state_dict(state.pop("scheduler"))

@@ -290,14 +290,44 @@ def test_user_errors_end_with_a_message_not_a_traceback(tiny_run, tmp_path, monk
             main(argv)
         assert isinstance(e.value.code, str) and e.value.code.startswith("error: ") and message in e.value.code, argv
     assert not (tmp_path / "cache").exists()  # the demo's checks came before any training
+    (tmp_path / "damaged" / "last").mkdir(parents=True)
+    (tmp_path / "damaged" / "last" / "trainer_state.json").write_text("{\n")
+    with pytest.raises(SystemExit, match="trainer_state.json is not valid JSON"):
+        main(["train-target", *SMALL, "--preset", "tiny-1x64", "--out", str(tmp_path / "damaged"), "--resume"])
+    monkeypatch.setenv("ATSPEED_DEBUG", "1")  # the traceback instead of the one-line message
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        main(["train-target", *SMALL, "--preset", "nope", "--out", str(tmp_path / "p")])
+
+
+def test_demo_trains_without_validation_on_data_that_has_none(tmp_path, monkeypatch, capsys):
+    from atspeed_ext import demo
+
+    monkeypatch.setenv("ATSPEED_CACHE", str(tmp_path))
+    no_valid = synthetic_recdata(num_users=80, num_items=30)
+    no_valid.valid = {}
+    monkeypatch.setattr(demo, "synthetic_recdata", lambda **kw: no_valid)
+    assert main(["demo", "--users", "80", "--items", "30", "--target-preset", "tiny-1x64", "--draft-preset",
+                 "tiny-1x64", "--epochs", "1", "--requests", "2", "--num-beams", "3", "--draft-beams", "5",
+                 "--device", "cpu"]) == 0
+    assert "no validation (saved as best)" in capsys.readouterr().out
 
 
 def test_train_draft_default_folder_is_named_after_the_init_run(tiny_run, tmp_path, monkeypatch, capsys):
+    import shutil
+
     monkeypatch.setenv("ATSPEED_CACHE", str(tmp_path))
-    argv = ["train-draft", *SMALL, "--target", str(tiny_run / "best"), "--init", str(tiny_run / "best"),
+    init = tmp_path / "synthetic-tiny-1x64"  # the default name of a train-target run on this data
+    shutil.copytree(tiny_run / "best", init / "best")
+    argv = ["train-draft", *SMALL, "--target", str(tiny_run / "best"), "--init", str(init / "best"),
             "--objective", "ce", "--max-steps", "1", "--eval-prompts", "4"]
     assert main(argv) == 0
-    assert (tmp_path / "synthetic-draft-run-ce" / "best").is_dir()  # RUN/best -> "run", not "best"
+    out = tmp_path / "synthetic-draft-tiny-1x64-ce"  # RUN/best -> RUN without its data prefix, not "best"
+    assert (out / "best").is_dir()
     with pytest.raises(SystemExit, match="already holds a run"):
         main(argv)
+    with pytest.raises(SystemExit, match="not both"):
+        main(argv + ["--overwrite", "--resume"])
+    (out / "best" / "stale.json").write_text("{}")
     assert main(argv + ["--overwrite"]) == 0
+    assert "--overwrite: deleted best, last" in capsys.readouterr().out
+    assert (out / "best" / "model.safetensors").exists() and not (out / "best" / "stale.json").exists()

@@ -269,22 +269,37 @@ def test_lossless_on_a_model_whose_keys_and_values_differ_in_width():
 
 
 def test_sliding_window_models_are_refused_when_the_cache_could_outgrow_the_window():
+    """At a window equal to the decoders' cache bound the decode is refused; one more and it runs, identical to
+    the same weights with full attention (so the bound is not too small)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    def qwen2(window):
-        torch.manual_seed(0)
+    from atspeed_ext._inputs import beam_cache_slots, spec_cache_slots
+
+    def qwen2(window, seed=0):  # the same weights whatever the window (None: full attention)
+        torch.manual_seed(seed)
         return Qwen2ForCausalLM(Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                            use_sliding_window=True, sliding_window=window, max_window_layers=0,
-                                            max_position_embeddings=256)).double().eval()
+                                            use_sliding_window=window is not None, sliding_window=window,
+                                            max_window_layers=0, max_position_embeddings=256)).double().eval()
 
-    trie = ItemTrie(random_identifiers(60, 3, 4, seed=2), eos_token_id=EOS)
+    trie = ItemTrie(random_identifiers(60, 3, 4, seed=2), eos_token_id=EOS)  # depth 4
     prompts = random_prompts([6, 3], VOCAB, seed=2)
-    narrow = qwen2(8)
-    with pytest.raises(ValueError, match="sliding-window attention with a window of 8 tokens.*up to 22 cache slots"):
-        BeamSearchDecoder(narrow, trie, 4).generate(prompts)      # 6 + 4 beams x 4 levels (with EOS)
-    with pytest.raises(ValueError, match="target .* window of 8 tokens.*up to 38 cache slots"):
-        SpecBeamDecoder(narrow, narrow, trie, 4, 8, 2).generate(prompts)  # + 8 x 2 tree slots
-    wide = qwen2(200)  # never outgrown here: decoded as usual, still lossless
-    assert_identical(SpecBeamDecoder(wide, wide, trie, 4, 8, 2).generate(prompts),
-                     BeamSearchDecoder(wide, trie, 4).generate(prompts))
+    full = qwen2(None)
+    K = 4
+    ref = BeamSearchDecoder(full, trie, K).generate(prompts)
+    bound = beam_cache_slots(6, K, 4)
+    assert bound == 6 + 4 * 3
+    with pytest.raises(ValueError, match=f"window of {bound} tokens.*may need up to {bound} cache slots"):
+        BeamSearchDecoder(qwen2(bound), trie, K).generate(prompts)
+    assert_identical(BeamSearchDecoder(qwen2(bound + 1), trie, K).generate(prompts), ref)
+    for N, gamma in ((4, 3), (8, 2), (8, 1)):
+        bound = spec_cache_slots(6, K, N, gamma, 4)
+        with pytest.raises(ValueError, match=f"target .* window of {bound} tokens"):
+            SpecBeamDecoder(qwen2(bound), full, trie, K, N, gamma).generate(prompts)
+        with pytest.raises(ValueError, match=f"draft .* window of {bound} tokens"):
+            SpecBeamDecoder(full, qwen2(bound), trie, K, N, gamma).generate(prompts)
+        narrow, unrelated_draft = qwen2(bound + 1), qwen2(bound + 1, seed=1)  # a draft that is often rejected
+        for draft in (narrow, unrelated_draft):
+            for policy in ("beam", "anchored"):
+                assert_identical(SpecBeamDecoder(narrow, draft, trie, K, N, gamma, draft_policy=policy)
+                                 .generate(prompts), ref)

@@ -352,9 +352,11 @@ def test_resume_refuses_other_settings_data_or_model(small_data, tmp_path):
                         TrainConfig(epochs=1, batch_size=64, max_steps=3, eval_every=1, eval_prompts=10, lr=0.5),
                         resume=True, progress=False)
     fewer = synthetic_recdata(num_users=200, num_items=60, codes_per_level=6, seed=3)
-    with pytest.raises(ValueError, match="trained on .* examples but this run has"):
-        train_next_item(build_model("tiny-1x64", tok.vocab_size), tok, fewer, tmp_path, cfg, resume=True,
-                        progress=False)
+    reversed_data = RecData(data.identifiers, {u: s[::-1] for u, s in data.train.items()}, data.valid, data.test)
+    for other in (fewer, reversed_data):  # the second has as many examples
+        with pytest.raises(ValueError, match="was trained on other data"):
+            train_next_item(build_model("tiny-1x64", tok.vocab_size), tok, other, tmp_path, cfg, resume=True,
+                            progress=False)
     with pytest.raises(ValueError, match="does not fit this model.*shapes differ"):
         train_next_item(build_model("target-2x128", tok.vocab_size), tok, data, tmp_path, cfg, resume=True,
                         progress=False)

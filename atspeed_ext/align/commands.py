@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..commands import cache_dir, data_of, device_of, refuse_to_overwrite, run_of, train_config
+from ..commands import cache_dir, data_of, device_of, prepare_output, run_of, train_config
 from ..models import build_model, load_checkpoint
 from ..train import run_summary
 from .levels import LevelView
@@ -57,10 +57,10 @@ def run_train_draft(args) -> int:
         draft, _ = load_checkpoint(args.init, device, identifiers=data.identifiers)
     else:
         draft = build_model(args.preset, tokenizer.vocab_size, seed=args.seed).to(device)
-    name = f"{args.preset if not args.init else run_of(args.init)}-{args.objective}" + \
-        ("-onpolicy" if args.on_policy else "")
+    start = args.preset if not args.init else run_of(args.init).removeprefix(f"{data.name}-")
+    name = f"{start}-{args.objective}" + ("-onpolicy" if args.on_policy else "")
     out = Path(args.out) if args.out else cache_dir() / f"{data.name}-draft-{name}"
-    refuse_to_overwrite(out, args)
+    prepare_output(out, args)
     print(f"training draft {name} on {data.name} with target {args.target}; checkpoints in {out}")
     state = train_draft(draft, target, tokenizer, data, out, cfg, align, teacher=teacher, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 validates (torchrun)

@@ -126,7 +126,8 @@ def train_draft(draft, target, tokenizer, data: RecData, out_dir: str | Path, cf
 
     extra = {"align": asdict(align), "teacher": str(teacher.directory) if teacher is not None else None}
     return train_loop(draft, tokenizer, out_dir, cfg, lengths, batch_loss, validate if val_prompts else None,
-                      "accepted_levels", resume=resume, progress=progress, extra_config=extra)
+                      "accepted_levels", resume=resume, progress=progress, extra_config=extra,
+                      data_fingerprint=data.fingerprint())
 
 
 @torch.no_grad()

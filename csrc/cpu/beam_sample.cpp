@@ -93,6 +93,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> trie_beam_sample_cpu(
   // Every live beam's children need a uniform each; uniforms are probabilities.
   const int64_t* off = co.data_ptr<int64_t>();
   cpu::check_live_beam_nodes(nd, lv, co.size(0) - 1);
+  cpu::check_trie_arrays(co, ct, V);
   for (int64_t row = 0; row < B * W; ++row) {
     if (!lv.data_ptr<bool>()[row]) continue;
     const int64_t node = nd.data_ptr<int64_t>()[row];

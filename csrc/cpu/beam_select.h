@@ -27,6 +27,32 @@ inline bool better(const Candidate& a, const Candidate& b) {
   return a.edge < b.edge;
 }
 
+// The trie arrays must describe a trie over this vocabulary: child_offsets non-decreasing from 0 to the number
+// of edges, every edge token in [0, V). The kernels read child_tokens[e] and logits[..., token] without bounds
+// checks, so a malformed trie would read out of bounds. One branch-free pass over both arrays, then a second
+// that locates a failure for the message. `co`, `ct` contiguous CPU int64. The CUDA twins do not scan (a device
+// pass per call): they trust the arrays, which ItemTrie always builds valid.
+inline void check_trie_arrays(const at::Tensor& co, const at::Tensor& ct, int64_t V) {
+  const int64_t* o = co.data_ptr<int64_t>();
+  const int64_t* t = ct.data_ptr<int64_t>();
+  const int64_t n = co.numel(), E = ct.numel();
+  // Branch-free so the loops vectorise: one unsigned compare catches both t < 0 and t >= V.
+  bool bad = o[0] != 0 || o[n - 1] != E;
+  for (int64_t i = 0; i + 1 < n; ++i) bad |= o[i] > o[i + 1];
+  for (int64_t e = 0; e < E; ++e) bad |= static_cast<uint64_t>(t[e]) >= static_cast<uint64_t>(V);
+  if (!bad) return;
+  TORCH_CHECK(o[0] == 0 && o[n - 1] == E, "child_offsets must run from 0 to the number of edges ", E, ", got ",
+              o[0], " .. ", o[n - 1]);
+  for (int64_t i = 0; i + 1 < n; ++i) {
+    TORCH_CHECK(o[i] <= o[i + 1], "child_offsets must be non-decreasing, got child_offsets[", i, "] = ", o[i],
+                " > child_offsets[", i + 1, "] = ", o[i + 1]);
+  }
+  for (int64_t e = 0; e < E; ++e) {
+    TORCH_CHECK(t[e] >= 0 && t[e] < V, "child_tokens[", e, "] = ", t[e], " is not a token of the logits' ",
+                "vocabulary [0, ", V, ")");
+  }
+}
+
 // Every live beam must sit on a trie node: its children are read at child_offsets[node], [node + 1]. Dead
 // beams' nodes are never read. `beam_nodes` [B, W] int64 and `beam_live` [B, W] bool, contiguous CPU tensors;
 // the CUDA twins assert the same where they read a node.

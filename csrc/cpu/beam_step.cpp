@@ -52,6 +52,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> trie_beam_step_cpu(
   const at::Tensor x = logits.contiguous(), sc = beam_scores.contiguous(), nd = beam_nodes.contiguous(),
                    lv = beam_live.contiguous(), co = child_offsets.contiguous(), ct = child_tokens.contiguous();
   cpu::check_live_beam_nodes(nd, lv, co.size(0) - 1);
+  cpu::check_trie_arrays(co, ct, V);
   const BeamOutputs out(B, num_out, beam_scores.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "trie_beam_step_cpu", [&] {
     beam_step_kernel<scalar_t>(x.data_ptr<scalar_t>(), sc.data_ptr<float>(), nd.data_ptr<int64_t>(),

@@ -67,7 +67,7 @@ struct SerialExec {
 // where the algorithm reads the values (ATS_DEVICE_CHECK in ../sampling.h).
 void check_sample_verify_data(const at::Tensor& br, const at::Tensor& bn, const at::Tensor& bl, const at::Tensor& lp,
                               const at::Tensor& lt, const at::Tensor& lr, const at::Tensor& nl, const at::Tensor& un,
-                              const at::Tensor& co, const at::Tensor& ct, int64_t R) {
+                              const at::Tensor& co, const at::Tensor& ct, int64_t R, int64_t V) {
   const int64_t B = br.size(0), K = br.size(1), G = lp.size(1), N = lp.size(2);
   const int64_t* rows = br.data_ptr<int64_t>();
   const int64_t* nodes = bn.data_ptr<int64_t>();
@@ -75,6 +75,7 @@ void check_sample_verify_data(const at::Tensor& br, const at::Tensor& bn, const 
   const int64_t *par = lp.data_ptr<int64_t>(), *tok = lt.data_ptr<int64_t>(), *row = lr.data_ptr<int64_t>();
   const int64_t *off = co.data_ptr<int64_t>(), *tokens = ct.data_ptr<int64_t>();
   cpu::check_live_beam_nodes(bn, bl, co.size(0) - 1);
+  cpu::check_trie_arrays(co, ct, V);
   std::vector<int64_t> prev(N), cur(N);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t g = nl.data_ptr<int64_t>()[b];
@@ -129,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_ve
                    lt = level_token.contiguous(), lr = level_row.contiguous(), nl = num_levels.contiguous(),
                    dx = draft_logits.contiguous(), ds = draft_scores.contiguous(), un = uniforms.contiguous(),
                    co = child_offsets.contiguous(), ct = child_tokens.contiguous();
-  check_sample_verify_data(br, bn, bl, lp, lt, lr, nl, un, co, ct, R);
+  check_sample_verify_data(br, bn, bl, lp, lt, lr, nl, un, co, ct, R, V);
   int64_t max_children = 0;
   for (int64_t n = 0; n + 1 < co.size(0); ++n)
     max_children = std::max(max_children, co.data_ptr<int64_t>()[n + 1] - co.data_ptr<int64_t>()[n]);

@@ -85,6 +85,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> strict_ve
   // Row indices must address the logits and live beams must sit on trie nodes: checked here for every entry;
   // the CUDA twin asserts it on the device for the entries it reads.
   cpu::check_live_beam_nodes(bn, bl, co.size(0) - 1);
+  cpu::check_trie_arrays(co, ct, V);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t g = nl.data_ptr<int64_t>()[b];
     TORCH_CHECK(g >= 0 && g <= G, "num_levels[", b, "] = ", g, " must be in [0, ", G, "]");

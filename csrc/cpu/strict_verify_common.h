@@ -29,6 +29,7 @@ inline void check_strict_verify_args(const at::Tensor& logits, const at::Tensor&
   ATS_CHECK_DTYPE(child_offsets, at::kLong);
   ATS_CHECK_DTYPE(child_tokens, at::kLong);
   const int64_t B = logits.size(0), K = beam_rows.size(1);
+  TORCH_CHECK(logits.size(2) >= 1, "logits must be [B, R, V] with V >= 1, got shape ", logits.sizes());
   TORCH_CHECK(K >= 1 && beam_rows.size(0) == B, "beam_rows must be [B, K] with B = ", B, ", K >= 1, got ",
               beam_rows.sizes());
   for (const at::Tensor* t : {&beam_scores, &beam_nodes, &beam_live}) {
