@@ -27,7 +27,12 @@ def check_model_and_trie(model: torch.nn.Module, trie: ItemTrie, name: str = "mo
         raise TypeError(f"trie must be an atspeed_ext.ItemTrie, got {type(trie).__name__}")
     if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
         raise TypeError(f"{name} must be a Hugging Face causal LM (…ForCausalLM), got {type(model).__name__}")
-    _, n_out = model_vocab_sizes(model)
+    n_in, n_out = model_vocab_sizes(model)
+    if trie.vocab_size > n_in:  # tree tokens are fed back to the model
+        raise ValueError(
+            f"vocabulary mismatch: the trie is built for a vocabulary of {trie.vocab_size} tokens (its largest "
+            f"token id is {int(trie.child_tokens.max())}) but {name} ({type(model).__name__}) only embeds {n_in}"
+        )
     if trie.vocab_size > n_out:
         raise ValueError(
             f"vocabulary mismatch: the trie is built for a vocabulary of {trie.vocab_size} tokens (its largest "

@@ -74,6 +74,18 @@ def trained_on_valid(directory: str | Path, split: str) -> bool:
     return on_valid
 
 
+#: Files one of which a Hugging Face tokenizer needs (fast JSON, SentencePiece, BPE / WordPiece vocabularies).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+
+
+def _check_tokenizer_files(directory: Path) -> None:
+    """Refuse a model folder without its tokenizer: transformers may then build an empty tokenizer from the
+    model type alone, and the codes would silently take over the pretrained token ids."""
+    if not any((directory / name).exists() for name in _TOKENIZER_FILES):
+        raise ValueError(f"{directory} has no tokenizer files (one of {', '.join(_TOKENIZER_FILES)}): save the "
+                         "model's tokenizer next to it (tokenizer.save_pretrained(DIR))")
+
+
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", identifiers=None):
     """Load ``(model, tokenizer)`` from a local directory.
 
@@ -100,12 +112,14 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", i
         if identifiers is None:
             raise ValueError(f"{directory} is a plain Hugging Face model (no items.json): pass the item identifiers "
                              "(e.g. --data DIR) so that their codes can be added to its tokenizer")
+        _check_tokenizer_files(directory)
         tokenizer = TextPromptTokenizer(AutoTokenizer.from_pretrained(directory), identifiers)
         tokenizer.resize_model(model)
         return model, tokenizer
     if identifiers is not None and [tuple(i) for i in identifiers] != [tuple(i) for i in items["identifiers"]]:
         raise ValueError(f"{directory}: the checkpoint's item identifiers differ from the ones given")
     if items["prompt"] == "text":
+        _check_tokenizer_files(directory)
         return model, TextPromptTokenizer(AutoTokenizer.from_pretrained(directory), items["identifiers"],
                                           items["template"])
     return model, CodeTokenizer([tuple(i) for i in items["identifiers"]])

@@ -201,9 +201,13 @@ class SpecBeamDecoder:
         check_model_and_trie(draft, trie, "draft")
         t_in, t_out = model_vocab_sizes(target)
         d_in, d_out = model_vocab_sizes(draft)
-        if (t_in, t_out) != (d_in, d_out):
-            raise ValueError(f"vocabulary mismatch: target has {t_in} input / {t_out} output tokens, draft has "
-                             f"{d_in} / {d_out}; they must share one vocabulary")
+        # Both models read and score every trie token (checked above); their embedding tables may be padded to
+        # different sizes (as a small and a large Qwen2.5 are), except where sampling verification compares the
+        # two distributions token by token.
+        if verification != "strict" and t_out != d_out:
+            raise ValueError(f"vocabulary mismatch: {verification} verification compares the target's and the "
+                             f"draft's distributions over one vocabulary, but target scores {t_out} tokens and "
+                             f"draft {d_out}")
         if model_device(target) != model_device(draft):
             raise ValueError(f"target is on {model_device(target)} but draft is on {model_device(draft)}")
         self.target, self.draft, self.trie = target, draft, trie
@@ -212,7 +216,7 @@ class SpecBeamDecoder:
         self._sampling = verification != "strict"
         self.skip_exhaustive_draft = skip_exhaustive_draft and not self._sampling
         self._uniforms = SeededUniforms(seed) if self._sampling else None
-        self._vocab_in = t_in
+        self._vocab_in = min(t_in, d_in)  # prompts go to both models
         pad = getattr(getattr(target, "config", None), "pad_token_id", None)
         self._pad_token_id = pad if isinstance(pad, int) else 0
 

@@ -38,10 +38,19 @@ class TextPromptTokenizer:
     def __init__(self, hf_tokenizer, identifiers: Sequence[Sequence[str]], template: str = INSTRUCTION_TEMPLATE):
         if "{history}" not in template:
             raise ValueError("template must contain a '{history}' field")
+        try:  # any other field would fail at every prompt: refuse the template now
+            template.format(history="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"template must have no field but {{history}} (write literal braces as {{{{ and }}}}); "
+                             f"{template!r} fails with {type(e).__name__}: {e}") from None
         self.hf = hf_tokenizer
         self.template = template
         self.identifiers = [tuple(ident) for ident in identifiers]
-        hf_tokenizer.add_tokens(code_tokens(self.identifiers))
+        # Not normalized: a tokenizer whose normalizer rewrites text (Llama-2's "prepend ▁") would otherwise store
+        # "▁<a_1>" and miss every code that does not follow a space.
+        from transformers import AddedToken
+
+        hf_tokenizer.add_tokens([AddedToken(c, normalized=False) for c in code_tokens(self.identifiers)])
         ids = [hf_tokenizer.convert_tokens_to_ids(list(ident)) for ident in self.identifiers]
         self._item_ids = torch.tensor(ids, dtype=torch.long)
         if hf_tokenizer.eos_token_id is None:

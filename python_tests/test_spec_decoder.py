@@ -171,8 +171,8 @@ def test_bad_input_raises_clear_errors():
         SpecBeamDecoder(target, draft, trie, 3, 3, draft_policy="greedy")
     with pytest.raises(ValueError, match="skip_exhaustive_draft must be a bool"):
         SpecBeamDecoder(target, draft, trie, 3, 3, skip_exhaustive_draft=1)
-    with pytest.raises(ValueError, match="vocabulary mismatch"):
-        SpecBeamDecoder(target, tiny_model("llama", VOCAB + 8, seed=2, layers=1), trie, 3, 3)
+    with pytest.raises(ValueError, match="exact verification compares .* target scores 64 tokens and draft 72"):
+        SpecBeamDecoder(target, tiny_model("llama", VOCAB + 8, seed=2, layers=1), trie, 3, 3, verification="exact")
     with pytest.raises(ValueError, match="vocabulary mismatch"):
         SpecBeamDecoder(target, draft, ItemTrie([[3, 70]]), 3, 3)
     dec = SpecBeamDecoder(target, draft, trie, 3, 4)
@@ -303,3 +303,19 @@ def test_sliding_window_models_are_refused_when_the_cache_could_outgrow_the_wind
             for policy in ("beam", "anchored"):
                 assert_identical(SpecBeamDecoder(narrow, draft, trie, K, N, gamma, draft_policy=policy)
                                  .generate(prompts), ref)
+
+
+def test_a_draft_with_a_padded_vocabulary_is_lossless():
+    """Embedding tables padded to different sizes (a small and a large Qwen2.5 differ so) share one tokenizer:
+    strict verification only needs both models to read and score every trie token."""
+    target = tiny_model("qwen2", VOCAB, seed=4)
+    trie = ItemTrie(random_identifiers(80, 3, 5, seed=4), eos_token_id=EOS)
+    prompts = random_prompts([5, 9, 2], VOCAB, seed=4)
+    ref = BeamSearchDecoder(target, trie, 4).generate(prompts)
+    for padded in (tiny_model("qwen2", VOCAB + 24, seed=54, layers=1), tiny_model("qwen2", VOCAB, seed=54, layers=1)):
+        assert_identical(SpecBeamDecoder(target, padded, trie, 4, 8, 2).generate(prompts), ref)
+    assert_identical(SpecBeamDecoder(tiny_model("qwen2", VOCAB + 24, seed=4), tiny_model("qwen2", VOCAB, seed=54,
+                                     layers=1), trie, 4, 8, 2).generate(prompts),
+                     BeamSearchDecoder(tiny_model("qwen2", VOCAB + 24, seed=4), trie, 4).generate(prompts))
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):  # prompts must fit both models
+        SpecBeamDecoder(target, tiny_model("qwen2", VOCAB + 24, seed=54, layers=1), trie, 4, 8).generate([[70]])

@@ -63,9 +63,39 @@ def test_trie_is_in_the_tokenizer_ids(data):
     assert set(trie.children([])) == {int(t) for t in tok.item_token_ids[:, 0]}
 
 
+def metaspace_tokenizer():
+    """A Llama-2-style tokenizer (its normalizer prepends '▁' and turns spaces into '▁'), trained here."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Strip(" ", 1, 0)])
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"])
+    tok.train_from_iterator([INSTRUCTION_TEMPLATE.replace(" ", "▁")] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_codes_survive_a_normalizing_tokenizer(data):
+    """Codes are added unnormalized: with a Llama-2-style normalizer every code of the history (not only those
+    after a space) is one added token, and each is stored as itself, not as '▁<a_1>'."""
+    hf = metaspace_tokenizer()
+    base = len(hf)
+    tok = TextPromptTokenizer(hf, data.identifiers)
+    assert tok.decode(tok.item_token_ids[7].tolist()) == list(data.identifiers[7])
+    history = [3, 11, 5]
+    flat = [i for i in tok.encode_prompt(history) if i >= base]
+    assert flat == [t for item in history for t in tok.encode_item(item)]
+
+
 def test_bad_template_and_missing_eos(data):
     with pytest.raises(ValueError, match="history"):
         TextPromptTokenizer(byte_level_tokenizer(), data.identifiers, template="no field")
+    for template in ('Answer as JSON {"item": ...}. History: {history}', "History: {history}. In {lang}."):
+        with pytest.raises(ValueError, match="no field but {history}.*literal braces"):
+            TextPromptTokenizer(byte_level_tokenizer(), data.identifiers, template=template)
+    assert TextPromptTokenizer(byte_level_tokenizer(), data.identifiers,  # escaped braces are fine
+                               template="As JSON {{...}}: {history}").prompt_text([0]).startswith("As JSON {...}: ")
     hf = byte_level_tokenizer()
     hf.eos_token = None
     with pytest.raises(ValueError, match="no eos token"):
@@ -84,6 +114,8 @@ def test_train_save_load_evaluate_a_text_prompt_llm(data, tmp_path):
                       eos_token_id=hf.eos_token_id, pad_token_id=hf.pad_token_id)
     plain = tmp_path / "plain"
     Qwen2ForCausalLM(cfg).save_pretrained(plain)
+    with pytest.raises(ValueError, match="has no tokenizer files"):  # transformers would build an empty one
+        load_checkpoint(plain, identifiers=data.identifiers)
     hf.save_pretrained(plain)
     with pytest.raises(ValueError, match="plain Hugging Face model"):
         load_checkpoint(plain)
