@@ -28,16 +28,12 @@ def check_model_and_trie(model: torch.nn.Module, trie: ItemTrie, name: str = "mo
     if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
         raise TypeError(f"{name} must be a Hugging Face causal LM (…ForCausalLM), got {type(model).__name__}")
     n_in, n_out = model_vocab_sizes(model)
-    if trie.vocab_size > n_in:  # tree tokens are fed back to the model
-        raise ValueError(
-            f"vocabulary mismatch: the trie is built for a vocabulary of {trie.vocab_size} tokens (its largest "
-            f"token id is {int(trie.child_tokens.max())}) but {name} ({type(model).__name__}) only embeds {n_in}"
-        )
-    if trie.vocab_size > n_out:
-        raise ValueError(
-            f"vocabulary mismatch: the trie is built for a vocabulary of {trie.vocab_size} tokens (its largest "
-            f"token id is {int(trie.child_tokens.max())}) but {name} ({type(model).__name__}) only scores {n_out}"
-        )
+    for size, what in ((n_in, "embeds"), (n_out, "scores")):  # tree tokens are fed back, and scored
+        if trie.vocab_size > size:
+            raise ValueError(
+                f"vocabulary mismatch: the trie is built for a vocabulary of {trie.vocab_size} tokens (its largest "
+                f"token id is {int(trie.child_tokens.max())}) but {name} ({type(model).__name__}) only {what} {size}"
+            )
 
 
 def sliding_window(model: torch.nn.Module) -> int | None:

@@ -53,6 +53,15 @@ def trained_recipe(preset: str, data, tokenizer: CodeTokenizer, stages, device, 
     return load_checkpoint(previous, device)[0]
 
 
+def check_beams_fit(data, k: int, option: str) -> None:
+    """Refuse K beams (or a top-K list) longer than the catalogue's distinct identifiers: beam search could
+    never fill them, and ``eval --ks 20000`` ran out of memory trying."""
+    identifiers = len(set(data.identifiers))
+    if k > identifiers:
+        raise ValueError(f"{option} {k} is more than the {identifiers} distinct item identifiers of {data.name}; "
+                         f"give K <= {identifiers}")
+
+
 def parse_device(name: str | None) -> torch.device:
     """``--device`` as a torch device (default: cuda if available); a clear error for a bad or absent one."""
     try:
@@ -183,10 +192,7 @@ def run_eval(args) -> int:
     if trained_eos is not None and trained_eos != args.with_eos:
         raise SystemExit(f"error: {args.checkpoint} was trained {'with' if trained_eos else 'without'} <eos> "
                          f"ending its identifiers; evaluate it {'with' if trained_eos else 'without'} --with-eos")
-    identifiers = len(set(data.identifiers))
-    if max(args.ks) > identifiers:
-        raise SystemExit(f"error: --ks {max(args.ks)} is more than the {identifiers} distinct item identifiers "
-                         f"of {args.data or 'the synthetic data'}; give K <= {identifiers}")
+    check_beams_fit(data, max(args.ks), "--ks")
     on_valid = trained_on_valid(args.checkpoint, args.split)
     prompts = data.test_prompts() if args.split == "test" else data.valid_prompts()
     if not prompts:

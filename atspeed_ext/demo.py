@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .commands import parse_device, trained_recipe
+from .commands import check_beams_fit, parse_device, trained_recipe
 from .data import load_lcrec
 from .decoder import BeamSearchDecoder
 from .evaluate import output_recall_ndcg
@@ -46,10 +46,7 @@ def run_demo(args) -> int:
     else:
         data = synthetic_recdata(num_users=args.users, num_items=args.items, seed=args.seed)
         tag = f"synthetic{args.users}x{args.items}"
-    identifiers = len(set(data.identifiers))
-    if args.num_beams > identifiers:
-        raise SystemExit(f"error: --num-beams {args.num_beams} is more than the {identifiers} distinct item "
-                         f"identifiers of {data.name}; give K <= {identifiers}")
+    check_beams_fit(data, args.num_beams, "--num-beams")  # before any training
     tokenizer = CodeTokenizer(data.identifiers)
     trie = tokenizer.trie()
     print(f"atspeed_ext demo on {device}: {data.name}, {data.num_items} items, {len(data.train_examples())} "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..commands import cache_dir, data_of, device_of, prepare_output, run_of, train_config
+from ..commands import cache_dir, check_beams_fit, data_of, device_of, prepare_output, run_of, train_config
 from ..models import build_model, load_checkpoint
 from ..train import run_summary
 from .levels import LevelView
@@ -19,10 +19,7 @@ def run_teacher(args) -> int:
         raise ValueError("teacher data covers identifier tokens only; drop --with-eos")
     device = device_of(args)
     target, tokenizer = load_checkpoint(args.checkpoint, device, identifiers=data.identifiers)
-    identifiers = len(set(data.identifiers))
-    if args.num_beams > identifiers:
-        raise ValueError(f"--num-beams {args.num_beams} is more than the {identifiers} distinct item identifiers "
-                         f"of {data.name}; give K <= {identifiers}")
+    check_beams_fit(data, args.num_beams, "--num-beams")
     examples = data.train_examples()
     if args.limit > 0:
         examples = examples[:args.limit]
