@@ -59,9 +59,12 @@ ATS_HD inline bool is_candidate(float s) { return s > -INFINITY; }  // -inf and 
 // The tempered score every sampling rule uses: p(candidate) is proportional to exp(scaled(score, T)).
 ATS_HD inline double scaled(float score, double temperature) { return static_cast<double>(score) / temperature; }
 // Gumbel-top-k key: sorting candidates by it (descending) is sequential sampling without replacement from
-// softmax(scaled score). u = 0 gives -inf (still a candidate, ranked last).
+// softmax(scaled score). u = 0 gives -inf (still a candidate, ranked last), u = 1 gives +inf. An infinite
+// scaled score (a tiny T overflows it) is the key whatever u is: -inf + Gumbel(u = 1) would be NaN, which
+// every executor orders differently.
 ATS_HD inline double gumbel_key(float score, double temperature, double u) {
-  return scaled(score, temperature) - log(-log(u));
+  const double s = scaled(score, temperature);
+  return isinf(s) ? s : s - log(-log(u));
 }
 
 // inverse_cdf_rule(w[0..n), u): with total = sum(w) and t = u * total, the first index c with w[c] > 0 whose

@@ -88,6 +88,28 @@ def test_zero_probability_candidates_are_never_drawn():
             assert valid.any() and not forbidden[out[2][valid]].any()
 
 
+def test_an_overflowing_temperature_ranks_by_the_scaled_score_whatever_u_is():
+    # With T = 1e-320 every finite negative score / T is -inf and every positive one +inf; u = 1 (Gumbel +inf) or
+    # u = 0 (-inf) would then make the key NaN, which executors order differently. The scaled score is the key.
+    trie = ItemTrie([[3, 5], [3, 6], [3, 7], [4, 8]])
+    node_3 = trie.node_of([3])
+    logits = torch.tensor([[[0.0] * 5 + [2.0, 1.0, 0.5, 0.0]]])
+    nodes, live = torch.tensor([[node_3]]), torch.ones(1, 1, dtype=torch.bool)
+    for beam_score, u_row, want in ((-1.0, [1.0, 0.5, 1.0], [5, 6, 7]),   # all -inf: ties, token order
+                                    (50.0, [0.0, 1.0, 0.0], [5, 6, 7])):   # all +inf: ties, token order
+        u = torch.tensor([[u_row]], dtype=torch.float64)
+        outs = [op(logits, torch.tensor([[beam_score]]), nodes, live, trie.child_offsets, trie.child_tokens, u,
+                   1e-320, 3) for op in (_ops.trie_beam_sample, reference.trie_beam_sample)]
+        assert_same(*outs)
+        assert outs[0][2].tolist() == [want]
+    # Mixed: scores 0.12 (+inf), -0.88 and -1.38 (-inf); u = 0 for the first and 1 for the others (NaN before).
+    u = torch.tensor([[[0.0, 1.0, 1.0]]], dtype=torch.float64)
+    outs = [op(logits, torch.tensor([[1.0]]), nodes, live, trie.child_offsets, trie.child_tokens, u, 1e-320, 3)
+            for op in (_ops.trie_beam_sample, reference.trie_beam_sample)]
+    assert_same(*outs)
+    assert outs[0][2].tolist() == [[5, 6, 7]] and outs[0][0][0, 0] > 0 > outs[0][0][0, 1]
+
+
 def test_missing_candidates_are_marked_invalid_not_invented():
     trie = ItemTrie([[3, 5], [3, 6], [4, 7]])
     logits = torch.randn(2, 2, 9)

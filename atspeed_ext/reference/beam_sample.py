@@ -22,7 +22,7 @@ def trie_beam_sample(
 
     Candidates and their float32 scores are those of :func:`~atspeed_ext.reference.trie_beam_step`
     (``beam_score + log_softmax(logits)[token]``; -inf / NaN scores are not candidates). Each candidate gets
-    the Gumbel key ``score / T - log(-log(u))`` in float64, where ``u = uniforms[b, w, i]`` for the i-th
+    the Gumbel key ``score / T - log(-log(u))`` in float64 (``score / T`` itself where that is infinite), where ``u = uniforms[b, w, i]`` for the i-th
     child (in token order) of beam ``w``; the candidates with the ``num_out`` highest keys are returned in
     key order (equal keys: lower beam, then lower token). Ranking by such keys is exactly sequential
     sampling without replacement with probabilities proportional to ``exp(score / T)`` (Gumbel-top-k), so
@@ -36,7 +36,9 @@ def trie_beam_sample(
     child = edge_of - child_offsets[torch.where(beam_live, beam_nodes, 0)].unsqueeze(-1)
     u = torch.nn.functional.pad(uniforms.double(), (0, 1), value=0.5).gather(
         2, torch.where(edge_of >= 0, child, uniforms.shape[2]))
-    keys = scores.double() / temperature - torch.log(-torch.log(u))
+    scaled = scores.double() / temperature
+    # An infinite scaled score (a tiny T overflows it) is the key whatever u is (-inf + inf would be NaN).
+    keys = torch.where(scaled.isinf(), scaled, scaled - torch.log(-torch.log(u)))
     keys = torch.where(candidate, keys, torch.full_like(keys, float("-inf"))).flatten(1)
 
     # Stable sorts compose: by key (descending, ties in flat = beam-major token order), then candidates first
