@@ -158,7 +158,8 @@ def trie_beam_sample(logits, beam_scores, beam_nodes, beam_live, child_offsets, 
     Returns:
         ``(scores, parents, tokens, nodes)`` ``[B, W_out]`` as :func:`trie_beam_step` (same float32 scores:
         the *unscaled* cumulative log-probabilities), in draw order: Gumbel-top-k with the float64 key
-        ``score / T - log(-log(u))``, higher first (equal keys: lower beam, then lower token). Fewer
+        ``score / T - log(-log(u))`` (``score / T`` where that overflows to +-inf), higher first (equal keys:
+        lower beam, then lower token). Fewer
         candidates than ``W_out``: the missing slots have score -inf and -1 elsewhere.
         Spec: :mod:`atspeed_ext.reference.beam_sample`.
     """
