@@ -151,7 +151,8 @@ class SpecBeamDecoder:
     fewer target calls.
 
     Args:
-        target, draft: Hugging Face causal LMs on the same device with the same vocabulary.
+        target, draft: Hugging Face causal LMs on the same device sharing the trie's tokens (their embedding
+            tables may be padded to different sizes under strict verification; sampling needs equal sizes).
         trie: the item trie.
         num_beams: K >= 1.
         draft_beams: N >= K, the width of each drafted level. A wider tree accepts more levels but feeds more

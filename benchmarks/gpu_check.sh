@@ -16,7 +16,8 @@
 #                    skipped (default 420)
 #   GPU_CHECK_SKIP   stage names to skip, space-separated (e.g. "spec_k10 profile"; the build cannot be skipped)
 #
-# On a machine without the data or the cached models, `python benchmarks/pack_for_gpu.py --out DIR` packs them
+# On a machine without the data or the cached models, `python benchmarks/pack_for_gpu.py --out DIR
+# --target TARGET/best --draft DRAFT/best` packs them
 # (55 MiB: the target's weights in bfloat16) into a folder to carry, and prints the three variables to set. On
 # the H200 (torch 2.11, 2026-11-27) the build took 55 s, the suite 70 s, the K = 10 grid at batch 1 ~10 s a point.
 set -uo pipefail

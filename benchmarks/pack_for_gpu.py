@@ -4,14 +4,12 @@ Copies the Beauty files and the spec benchmarks' cached checkpoints (the target 
 53 MB instead of 106 MB; the benchmarks cast them back to their --dtype) into one folder, and prints the
 variables that point gpu_check.sh at it:
 
-    python benchmarks/pack_for_gpu.py --out .devcarry [--data ../shared/data/beauty]
-        [--target ~/.cache/atspeed_ext/beauty-target-8x512-validonly/best]
-        [--draft ~/.cache/atspeed_ext/beauty-draft-1x128-validonly/best]
-        [--aligned-draft ~/.cache/atspeed_ext/beauty-align-atspeed-s-n8192/best]
+    python benchmarks/pack_for_gpu.py --out .devcarry --target TARGET/best --draft DRAFT/best
+        [--aligned-draft ALIGNED/best] [--data ../shared/data/beauty]
 
-The defaults are the folders the README's commands train into: its final target (the dropout recipe +
-``--valid-only``) and the cross-entropy draft-1x128 given the same fine-tune. The aligned draft (AtSpeed-S, the
-best K = 10 draft on the CPU) is packed when it exists (skipped otherwise).
+TARGET is the trained target (e.g. the README's final recipe: the dropout run + ``--valid-only``), DRAFT the
+cross-entropy draft-1x128 given the same fine-tune, ALIGNED an optional AtSpeed-S draft (the best K = 10 draft on
+the CPU).
 """
 
 from __future__ import annotations
@@ -22,8 +20,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-
-from atspeed_ext.commands import cache_dir
 
 
 def copy_checkpoint(src: Path, dst: Path, dtype: torch.dtype | None) -> None:
@@ -43,26 +39,26 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder to fill (carry it to the GPU machine)")
     p.add_argument("--data", default="../shared/data/beauty")
-    p.add_argument("--target", default=str(cache_dir() / "beauty-target-8x512-validonly" / "best"))
-    p.add_argument("--draft", default=str(cache_dir() / "beauty-draft-1x128-validonly" / "best"))
-    p.add_argument("--aligned-draft", default=str(cache_dir() / "beauty-align-atspeed-s-n8192" / "best"))
+    p.add_argument("--target", required=True, help="the target checkpoint folder (e.g. RUN/best)")
+    p.add_argument("--draft", required=True, help="the cross-entropy draft checkpoint folder")
+    p.add_argument("--aligned-draft", default=None, help="an aligned draft checkpoint folder, packed too (optional)")
     args = p.parse_args(argv)
     out, data = Path(args.out), Path(args.data)
     if not data.is_dir():
         raise SystemExit(f"error: --data {data} is not a directory")
-    for name, src in (("--target", args.target), ("--draft", args.draft)):  # before anything is copied
+    checkpoints = [("--target", args.target), ("--draft", args.draft)]
+    if args.aligned_draft:
+        checkpoints.append(("--aligned-draft", args.aligned_draft))
+    for name, src in checkpoints:  # before anything is copied
         if not (Path(src).expanduser() / "model.safetensors").exists():
-            raise SystemExit(f"error: {name} {src} holds no model.safetensors (train it first: see the README)")
+            raise SystemExit(f"error: {name} {src} holds no model.safetensors")
     shutil.copytree(data, out / "beauty", dirs_exist_ok=True)
     copy_checkpoint(Path(args.target).expanduser(), out / "target", torch.bfloat16)
     copy_checkpoint(Path(args.draft).expanduser(), out / "draft", None)
-    aligned = Path(args.aligned_draft).expanduser()
     variables = f"ATSPEED_BEAUTY={out}/beauty ATSPEED_TARGET={out}/target ATSPEED_DRAFT={out}/draft"
-    if (aligned / "model.safetensors").exists():
-        copy_checkpoint(aligned, out / "aligned-draft", None)
+    if args.aligned_draft:
+        copy_checkpoint(Path(args.aligned_draft).expanduser(), out / "aligned-draft", None)
         variables += f" ATSPEED_ALIGNED_DRAFT={out}/aligned-draft"
-    else:
-        print(f"(no aligned draft at {aligned}: not packed)")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2 ** 20
     print(f"packed {size:.0f} MiB into {out}; on the GPU machine:\n{variables} bash benchmarks/gpu_check.sh")
 

@@ -331,3 +331,7 @@ def test_train_draft_default_folder_is_named_after_the_init_run(tiny_run, tmp_pa
     assert main(argv + ["--overwrite"]) == 0
     assert "--overwrite: deleted best, last" in capsys.readouterr().out
     assert (out / "best" / "model.safetensors").exists() and not (out / "best" / "stale.json").exists()
+    init = tmp_path / "synthetic-draft-1x64"  # a run already named a draft: "draft" is not repeated
+    shutil.copytree(tiny_run / "best", init / "best")
+    assert main(argv[:argv.index("--init") + 1] + [str(init / "best")] + argv[argv.index("--init") + 2:]) == 0
+    assert (tmp_path / "synthetic-draft-1x64-ce" / "best").is_dir()

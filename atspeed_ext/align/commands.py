@@ -56,7 +56,8 @@ def run_train_draft(args) -> int:
         draft = build_model(args.preset, tokenizer.vocab_size, seed=args.seed).to(device)
     start = args.preset if not args.init else run_of(args.init).removeprefix(f"{data.name}-")
     name = f"{start}-{args.objective}" + ("-onpolicy" if args.on_policy else "")
-    out = Path(args.out) if args.out else cache_dir() / f"{data.name}-draft-{name}"
+    kind = "" if name.startswith("draft") else "draft-"  # "draft-1x128-ce", not "draft-draft-1x128-ce"
+    out = Path(args.out) if args.out else cache_dir() / f"{data.name}-{kind}{name}"
     prepare_output(out, args)
     print(f"training draft {name} on {data.name} with target {args.target}; checkpoints in {out}")
     state = train_draft(draft, target, tokenizer, data, out, cfg, align, teacher=teacher, resume=args.resume)
