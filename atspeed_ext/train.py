@@ -332,9 +332,12 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
         except json.JSONDecodeError as e:
             raise ValueError(f"{last / 'trainer_state.json'} is not valid JSON ({e}): a damaged run; resume another "
                              "or start again with --overwrite") from None
-        if state.get("extra_config", {}) != json.loads(json.dumps(extra_config)):
-            raise ValueError(f"{last} was trained with other settings ({state.get('extra_config')}); resume with the "
-                             "same ones or use another output directory")
+        saved_extra, extra = state.get("extra_config", {}), json.loads(json.dumps(extra_config))
+        if saved_extra != extra:
+            changed = ", ".join(f"{k} {saved_extra.get(k)!r} -> {extra.get(k)!r}" for k in sorted({*saved_extra, *extra})
+                                if saved_extra.get(k) != extra.get(k))
+            raise ValueError(f"{last} was trained with other settings ({changed}); resume with the same ones or use "
+                             "another output directory")
         state.setdefault("metric", metric)
         state.setdefault("best", state.pop("best_recall@10", None))  # states written before "best" existed
         if validate is None and state["best"] is not None:

@@ -233,9 +233,22 @@ def test_train_draft_resumes_exactly_and_refuses_other_settings(setup, tmp_path,
     assert state["step"] == 6
     for a, b in zip(whole.parameters(), resumed.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="other settings .*'objective': 'atspeed-s'.* -> .*'objective': 'atspeed-r'"):
         train_draft(resumed, target, tok, data, tmp_path / "part", cfg, AlignConfig(objective="atspeed-r", topk=3,
                     val_beams=3, val_draft_beams=6), teacher=teacher, resume=True, progress=False)
+    # The teacher is known by its contents: the same folder by another path resumes ...
+    monkeypatch.chdir(tmp_path)
+    same = TeacherData("teacher", levels)
+    assert train_draft(resumed, target, tok, data, tmp_path / "part", cfg, align, teacher=same, resume=True,
+                       progress=False)["step"] == 6
+    # ... and another target is refused (here with ce, where the teacher data only picks the examples).
+    ce = AlignConfig(objective="ce", val_beams=3, val_draft_beams=6)
+    train_draft(build_model("tiny-1x64", tok.vocab_size, seed=5), target, tok, data, tmp_path / "ce", cfg, ce,
+                teacher=teacher, progress=False)
+    other = build_model("tiny-1x64", tok.vocab_size, seed=2).eval()
+    with pytest.raises(ValueError, match="other settings \\(target '[0-9a-f]+' -> '[0-9a-f]+'\\)"):
+        train_draft(build_model("tiny-1x64", tok.vocab_size, seed=5), other, tok, data, tmp_path / "ce", cfg, ce,
+                    teacher=teacher, resume=True, progress=False)
     meta = json.loads((tmp_path / "whole" / "best" / "meta.json").read_text())
     assert meta["align"]["objective"] == "atspeed-s"         # the checkpoint says how it was trained
 
@@ -261,6 +274,15 @@ def test_train_draft_bad_inputs(setup, tmp_path):
         data.max_history = 20
     with pytest.raises(ValueError, match="needs teacher data"):
         train_draft(model, model, tok, data, tmp_path, TrainConfig(epochs=1), AlignConfig(objective="seqkd"))
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "meta.json").write_text('{"format": ')  # a write cut short (meta.json is now replaced atomically)
+    with pytest.raises(ValueError, match="meta.json is not valid JSON"):
+        TeacherData(damaged, levels)
+    other = build_model("tiny-1x64", tok.vocab_size, seed=3)  # teacher data made by `model`, not by this target
+    with pytest.raises(ValueError, match="made by another target"):
+        train_draft(model, other, tok, data, tmp_path / "y", TrainConfig(epochs=1), AlignConfig(objective="seqkd"),
+                    teacher=TeacherData(tmp_path / "t", levels))
     with pytest.raises(ValueError, match="history_dropout applies to train_next_item only"):
         train_draft(model, model, tok, data, tmp_path, TrainConfig(epochs=1, history_dropout=0.2), AlignConfig())
     with pytest.raises(ValueError, match="train_on_valid applies to train_next_item only"):

@@ -81,12 +81,12 @@ def generate_teacher_data(model, tokenizer, examples: list[tuple[tuple[int, ...]
             "model_hash": hash_model(model), "source": source or {}}
     meta_path = out_dir / "meta.json"
     if meta_path.exists():
-        old = json.loads(meta_path.read_text())
+        old = _read_meta(meta_path)
         changed = [k for k in meta if k != "source" and old.get(k) != meta[k]]
         if changed:
             raise ValueError(f"{out_dir} holds teacher data of other settings ({', '.join(changed)} differ); "
                              "use another directory")
-    meta_path.write_text(json.dumps(meta, indent=2))
+    _write_meta(meta_path, meta)
     todo = [i for i, _ in enumerate(shards) if not (out_dir / meta["shards"][i]).exists()]
     started = time.perf_counter()
     bar = tqdm(total=len(examples), initial=len(examples) - sum(shards[i][1] - shards[i][0] for i in todo),
@@ -112,7 +112,7 @@ def generate_teacher_data(model, tokenizer, examples: list[tuple[tuple[int, ...]
     if todo:
         meta["seconds_last_run"] = round(time.perf_counter() - started, 1)
     meta["bytes"] = sum((out_dir / s).stat().st_size for s in meta["shards"])
-    meta_path.write_text(json.dumps(meta, indent=2))
+    _write_meta(meta_path, meta)
     return out_dir
 
 
@@ -127,6 +127,21 @@ def hash_examples(tokenizer, examples) -> str:
     for history, target in examples:
         h.update(json.dumps([tokenizer.encode_prompt(history), int(target)]).encode())
     return h.hexdigest()[:16]
+
+
+def _write_meta(path: Path, meta: dict) -> None:
+    """Write meta.json whole or not at all (a crash mid-write must not leave a half file)."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(path)
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): damaged teacher data; make it again in another "
+                         "directory") from None
 
 
 def hash_model(model) -> str:
@@ -167,7 +182,7 @@ class TeacherData:
         meta_path = self.directory / "meta.json"
         if not meta_path.exists():
             raise FileNotFoundError(f"{self.directory}: no meta.json; run `atspeed-ext teacher` first")
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = _read_meta(meta_path)
         if self.meta.get("format") != FORMAT:
             raise ValueError(f"{self.directory}: unknown teacher format {self.meta.get('format')!r}")
         missing = [s for s in self.meta["shards"] if not (self.directory / s).exists()]

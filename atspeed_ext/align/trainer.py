@@ -16,7 +16,7 @@ from ..train import TrainConfig, train_loop, validation_prompts
 from .forcing import forced_level_log_probs
 from .levels import LevelView
 from .losses import OBJECTIVES, alignment_loss
-from .teacher import TeacherData, hash_examples
+from .teacher import TeacherData, hash_examples, hash_model
 
 
 @dataclass
@@ -85,6 +85,12 @@ def train_draft(draft, target, tokenizer, data: RecData, out_dir: str | Path, cf
         if hash_examples(tokenizer, examples) != teacher.meta["examples_hash"]:
             raise ValueError(f"{teacher.directory}: the teacher data was made for other prompts (another data set, "
                              "history length or tokenizer)")
+    target_hash = hash_model(target)
+    if teacher is not None and needs_teacher(align) and teacher.meta["model_hash"] != target_hash:
+        made_by = teacher.meta.get("source", {}).get("target", "unrecorded")
+        raise ValueError(f"{teacher.directory}: the teacher data was made by another target ({made_by}, weights "
+                         f"{teacher.meta['model_hash']}) than the one given (weights {target_hash}; the same weights "
+                         "in another dtype count as others): make teacher data with this target (atspeed-ext teacher)")
     prompts = [tokenizer.encode_prompt(h) for h, _ in examples]
     truths = tokenizer.item_token_ids[[t for _, t in examples]]
     lengths = [len(p) for p in prompts]
@@ -124,7 +130,9 @@ def train_draft(draft, target, tokenizer, data: RecData, out_dir: str | Path, cf
         return {"accepted_levels": sum(levels_per_round) / max(1, len(levels_per_round)),
                 "target_calls": sum(calls) / max(1, len(calls))}
 
-    extra = {"align": asdict(align), "teacher": str(teacher.directory) if teacher is not None else None}
+    # A resume must see the same target and teacher data: their contents, not the paths they were given by.
+    teacher_id = None if teacher is None else {k: teacher.meta[k] for k in ("examples_hash", "model_hash", "num_beams")}
+    extra = {"align": asdict(align), "target": target_hash, "teacher": teacher_id}
     return train_loop(draft, tokenizer, out_dir, cfg, lengths, batch_loss, validate if val_prompts else None,
                       "accepted_levels", resume=resume, progress=progress, extra_config=extra,
                       data_fingerprint=data.fingerprint())
