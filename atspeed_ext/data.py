@@ -22,6 +22,8 @@ from pathlib import Path
 __all__ = ["DataError", "Prompt", "RecData", "load_lcrec"]
 
 _CODE = re.compile(r"^<([a-z])_(\d+)>$")
+_ITEM_KEY = re.compile(r"0|[1-9][0-9]*")  # an index key: a plain decimal item id ('00', '²' are not)
+_DIGITS = re.compile(r"[0-9]+")
 
 
 class DataError(ValueError):
@@ -72,25 +74,34 @@ class RecData:
         before the test period, for a recency fine-tune of a final model evaluated on test."""
         return self._next_item_examples(True, valid_targets_only=True)
 
+    def _history_length(self) -> int:
+        """``max_history``, checked where it is used (it is a plain attribute: callers set it after loading)."""
+        if isinstance(self.max_history, bool) or not isinstance(self.max_history, int) or self.max_history < 1:
+            raise ValueError(f"max_history must be an integer >= 1, got {self.max_history!r}")
+        return self.max_history
+
     def _next_item_examples(self, include_valid: bool, valid_targets_only: bool) -> list[tuple[tuple[int, ...], int]]:
+        m = self._history_length()
         out = []
         for user in sorted(set(self.train) | (set(self.valid) if include_valid else set())):
             train = self.train.get(user, [])
             seq = train + (self.valid.get(user, []) if include_valid else [])
             for i in range(max(1, len(train)) if valid_targets_only else 1, len(seq)):
-                out.append((tuple(seq[max(0, i - self.max_history):i]), seq[i]))
+                out.append((tuple(seq[max(0, i - m):i]), seq[i]))
         return out
 
     def valid_prompts(self) -> list[Prompt]:
         """Users with validation items; history = their last train items."""
-        return [Prompt(u, tuple(self.train.get(u, [])[-self.max_history:]), frozenset(items))
+        m = self._history_length()
+        return [Prompt(u, tuple(self.train.get(u, [])[-m:]), frozenset(items))
                 for u, items in sorted(self.valid.items()) if items and self.train.get(u)]
 
     def test_prompts(self) -> list[Prompt]:
         """Users with test items; history = their last train + valid items."""
+        m = self._history_length()
         out = []
         for u, items in sorted(self.test.items()):
-            history = (self.train.get(u, []) + self.valid.get(u, []))[-self.max_history:]
+            history = (self.train.get(u, []) + self.valid.get(u, []))[-m:]
             if items and history:
                 out.append(Prompt(u, tuple(history), frozenset(items)))
         return out
@@ -121,9 +132,9 @@ def _read_index(path: Path) -> list[tuple[str, ...]]:
         raise DataError(f"{path}: not valid JSON (line {exc.lineno}): {exc.msg}") from exc
     if not isinstance(raw, dict) or not raw:
         raise DataError(f"{path}: expected a non-empty JSON object {{item id: [codes]}}")
-    keys = sorted(raw, key=lambda k: int(k) if k.isdigit() else -1)
-    if [k for k in keys if not k.isdigit()] or [int(k) for k in keys] != list(range(len(keys))):
-        bad = next((k for i, k in enumerate(keys) if not k.isdigit() or int(k) != i), keys[0])
+    keys = sorted(raw, key=lambda k: int(k) if _ITEM_KEY.fullmatch(k) else -1)
+    if [k for k in keys if not _ITEM_KEY.fullmatch(k)] or [int(k) for k in keys] != list(range(len(keys))):
+        bad = next((k for i, k in enumerate(keys) if not _ITEM_KEY.fullmatch(k) or int(k) != i), keys[0])
         raise DataError(f"{path}: item ids must be the 0-based integers 0..{len(keys) - 1}; found key {bad!r}")
     identifiers, length = [], None
     for k in keys:
@@ -152,10 +163,10 @@ def _read_sequences(path: Path, num_items: int, required: bool = True) -> dict[i
         fields = line.split()
         if not fields:
             continue
-        try:
-            values = [int(f) for f in fields]
-        except ValueError:
-            raise DataError(f"{path}, line {n}: ids must be integers, got {line.strip()!r}") from None
+        if not all(_DIGITS.fullmatch(f) for f in fields):  # int() would also take '1_0', '+3', '٣'
+            raise DataError(f"{path}, line {n}: ids must be non-negative integers (ASCII digits), got "
+                            f"{line.strip()!r}")
+        values = [int(f) for f in fields]
         user, items = values[0], values[1:]
         if user < 1:
             raise DataError(f"{path}, line {n}: user ids are 1-based, got {user}")

@@ -33,8 +33,8 @@ def synthetic_identifiers(num_items: int, depth: int = 4, codes_per_level: int =
         spread = torch.randint(0, codes_per_level, (num_items,), generator=g)
         cols.append(torch.where(torch.rand(num_items, generator=g) < 0.5, preferred, spread))
     ids = torch.stack([NUM_SPECIAL_TOKENS + lvl * codes_per_level + c for lvl, c in enumerate(cols)], 1)
-    for i in range(num_shared):
-        ids[num_items - 1 - i] = ids[i]
+    for i in range(num_shared):  # copies of the items that keep their own identifier (never of another copy)
+        ids[num_items - 1 - i] = ids[i % (num_items - num_shared)]
     return ids
 
 

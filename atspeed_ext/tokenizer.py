@@ -26,7 +26,8 @@ def code_tokens(identifiers: Sequence[Sequence[str]]) -> list[str]:
             if not isinstance(c, str) or not _CODE.match(c):
                 raise ValueError(f"item {i}: {c!r} is not a code like '<a_12>'")
             codes.add(c)
-    return sorted(codes, key=lambda c: (_CODE.match(c).group(1), int(_CODE.match(c).group(2))))
+    # The code itself breaks ties ('<a_1>' and '<a_01>' are two codes of one number): set order varies by process.
+    return sorted(codes, key=lambda c: (_CODE.match(c).group(1), int(_CODE.match(c).group(2)), c))
 
 
 class CodeTokenizer:

@@ -35,6 +35,9 @@ def test_synthetic_identifiers_are_deterministic_and_valid():
     for level in range(4):  # each level in its own token block
         assert a[:, level].min() >= 3 + 16 * level and a[:, level].max() < 3 + 16 * (level + 1)
     assert a[499].equal(a[0])
+    for n, shared in ((4, 3), (10, 8), (10, 5)):  # more copies than originals: each copy is of an original
+        ids = synthetic_identifiers(n, depth=2, codes_per_level=1000, seed=0, num_shared=shared)
+        assert len({tuple(r) for r in ids.tolist()}) == n - shared
     with pytest.raises(ValueError, match="num_shared"):
         synthetic_identifiers(10, num_shared=10)
     with pytest.raises(ValueError, match=">= 1"):

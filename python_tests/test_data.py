@@ -49,7 +49,12 @@ def test_validation_items_as_training_targets_follow_the_test_history(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"train": "1 1 x\n"}, r"sequential_train.txt, line 1: ids must be integers"),
+    ({"train": "1 1 x\n"}, r"sequential_train.txt, line 1: ids must be non-negative integers"),
+    ({"train": "1 1_0\n"}, r"line 1: ids must be non-negative integers \(ASCII digits\), got '1 1_0'"),
+    ({"train": "1 +3\n"}, r"line 1: ids must be non-negative integers"),
+    ({"train": "1 \uff12\n"}, r"line 1: ids must be non-negative integers"),   # a full-width digit
+    ({"index": {"0": ["<a_1>"], "\u00b2": ["<a_1>"]}}, r"0-based integers 0..1; found key '\u00b2'"),
+    ({"index": {"00": ["<a_1>"], "1": ["<a_1>"]}}, r"0-based integers 0..1; found key '00'"),
     ({"train": "1 1\n1 2\n"}, r"sequential_train.txt, line 2: user 1 appears twice"),
     ({"test": "1 1\n2 9\n"}, r"sequential_test.txt, line 2: item 9 is not in the catalogue"),
     ({"train": "1 0\n"}, r"line 1: item 0 is not in the catalogue \(1..4, 1-based\)"),
@@ -96,6 +101,28 @@ def test_tokenizer_and_trie():
     assert tok.trie(with_eos=True).items_of([5, 7, 2]) == [0, 2]
     with pytest.raises(ValueError, match="is not a code"):
         CodeTokenizer([("a1",)])
+
+
+def test_code_order_does_not_depend_on_the_process():
+    # '<a_1>' and '<a_01>' are two codes of one number: the code breaks the tie, not the hash seed of a set.
+    import subprocess
+    import sys
+
+    script = ("from atspeed_ext.tokenizer import code_tokens; "
+              "print(code_tokens([('<a_1>', '<b_2>'), ('<a_01>', '<b_3>'), ('<a_001>', '<b_2>')]))")
+    outs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": seed}).stdout
+            for seed in ("0", "2", "5")}
+    assert outs == {"['<a_001>', '<a_01>', '<a_1>', '<b_2>', '<b_3>']\n"}
+
+
+def test_max_history_must_be_positive(tmp_path):
+    data = load_lcrec(write_dir(tmp_path))
+    for bad in (0, -2, 1.5):
+        data.max_history = bad  # x[-0:] would have been the whole history in prompts, none in training examples
+        for split in (data.train_examples, data.valid_prompts, data.test_prompts, data.valid_examples):
+            with pytest.raises(ValueError, match="max_history must be an integer >= 1"):
+                split()
 
 
 def test_metrics_by_hand():
