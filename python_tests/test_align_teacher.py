@@ -81,7 +81,9 @@ def test_teacher_data_round_trip_deterministic_and_resumable(setup, tmp_path):
     first = {s: (tmp_path / s).read_bytes() for s in meta["shards"]}
     stamps = {s: (tmp_path / s).stat().st_mtime_ns for s in meta["shards"]}
     (tmp_path / meta["shards"][1]).unlink()                  # an interrupted run: resume writes only that shard
+    model.train()  # the data does not depend on the mode (dropout off while teaching), which is restored
     generate_teacher_data(model, tok, examples, tmp_path, num_beams=4, batch_size=9, shard_size=32, progress=False)
+    assert model.training
     assert {s: (tmp_path / s).read_bytes() for s in meta["shards"]} == first  # deterministic: the same bytes
     for s in (meta["shards"][0], meta["shards"][2]):
         assert (tmp_path / s).stat().st_mtime_ns == stamps[s]  # finished shards were left alone

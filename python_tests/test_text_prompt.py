@@ -137,6 +137,14 @@ def test_train_save_load_evaluate_a_text_prompt_llm(data, tmp_path):
     assert out.valid.all()  # every beam is a catalogue item, spelled in the text tokenizer's ids
     metrics = evaluate_model(best, tok2, prompts, ks=(5,), progress=False)
     assert 0.0 <= metrics["recall@5"] <= 1.0
+    # Such a model as the draft of an identifier-prompt target (or the other way round) is refused by train-draft.
+    from atspeed_ext.align.commands import check_same_prompts
+    from atspeed_ext.tokenizer import CodeTokenizer
+
+    check_same_prompts(tok, tok2, data.num_items, "draft", "target")  # the same tokenizer: fine
+    for draft_tok, target_tok in ((tok2, CodeTokenizer(data.identifiers)), (CodeTokenizer(data.identifiers), tok2)):
+        with pytest.raises(ValueError, match="draft tokenizes prompts or items differently from target"):
+            check_same_prompts(target_tok, draft_tok, data.num_items, "draft", "target")
 
 
 def test_checkpoints_of_identifier_models_still_load(data, tmp_path):

@@ -5,12 +5,25 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from ..commands import cache_dir, check_beams_fit, data_of, device_of, prepare_output, run_of, train_config
 from ..models import build_model, load_checkpoint
 from ..train import run_summary
 from .levels import LevelView
 from .teacher import TeacherData, generate_teacher_data
 from .trainer import AlignConfig, needs_teacher, train_draft
+
+
+def check_same_prompts(target_tokenizer, draft_tokenizer, num_items: int, draft_name: str, target_name: str) -> None:
+    """A draft is trained on, and decodes, the token ids of the target's tokenizer: refuse one whose own tokenizer
+    spells prompts or items otherwise (an identifier model against a text-prompt LLM, two LLM families)."""
+    history = list(range(min(3, num_items)))
+    if (not torch.equal(draft_tokenizer.item_token_ids, target_tokenizer.item_token_ids)
+            or draft_tokenizer.encode_prompt(history) != target_tokenizer.encode_prompt(history)):
+        raise ValueError(f"{draft_name} tokenizes prompts or items differently from {target_name} "
+                         f"({type(draft_tokenizer).__name__} vs {type(target_tokenizer).__name__}): a draft must share "
+                         "the target's tokenizer")
 
 
 def run_teacher(args) -> int:
@@ -51,7 +64,8 @@ def run_train_draft(args) -> int:
     if args.teacher:  # also restricts ce / on-policy training to the prompts it covers
         teacher = TeacherData(args.teacher, LevelView(tokenizer.trie(), tokenizer.item_token_ids), data.identifiers)
     if args.init:
-        draft, _ = load_checkpoint(args.init, device, identifiers=data.identifiers)
+        draft, draft_tokenizer = load_checkpoint(args.init, device, identifiers=data.identifiers)
+        check_same_prompts(tokenizer, draft_tokenizer, data.num_items, f"--init {args.init}", f"--target {args.target}")
     else:
         draft = build_model(args.preset, tokenizer.vocab_size, seed=args.seed).to(device)
     start = args.preset if not args.init else run_of(args.init).removeprefix(f"{data.name}-")

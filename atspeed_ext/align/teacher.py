@@ -68,7 +68,8 @@ def generate_teacher_data(model, tokenizer, examples: list[tuple[tuple[int, ...]
         raise ValueError("no examples to teach")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.eval()  # dropout off: the data must not depend on the model's mode
+    was_training = model.training
+    model.eval()  # dropout off: the data must not depend on the model's mode (restored at the end)
     trie = tokenizer.trie()
     levels = LevelView(trie, tokenizer.item_token_ids)
     shards = [(s, min(s + shard_size, len(examples))) for s in range(0, len(examples), shard_size)]
@@ -113,6 +114,7 @@ def generate_teacher_data(model, tokenizer, examples: list[tuple[tuple[int, ...]
         meta["seconds_last_run"] = round(time.perf_counter() - started, 1)
     meta["bytes"] = sum((out_dir / s).stat().st_size for s in meta["shards"])
     _write_meta(meta_path, meta)
+    model.train(was_training)
     return out_dir
 
 
