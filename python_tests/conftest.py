@@ -11,6 +11,18 @@ from atspeed_ext import reference
 CUDA = torch.cuda.is_available() and atspeed_ext.built_with_cuda()
 requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a GPU and a CUDA build of atspeed_ext")
 
+#: Where the kernels' hand-built edge cases (ties, -inf, NaN, empty levels) run: the CPU, and the GPU if present.
+DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
+
+
+def on_device(op, device: str):
+    """``op`` called with its tensor arguments moved to ``device``, its tensor results returned on the CPU."""
+    def run(*args):
+        out = op(*[a.to(device) if isinstance(a, torch.Tensor) else a for a in args])
+        return type(out)(o.cpu() for o in out) if isinstance(out, (tuple, list)) else out.cpu()
+    return run
+
+
 SPECIAL = 3  # token ids 0..2 are special (pad / bos / eos-like); codes start at 3
 
 

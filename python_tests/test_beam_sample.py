@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from atspeed_ext import ItemTrie, _ops, reference
-from conftest import random_identifiers, requires_cuda
+from conftest import DEVICES, on_device, random_identifiers, requires_cuda
 
 
 def make_case(B, W, V, seed, depth=3, codes=5, dtype=torch.float32, dead_frac=0.25, num_items=60):
@@ -74,7 +74,8 @@ def test_scores_are_the_beam_steps_and_the_order_is_the_gumbel_key_order():
         assert keys == sorted(keys, reverse=True)               # draw order = decreasing key
 
 
-def test_zero_probability_candidates_are_never_drawn():
+@pytest.mark.parametrize("device", DEVICES)
+def test_zero_probability_candidates_are_never_drawn(device):
     for seed in range(5):
         case = make_case(5, 4, 30, seed)
         forbidden = torch.arange(30) % 2 == seed % 2
@@ -82,13 +83,14 @@ def test_zero_probability_candidates_are_never_drawn():
         for fill in (None, 0.0, 1.0 - 1e-12):  # u = 0 ranks a candidate last, u -> 1 first
             if fill is not None:
                 case[6] = torch.full_like(case[6], fill)
-            out = _ops.trie_beam_sample(*case, 1.0, 30)
+            out = on_device(_ops.trie_beam_sample, device)(*case, 1.0, 30)
             assert_same(out, reference.trie_beam_sample(*case, 1.0, 30))
             valid = out[1] >= 0
             assert valid.any() and not forbidden[out[2][valid]].any()
 
 
-def test_an_overflowing_temperature_ranks_by_the_scaled_score_whatever_u_is():
+@pytest.mark.parametrize("device", DEVICES)
+def test_an_overflowing_temperature_ranks_by_the_scaled_score_whatever_u_is(device):
     # With T = 1e-320 every finite negative score / T is -inf and every positive one +inf; u = 1 (Gumbel +inf) or
     # u = 0 (-inf) would then make the key NaN, which executors order differently. The scaled score is the key.
     trie = ItemTrie([[3, 5], [3, 6], [3, 7], [4, 8]])
@@ -99,24 +101,25 @@ def test_an_overflowing_temperature_ranks_by_the_scaled_score_whatever_u_is():
                                     (50.0, [0.0, 1.0, 0.0], [5, 6, 7])):   # all +inf: ties, token order
         u = torch.tensor([[u_row]], dtype=torch.float64)
         outs = [op(logits, torch.tensor([[beam_score]]), nodes, live, trie.child_offsets, trie.child_tokens, u,
-                   1e-320, 3) for op in (_ops.trie_beam_sample, reference.trie_beam_sample)]
+                   1e-320, 3) for op in (on_device(_ops.trie_beam_sample, device), reference.trie_beam_sample)]
         assert_same(*outs)
         assert outs[0][2].tolist() == [want]
     # Mixed: scores 0.12 (+inf), -0.88 and -1.38 (-inf); u = 0 for the first and 1 for the others (NaN before).
     u = torch.tensor([[[0.0, 1.0, 1.0]]], dtype=torch.float64)
     outs = [op(logits, torch.tensor([[1.0]]), nodes, live, trie.child_offsets, trie.child_tokens, u, 1e-320, 3)
-            for op in (_ops.trie_beam_sample, reference.trie_beam_sample)]
+            for op in (on_device(_ops.trie_beam_sample, device), reference.trie_beam_sample)]
     assert_same(*outs)
     assert outs[0][2].tolist() == [[5, 6, 7]] and outs[0][0][0, 0] > 0 > outs[0][0][0, 1]
 
 
-def test_missing_candidates_are_marked_invalid_not_invented():
+@pytest.mark.parametrize("device", DEVICES)
+def test_missing_candidates_are_marked_invalid_not_invented(device):
     trie = ItemTrie([[3, 5], [3, 6], [4, 7]])
     logits = torch.randn(2, 2, 9)
     nodes = torch.tensor([[trie.node_of([3]), trie.node_of([4])], [trie.node_of([3]), 0]])
     live = torch.tensor([[True, True], [True, False]])
     u = torch.rand(2, 2, trie.max_children, dtype=torch.float64)
-    for op in (_ops.trie_beam_sample, reference.trie_beam_sample):
+    for op in (on_device(_ops.trie_beam_sample, device), reference.trie_beam_sample):
         s, p, t, n = op(logits, torch.zeros(2, 2), nodes, live, trie.child_offsets, trie.child_tokens, u, 1.0, 5)
         assert (p[0] >= 0).sum() == 3 and (p[1] >= 0).sum() == 2
         assert sorted(t[0, :3].tolist()) == [5, 6, 7] and sorted(t[1, :2].tolist()) == [5, 6]
@@ -124,13 +127,14 @@ def test_missing_candidates_are_marked_invalid_not_invented():
         assert torch.isinf(s[0, 3:]).all() and (s[0, 3:] < 0).all()
 
 
-def test_ties_of_keys_go_to_the_lower_beam_then_the_lower_token():
+@pytest.mark.parametrize("device", DEVICES)
+def test_ties_of_keys_go_to_the_lower_beam_then_the_lower_token(device):
     trie = ItemTrie([[3, 5], [4, 6], [4, 7], [5, 8]])
     node_3, node_4 = trie.node_of([3]), trie.node_of([4])
     logits = torch.zeros(1, 3, 10)                       # equal scores and equal uniforms: every key ties
     nodes = torch.tensor([[node_4, node_3, node_4]])
     u = torch.full((1, 3, trie.max_children), 0.5, dtype=torch.float64)
-    for op in (_ops.trie_beam_sample, reference.trie_beam_sample):
+    for op in (on_device(_ops.trie_beam_sample, device), reference.trie_beam_sample):
         _, parents, tokens, _ = op(logits, torch.zeros(1, 3), nodes, torch.ones(1, 3, dtype=torch.bool),
                                    trie.child_offsets, trie.child_tokens, u, 1.0, 5)
         assert parents.tolist() == [[0, 0, 1, 2, 2]] and tokens.tolist() == [[6, 7, 5, 6, 7]]

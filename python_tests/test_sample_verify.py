@@ -1,11 +1,13 @@
 """relaxed_verify / exact_verify: CPU (and CUDA) kernels against the reference on random sampled drafts,
 hand-built cases with known outcomes, zero-probability candidates, edge cases, errors, opcheck."""
 
+from functools import partial
+
 import pytest
 import torch
 
 from atspeed_ext import ItemTrie, _ops, reference
-from conftest import random_identifiers, requires_cuda
+from conftest import DEVICES, on_device, random_identifiers, requires_cuda
 
 OPS = {"relaxed": (_ops.relaxed_verify, reference.relaxed_verify),
        "exact": (_ops.exact_verify, reference.exact_verify)}
@@ -110,6 +112,20 @@ def test_dtypes_and_non_contiguous_inputs(rule):
     assert_same(op(*c), ref(*case))
 
 
+@pytest.mark.parametrize("rule", ["relaxed", "exact"])
+@pytest.mark.parametrize("policy", ["anchored", "beam"])
+def test_levels_with_fewer_candidates_than_beams(rule, policy):
+    # Two codes per trie level and K = 5: levels run out of candidates before K draws (the rules' early stops).
+    op, ref = OPS[rule]
+    short = 0
+    for seed in range(8):
+        case = make_case(3, 5, 6, 2, V=40, seed=seed, policy=policy, depth_codes=2)
+        want = ref(*case)
+        assert_same(op(*case), want)
+        short += int((want[2] < 0).any(1).sum())
+    assert short >= 8  # most requests end a level with fewer than K beams
+
+
 def test_a_draft_equal_to_the_target_passes_every_exact_level():
     # q = p at every level (same logits, same scores): each proposal is accepted (u * s < r with s = r up to
     # rounding), so every drafted level's K-set is the anchored one and passes.
@@ -118,11 +134,13 @@ def test_a_draft_equal_to_the_target_passes_every_exact_level():
         assert torch.equal(_ops.exact_verify(*case)[0], case[8])
 
 
-def test_zero_probability_candidates_are_never_selected():
+@pytest.mark.parametrize("device", DEVICES)
+def test_zero_probability_candidates_are_never_selected(device):
     # Forbid (logit -inf) a third of the vocabulary in every target row: no rule may return such a token,
     # whatever the uniforms (the draft still proposes them: its logits are finite).
     for rule in ("relaxed", "exact"):
         op, ref = OPS[rule]
+        op = on_device(op, device)
         for seed in range(6):
             case = make_case(6, 3, 8, 2, V=30, seed=seed, policy=["anchored", "beam"][seed % 2])
             forbidden = torch.arange(30) % 3 == seed % 3
@@ -137,11 +155,13 @@ def test_zero_probability_candidates_are_never_selected():
                 assert valid.any()
 
 
-def test_low_temperatures_do_not_lose_beams():
+@pytest.mark.parametrize("device", DEVICES)
+def test_low_temperatures_do_not_lose_beams(device):
     # At T = 1e-3 every probability but the top one underflows when normalised once; each draw re-normalises
     # over what is left, so a level with >= K candidates still yields K beams (here every node has >= 2 children).
     for rule in ("relaxed", "exact"):
         op, ref = OPS[rule]
+        op = on_device(op, device)
         for seed in range(4):
             case = make_case(6, 2, 5, 2, V=40, seed=seed, T=1e-3, policy=["anchored", "beam"][seed % 2])
             out = op(*case)
@@ -162,8 +182,10 @@ def _tiny_tree():
     return trie, logits, beams
 
 
-def _run(rule, trie, logits, beams, parents, tokens, rows, g, draft_rows_logits, draft_scores, uniforms, T=1.0):
+def _run(rule, trie, logits, beams, parents, tokens, rows, g, draft_rows_logits, draft_scores, uniforms, T=1.0,
+         device="cpu"):
     op, ref = OPS[rule]
+    op = on_device(op, device)
     args = [logits, *beams, torch.tensor([parents]), torch.tensor([tokens]), torch.tensor([rows]), torch.tensor([g]),
             draft_rows_logits, draft_scores, uniforms, trie.child_offsets, trie.child_tokens, T]
     got = op(*args)
@@ -171,8 +193,10 @@ def _run(rule, trie, logits, beams, parents, tokens, rows, g, draft_rows_logits,
     return [x[0].tolist() for x in got]
 
 
-def test_hand_built_exact():
+@pytest.mark.parametrize("device", DEVICES)
+def test_hand_built_exact(device):
     trie, logits, beams = _tiny_tree()
+    run = partial(_run, device=device)
     # One drafted level {a, b} (in that order) from the draft's logits = the target's root row.
     d_logits = logits[:, :1].unsqueeze(1).expand(1, 1, 2, 9).clone()       # [B, G=1, W=2, V]
     d_scores = torch.zeros(1, 1, 2)
@@ -180,57 +204,61 @@ def test_hand_built_exact():
     u = torch.zeros(1, 2, 2 * N + K)
     # q = p and u_acc = 0: a then b accepted = the anchored set -> level 1 passes; the bonus (level 2) is the
     # target's sample from {a-c, a-d, b-e, b-f} with u_fb = 0, 0: the first candidate, then the next one.
-    acc, scores, parents, tokens, nodes = _run("exact", trie, logits, beams, [[0, 0]], [[3, 4]], [[1, 2]], 1,
-                                               d_logits, d_scores, u.double())
+    acc, scores, parents, tokens, nodes = run("exact", trie, logits, beams, [[0, 0]], [[3, 4]], [[1, 2]], 1,
+                                               d_logits, d_scores, u.double(), device=device)
     assert acc == 1 and tokens == [5, 6] and parents == [0, 0]
     # u_fb = 0.999 at the bonus: the last candidates first (b-f, then b-e).
     u2 = u.clone()
     u2[0, 1, 2 * N:] = 0.999
-    acc, _, parents, tokens, _ = _run("exact", trie, logits, beams, [[0, 0]], [[3, 4]], [[1, 2]], 1, d_logits, d_scores,
-                                      u2.double())
+    acc, _, parents, tokens, _ = run("exact", trie, logits, beams, [[0, 0]], [[3, 4]], [[1, 2]], 1, d_logits, d_scores,
+                                      u2.double(), device=device)
     assert acc == 1 and tokens == [8, 7] and parents == [1, 1]
     # A draft that only proposes b (a's probability 0 for the draft: q(a) = 0): with u_acc = 0 the proposal b is
     # accepted at the first draw only if r(b) > 0 (yes); the second draw has no proposal left: a by inverse CDF.
     # {b, a} are both drafted? a is not: the level is the result (accepted = 0).
     d2 = d_logits.clone()
     d2[0, 0, :, 3] = float("-inf")
-    acc, _, parents, tokens, _ = _run("exact", trie, logits, beams, [[0, -1]], [[4, 0]], [[2, -1]], 1, d2, d_scores,
-                                      u.double())
+    acc, _, parents, tokens, _ = run("exact", trie, logits, beams, [[0, -1]], [[4, 0]], [[2, -1]], 1, d2, d_scores,
+                                      u.double(), device=device)
     assert acc == 0 and tokens == [4, 3] and parents == [0, 0]
 
 
-def test_hand_built_relaxed():
+@pytest.mark.parametrize("device", DEVICES)
+def test_hand_built_relaxed(device):
     trie, logits, beams = _tiny_tree()
+    run = partial(_run, device=device)
     d_logits = logits[:, :1].unsqueeze(1).expand(1, 1, 2, 9).clone()
     d_scores = torch.zeros(1, 1, 2)
     N, K = 2, 2
     # u_acc = 0: both drafted nodes accepted (p > 0); K = 2 of 2 kept, ordered by u_sel (b's is smaller).
     u = torch.zeros(1, 2, 2 * N + K, dtype=torch.float64)
     u[0, 0, N:2 * N] = torch.tensor([0.9, 0.1])
-    acc, _, parents, tokens, _ = _run("relaxed", trie, logits, beams, [[0, 0]], [[3, 4]], [[1, 2]], 1, d_logits,
-                                      d_scores, u)
+    acc, _, parents, tokens, _ = run("relaxed", trie, logits, beams, [[0, 0]], [[3, 4]], [[1, 2]], 1, d_logits,
+                                      d_scores, u, device=device)
     # Kept in u_sel order: b, then a; the bonus (level 2) samples from b's children first (u_fb = 0, 0).
     assert acc == 1 and tokens == [7, 8] and parents == [1, 1]
     # u_acc = 1: accept iff q < p; with q = p nothing is accepted and the residual max(0, p - q) is all zero:
     # the fallback samples p (u_fb = 0, 0: a, then b) and the round stops at level 1.
     u = torch.ones(1, 2, 2 * N + K, dtype=torch.float64)
     u[0, 0, 2 * N:] = 0.0
-    acc, _, parents, tokens, _ = _run("relaxed", trie, logits, beams, [[0, 0]], [[3, 4]], [[1, 2]], 1, d_logits,
-                                      d_scores, u)
+    acc, _, parents, tokens, _ = run("relaxed", trie, logits, beams, [[0, 0]], [[3, 4]], [[1, 2]], 1, d_logits,
+                                      d_scores, u, device=device)
     assert acc == 0 and tokens == [3, 4] and parents == [0, 0]
     # Only a accepted (b's u_acc = 1 with q = p); the missing one comes from the residual, all zero, so from p:
     # b; the round stops at level 1.
     u = torch.zeros(1, 2, 2 * N + K, dtype=torch.float64)
     u[0, 0, 1] = 1.0
     u[0, 0, 2 * N:] = 0.999
-    acc, _, parents, tokens, _ = _run("relaxed", trie, logits, beams, [[0, 0]], [[3, 4]], [[1, 2]], 1, d_logits,
-                                      d_scores, u)
+    acc, _, parents, tokens, _ = run("relaxed", trie, logits, beams, [[0, 0]], [[3, 4]], [[1, 2]], 1, d_logits,
+                                      d_scores, u, device=device)
     assert acc == 0 and tokens == [3, 4]
 
 
-def test_all_masked_rows_give_invalid_beams_without_nan():
+@pytest.mark.parametrize("device", DEVICES)
+def test_all_masked_rows_give_invalid_beams_without_nan(device):
     for rule in ("relaxed", "exact"):
         op, ref = OPS[rule]
+        op = on_device(op, device)
         case = make_case(3, 3, 5, 2, V=30, seed=3)
         case[0] = torch.full_like(case[0], float("-inf"))        # every target logit -inf: no candidate
         out = op(*case)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from atspeed_ext import ItemTrie, _ops, reference
-from conftest import random_identifiers, requires_cuda
+from conftest import DEVICES, on_device, random_identifiers, requires_cuda
 
 
 def make_case(B, K, N, G, V, seed, agree=0.7, dtype=torch.float32, codes=6, at_root=None):
@@ -95,7 +95,8 @@ def test_dtypes_and_non_contiguous_logits():
     assert_same(_ops.strict_verify(*c), reference.strict_verify(*case))
 
 
-def test_hand_built_tree():
+@pytest.mark.parametrize("device", DEVICES)
+def test_hand_built_tree(device):
     # Trie: a->{c, d}, b->{e}; K = 2 beams at the root; target prefers a then b at level 1, then a-c, a-d.
     trie = ItemTrie([[3, 5], [3, 6], [4, 7]])
     co, ct = trie.child_offsets, trie.child_tokens
@@ -110,7 +111,7 @@ def test_hand_built_tree():
     def run(parents, tokens, rows, g):
         args = (logits, beam["beam_rows"], beam["beam_scores"], beam["beam_nodes"], beam["beam_live"],
                 torch.tensor([parents]), torch.tensor([tokens]), torch.tensor([rows]), torch.tensor([g]), co, ct)
-        got, want = _ops.strict_verify(*args), reference.strict_verify(*args)
+        got, want = on_device(_ops.strict_verify, device)(*args), reference.strict_verify(*args)
         assert_same(got, want)
         return got
 
