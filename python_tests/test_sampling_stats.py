@@ -102,6 +102,9 @@ def beam_sampling_law(trie: ItemTrie, logp: dict, K: int, T: float) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- the tests
+N_SAMPLES = 100_000
+
+
 def chi_square(counts: Counter, law: dict, n: int) -> tuple[float, int, float]:
     """Pearson's statistic over the cells with expected count >= 5 plus one pooled cell (the rest, unseen sets
     included), its degrees of freedom and the critical value at a 1e-6 false-alarm rate (Wilson-Hilferty)."""
@@ -144,19 +147,32 @@ def sample_sets(decoder, n: int) -> tuple[Counter, list]:
 @lru_cache(maxsize=None)
 def setup(depth: int):
     """(trie, K, T, target, unrelated draft, exact law) of the two test worlds."""
-    if depth == 2:
-        trie, K, T = grid_trie([6, 6], 24, seed=0), 3, 1.5
+    if depth == 2:  # T < 1 concentrates the law over the 2024 possible sets: a nearly uniform one has no power
+        trie, K, T = grid_trie([6, 6], 24, seed=0), 3, 0.5
     else:
         trie, K, T = grid_trie([3, 3, 4], 24, seed=1), 2, 1.0
     V = 3 + sum(int(c) for c in {2: [6, 6], 3: [3, 3, 4]}[depth])
     target = tiny_lm("llama", V, seed=10 + depth)
     draft = tiny_lm("qwen2", V, seed=20 + depth, spread=4.0)
-    law = beam_sampling_law(trie, node_log_probs(target, trie, PROMPT), K, T)
+    logp = node_log_probs(target, trie, PROMPT)
+    law = beam_sampling_law(trie, logp, K, T)
     assert abs(sum(law.values()) - 1.0) < 1e-9
+    assert_has_power(law, beam_sampling_law(trie, logp, K, 1.2 * T))
     return trie, K, T, target, draft, law
 
 
-N_SAMPLES = 100_000
+def assert_has_power(law: dict, wrong: dict, n: int = None):
+    """The world can tell ``law`` from a nearby ``wrong`` law (a sampler 20% too hot) with n samples: the
+    expected chi-square excess of the wrong law, n * sum((q - p)^2 / p) over the test's cells, is at least twice
+    the margin between the 1e-6 critical value and the degrees of freedom."""
+    n = n or N_SAMPLES
+    big = [s for s, p in law.items() if p * n >= 5]
+    excess = n * sum((wrong.get(s, 0.0) - law[s]) ** 2 / law[s] for s in big)
+    rest_p, rest_q = 1.0 - sum(law[s] for s in big), 1.0 - sum(wrong.get(s, 0.0) for s in big)
+    if rest_p * n >= 5:
+        excess += n * (rest_q - rest_p) ** 2 / rest_p
+    _, df, crit = chi_square(Counter({s: round(p * n) for s, p in law.items()}), law, n)
+    assert excess > 2 * (crit - df), f"no power: expected excess {excess:.0f} vs margin {crit - df:.0f}"
 
 
 def assert_matches(counts, law, n=N_SAMPLES):
