@@ -29,29 +29,26 @@ def prefix_allowed_tokens_fn(trie: ItemTrie, prompt_length: int):
 def hf_constrained_beam_search(model, trie: ItemTrie, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                                num_beams: int) -> BeamSearchOutput:
     """Run ``model.generate(num_beams=K, num_return_sequences=K, do_sample=False, prefix_allowed_tokens_fn)``
-    with Hugging Face's defaults otherwise, and return its beams as a :class:`BeamSearchOutput`.
+    with Hugging Face's defaults otherwise (the model's own ``generation_config`` is set aside for the call), and
+    return its beams as a :class:`BeamSearchOutput`.
 
     Scores are summed log-probabilities like BeamSearchDecoder's: for K > 1 Hugging Face reports them
     divided by the generated length (``length_penalty=1``), which is the same for every identifier; for
     K = 1 (greedy) they are summed from the raw logits. Missing beams (scored -inf or -1e9 by Hugging
     Face) are marked invalid.
     """
+    from transformers import GenerationConfig
+
     B, T = input_ids.shape
     K = num_beams
-    out = model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        num_beams=K,
-        num_return_sequences=K,
-        do_sample=False,
-        max_new_tokens=trie.depth,
-        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn(trie, T),
-        eos_token_id=trie.eos_token_id,
-        pad_token_id=0,
-        return_dict_in_generate=True,
-        output_scores=K > 1,
-        output_logits=K == 1,
-    )
+    # The model's own generation settings (repetition_penalty, no_repeat_ngram_size, length_penalty,
+    # min_new_tokens, ... as instruct checkpoints ship them) would change the beams or their scores, and
+    # generate() fills the fields of a config passed to it from the model's: swap in the defaults for the call.
+    saved, model.generation_config = model.generation_config, GenerationConfig()
+    try:
+        out = _generate(model, trie, input_ids, attention_mask, K, T)
+    finally:
+        model.generation_config = saved
     seqs = out.sequences[:, T:]
     if seqs.shape[1] < trie.depth:  # every beam finished early: cannot happen with a trie of fixed depth
         raise RuntimeError(f"generate returned {seqs.shape[1]} tokens, expected {trie.depth}")
@@ -67,3 +64,20 @@ def hf_constrained_beam_search(model, trie: ItemTrie, input_ids: torch.Tensor, a
     seqs = torch.where(valid.unsqueeze(-1), seqs, -1)
     item_ids = [[trie.items_of(seqs[b, k].tolist()) if valid[b, k] else [] for k in range(K)] for b in range(B)]
     return BeamSearchOutput(sequences=seqs, scores=scores, valid=valid, item_ids=item_ids)
+
+
+def _generate(model, trie: ItemTrie, input_ids, attention_mask, K: int, T: int):
+    return model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        num_beams=K,
+        num_return_sequences=K,
+        do_sample=False,
+        max_new_tokens=trie.depth,
+        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn(trie, T),
+        eos_token_id=trie.eos_token_id,
+        pad_token_id=0,
+        return_dict_in_generate=True,
+        output_scores=K > 1,
+        output_logits=K == 1,
+    )

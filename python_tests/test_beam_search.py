@@ -43,6 +43,23 @@ def test_identical_to_hf_generate_in_float32(family):
                           hf_constrained_beam_search(model, trie, ids, mask, 10))
 
 
+@pytest.mark.parametrize("num_beams", [1, 5])
+def test_the_models_own_generation_settings_do_not_change_the_baseline(num_beams):
+    # Instruct checkpoints ship repetition penalties, n-gram bans, length penalties...: the baseline is plain
+    # constrained beam search whatever the model's generation_config says, and leaves that config as it was.
+    model = tiny_model("qwen2", VOCAB, seed=3)
+    trie = ItemTrie(random_identifiers(120, 3, 6, seed=3), eos_token_id=EOS)
+    ids, mask = left_pad(random_prompts([7, 3, 12], VOCAB, seed=3))
+    want = hf_constrained_beam_search(model, trie, ids, mask, num_beams)
+    settings = dict(repetition_penalty=1.3, no_repeat_ngram_size=1, length_penalty=0.0, min_new_tokens=10)
+    for key, value in settings.items():
+        setattr(model.generation_config, key, value)
+    got = hf_constrained_beam_search(model, trie, ids, mask, num_beams)
+    assert_same_beams(got, want)
+    assert_same_beams(BeamSearchDecoder(model, trie, num_beams).generate(ids, mask), got)
+    assert all(getattr(model.generation_config, k) == v for k, v in settings.items())
+
+
 def test_fewer_identifiers_than_beams_come_out_invalid():
     model = tiny_model("llama", VOCAB, seed=4)
     rows = [[3, 10, 20], [3, 10, 21], [4, 11, 22], [4, 11, 22]]  # 3 distinct identifiers, 4 items
