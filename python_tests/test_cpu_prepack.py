@@ -1,5 +1,6 @@
 """prepack_for_cpu: the packed bfloat16 model gives the unpacked model's logits, both decoders stay identical on
-it, and misuse (float32, GPU, training) is a clear error."""
+it, it follows in-place weight changes and survives copies and pickles, and misuse (float32, GPU, training,
+a later dtype change) is a clear error."""
 
 import copy
 
@@ -15,7 +16,12 @@ VOCAB = 64
 
 
 def bf16_model(family, seed, layers=2):
-    return tiny_model(family, VOCAB, seed=seed, dtype=torch.bfloat16, layers=layers).eval()
+    model = tiny_model(family, VOCAB, seed=seed, dtype=torch.bfloat16, layers=layers).eval()
+    with torch.no_grad():  # Qwen2's q/k/v biases start at zero: non-zero ones, so that a packed layer must use them
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed))
+    return model
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
@@ -58,12 +64,43 @@ def test_misuse_raises_clear_errors():
         prepack_for_cpu(tiny_model("llama", VOCAB, seed=3, dtype=torch.float32))
     with pytest.raises(TypeError, match="torch.nn.Module"):
         prepack_for_cpu("model")
+    with pytest.raises(ValueError, match="needs a CPU model, but parameter .* is on meta"):  # runs on any machine
+        prepack_for_cpu(bf16_model("llama", seed=4).to("meta"))
     packed = bf16_model("qwen2", seed=3)
     prepack_for_cpu(packed)
     ids = torch.tensor([[5, 6, 7]])
     with pytest.raises(RuntimeError, match="inference only"):
         packed(input_ids=ids)  # gradients enabled, weights that require them
     assert prepack_for_cpu(packed) == 0  # packing again packs nothing
+    packed.requires_grad_(False)
+    embeds = packed.get_input_embeddings()(ids).detach().requires_grad_()  # a soft prompt on a frozen model
+    with pytest.raises(RuntimeError, match="inference only"):
+        packed(inputs_embeds=embeds)  # no gradient would have reached it
+    packed.float()
+    with pytest.raises(RuntimeError, match="packed for bfloat16 .* weight is now torch.float32"):
+        with torch.no_grad():
+            packed(input_ids=ids)
+
+
+def test_packed_layers_follow_their_weights_copies_and_pickles(tmp_path):
+    model, other = bf16_model("qwen2", seed=5), bf16_model("qwen2", seed=6)
+    ids = torch.randint(3, VOCAB, (2, 7), generator=torch.Generator().manual_seed(5))
+
+    def logits(m):
+        with torch.inference_mode():
+            return m(input_ids=ids).logits.float()
+
+    want_model, want_other = logits(model), logits(other)
+    prepack_for_cpu(model)
+    got = logits(model)
+    torch.testing.assert_close(got, want_model, atol=2e-2 * float(want_model.abs().max()), rtol=0)
+    model.load_state_dict(other.state_dict())  # in place: the next call packs the new weights
+    torch.testing.assert_close(logits(model), want_other, atol=2e-2 * float(want_other.abs().max()), rtol=0)
+    clone = copy.deepcopy(model)
+    assert torch.equal(logits(clone), logits(model))
+    torch.save(model, tmp_path / "packed.pt")
+    loaded = torch.load(tmp_path / "packed.pt", weights_only=False)
+    assert torch.equal(logits(loaded), logits(model))
 
 
 @requires_cuda
