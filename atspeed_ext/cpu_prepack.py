@@ -3,9 +3,9 @@
 On a CPU, a bfloat16 ``nn.Linear`` re-lays its weight out for oneDNN on every call: for the few tokens a decoding
 step feeds, that is most of the call (a 512 x 1408 linear on this repository's AMX Xeon: ~75 us at 10 tokens, ~37
 us packed once). Packing once makes both decoders about 13-15% faster on the Beauty target-8x512 (README).
-Inference only: no gradient reaches a packed layer or flows through it. The packed copy follows the weight: a
-layer whose weight changed in place (``load_state_dict``) packs it again at its next call; copies and pickles
-drop it and pack again on first use.
+Inference only: no gradient reaches a packed layer or flows through it. The packed copy follows the weight through
+``load_state_dict``, ``.to()`` / ``.float()``, copies and pickles (packed again at the next call); other in-place
+writes to a weight are not seen.
 """
 
 from __future__ import annotations
@@ -28,11 +28,8 @@ class PackedLinear(torch.nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias
-        self._packed, self._packed_of = None, None
+        self._packed = None
         self._pack()
-
-    def _weight_state(self) -> tuple:
-        return self.weight.data_ptr(), self.weight._version, self.weight.dtype
 
     def _pack(self) -> None:
         if self.weight.dtype != torch.bfloat16:
@@ -40,7 +37,6 @@ class PackedLinear(torch.nn.Module):
                                f"{self.weight.dtype}; load the model again to run it in another dtype")
         with torch.no_grad():
             self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach())
-        self._packed_of = self._weight_state()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
@@ -50,14 +46,26 @@ class PackedLinear(torch.nn.Module):
                                         or (self.bias is not None and self.bias.requires_grad)):
             raise RuntimeError("a layer packed by prepack_for_cpu is for inference only (no gradient flows through "
                                "it): run it under torch.no_grad() or torch.inference_mode()")
-        if self._packed is None or self._packed_of != self._weight_state():  # copied, pickled or weight changed
+        if self._packed is None:  # copied, pickled, loaded or moved since it was packed
             self._pack()
         bias = None if self.bias is None else self.bias.detach()
         return torch.ops.mkldnn._linear_pointwise(x, self._packed, bias, "none", [], "")
 
-    def __getstate__(self):  # the packed copy is an opaque oneDNN tensor: neither copied nor pickled
+    # The packed copy is dropped wherever the weight may change or move (packed again at the next call; a check
+    # of the weight's version at every call would cost ~2 us per layer): load_state_dict, .to() / .float() /
+    # .half(), copies and pickles (an opaque oneDNN tensor can be neither). In-place writes to the weight by
+    # other means are not seen.
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._packed = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._packed = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):
         state = self.__dict__.copy()
-        state["_packed"], state["_packed_of"] = None, None
+        state["_packed"] = None
         return state
 
     def extra_repr(self) -> str:
