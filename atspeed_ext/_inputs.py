@@ -27,6 +27,9 @@ def check_model_and_trie(model: torch.nn.Module, trie: ItemTrie, name: str = "mo
         raise TypeError(f"trie must be an atspeed_ext.ItemTrie, got {type(trie).__name__}")
     if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
         raise TypeError(f"{name} must be a Hugging Face causal LM (…ForCausalLM), got {type(model).__name__}")
+    on_meta = next((n for n, p in model.named_parameters() if p.device.type == "meta"), None)
+    if on_meta is not None:
+        raise ValueError(f"{name} has parameters on the 'meta' device ({on_meta}): its weights were never loaded")
     n_in, n_out = model_vocab_sizes(model)
     for size, what in ((n_in, "embeds"), (n_out, "scores")):  # tree tokens are fed back, and scored
         if trie.vocab_size > size:
@@ -84,7 +87,14 @@ def normalise_prompts(
     Accepts a left-padded tensor (with an optional 0/1 attention mask; without one every position is a
     prompt token) or a list of 1-D token lists/tensors of different lengths.
     """
+    if type(input_ids).__module__ == "numpy":  # a numpy array: as the tensor it holds
+        input_ids = torch.as_tensor(input_ids, device=device)
+        if type(attention_mask).__module__ == "numpy":
+            attention_mask = torch.as_tensor(attention_mask, device=device)
     if isinstance(input_ids, (list, tuple)):
+        if input_ids and isinstance(input_ids[0], numbers.Integral):
+            raise ValueError("input_ids looks like a single prompt (a flat list of token ids): pass a list of prompts, "
+                             "e.g. [[1, 5, 9]]")
         if attention_mask is not None:
             raise ValueError("attention_mask must be None when input_ids is a list of prompts")
         if len(input_ids) == 0:
@@ -114,7 +124,8 @@ def normalise_prompts(
         return ids, mask
     elif isinstance(input_ids, torch.Tensor):
         if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be a 2-D [batch, length] tensor, got shape {tuple(input_ids.shape)}")
+            raise ValueError(f"input_ids must be a 2-D [batch, length] tensor, got shape {tuple(input_ids.shape)}"
+                             + (" (one prompt? pass it as [1, length])" if input_ids.dim() == 1 else ""))
         if input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be int64 (or int32), got {input_ids.dtype}")
         if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:

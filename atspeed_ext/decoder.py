@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -52,6 +54,19 @@ def best_first(scores: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tenso
     beams, score -inf, last)."""
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices
     return (scores.gather(1, order), *(x.gather(1, order) for x in others))
+
+
+def plain_output_of_inference(generate):
+    """Run a decoder's ``generate`` under ``torch.inference_mode()`` and return its output with ordinary tensors
+    (clones made outside that mode, a few small tensors), which callers may edit in place, as they may Hugging
+    Face generate's."""
+    @functools.wraps(generate)
+    def run(*args, **kwargs):
+        with torch.inference_mode():
+            out = generate(*args, **kwargs)
+        return dataclasses.replace(out, sequences=out.sequences.clone(), scores=out.scores.clone(),
+                                   valid=out.valid.clone())
+    return run
 
 
 @dataclass
@@ -117,7 +132,7 @@ class BeamSearchDecoder:
         pad = getattr(getattr(model, "config", None), "pad_token_id", None)
         self._pad_token_id = pad if isinstance(pad, int) else 0
 
-    @torch.inference_mode()
+    @plain_output_of_inference
     def generate(self, input_ids, attention_mask: torch.Tensor | None = None) -> BeamSearchOutput:
         """Decode the top-K (or K sampled) identifiers of each prompt.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .decoder import BeamSearchOutput
+from .decoder import BeamSearchOutput, plain_output_of_inference
 from .trie import ItemTrie
 
 __all__ = ["prefix_allowed_tokens_fn", "hf_constrained_beam_search"]
@@ -25,7 +25,7 @@ def prefix_allowed_tokens_fn(trie: ItemTrie, prompt_length: int):
     return allowed
 
 
-@torch.inference_mode()
+@plain_output_of_inference
 def hf_constrained_beam_search(model, trie: ItemTrie, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                                num_beams: int) -> BeamSearchOutput:
     """Run ``model.generate(num_beams=K, num_return_sequences=K, do_sample=False, prefix_allowed_tokens_fn)``

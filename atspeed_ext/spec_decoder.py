@@ -33,7 +33,7 @@ from . import _ops
 from ._nvtx import nvtx_range
 from ._inputs import (check_cache_window, check_model_and_trie, model_device, model_vocab_sizes, normalise_prompts,
                       spec_cache_slots)
-from .decoder import BeamSearchOutput, SeededUniforms, best_first, check_temperature
+from .decoder import BeamSearchOutput, SeededUniforms, best_first, check_temperature, plain_output_of_inference
 from .tree_kv import NOT_TREE, ROOT, TreeKV
 from .trie import ItemTrie
 
@@ -250,7 +250,7 @@ class SpecBeamDecoder:
                                      trie.child_tokens, u, self.temperature, self.draft_beams)
 
     # ------------------------------------------------------------------ decode
-    @torch.inference_mode()
+    @plain_output_of_inference
     def generate(self, input_ids, attention_mask: torch.Tensor | None = None) -> SpecBeamOutput:
         """Decode the top-K (or K sampled) identifiers of each prompt (inputs as
         :meth:`BeamSearchDecoder.generate`)."""

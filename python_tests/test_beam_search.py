@@ -152,6 +152,18 @@ def test_bad_input_raises_clear_errors():
         dec.generate([])
     with pytest.raises(TypeError, match="input_ids must be"):
         dec.generate("hello")
+    with pytest.raises(ValueError, match="a single prompt .*pass a list of prompts"):
+        dec.generate([5, 6, 7])
+    with pytest.raises(ValueError, match="one prompt\\? pass it as \\[1, length\\]"):
+        dec.generate(torch.tensor([5, 6, 7]))
+    want = dec.generate(ids, mask)  # a numpy [B, T] array (and mask) is the tensor it holds
+    got = dec.generate(ids.numpy(), mask.numpy())
+    assert torch.equal(got.sequences, want.sequences) and torch.equal(got.scores, want.scores)
+    got.sequences[~got.valid] = 0  # outputs are ordinary tensors (not inference tensors): editable in place
+    got.scores.add_(1.0)
+    meta = tiny_model("llama", VOCAB, seed=0).to("meta")
+    with pytest.raises(ValueError, match="parameters on the 'meta' device .*never loaded"):
+        BeamSearchDecoder(meta, trie, 3)
     if not CUDA:
         return
     with pytest.raises(ValueError, match="is on cuda"):
