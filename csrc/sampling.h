@@ -67,6 +67,15 @@ ATS_HD inline double gumbel_key(float score, double temperature, double u) {
   return isinf(s) ? s : s - log(-log(u));
 }
 
+// The logits column of trie edge e: its token. The CPU glue has checked every trie entry up front
+// (cpu::check_trie_arrays); on the GPU each entry read is checked here, so a malformed trie fails with a
+// device-side assert instead of reading logits out of bounds.
+ATS_HD inline int64_t token_column(const int64_t* ct, int64_t e, int64_t V) {
+  const int64_t t = ct[e];
+  ATS_DEVICE_CHECK(t >= 0 && t < V, "a child_tokens entry is not a token of the logits (a malformed trie)");
+  return t;
+}
+
 // inverse_cdf_rule(w[0..n), u): with total = sum(w) and t = u * total, the first index c with w[c] > 0 whose
 // running sum (w[0] + ... + w[c]) exceeds t; if rounding leaves none, the last index with w[c] > 0; -1 if
 // every weight is 0. Executors implement exactly this (the GPU sums chunk by chunk).
@@ -220,7 +229,7 @@ ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifySc
     x.for_each(C, [&](int64_t c) {
       const int64_t k = owner_of(s.prefix, K, c);
       const int64_t e = co[s.nodes[k]] + (c - s.prefix[k]);
-      const float score = candidate_score(s.scores[k], X::to_float(a.logits[s.rows[k] * V + ct[e]]), s.lse[k]);
+      const float score = candidate_score(s.scores[k], X::to_float(a.logits[s.rows[k] * V + token_column(ct, e, V)]), s.lse[k]);
       s.tscore[c] = score;
       s.tsx[c] = is_candidate(score) ? scaled(score, T_) : -INFINITY;
       s.chosen[c] = 0;
@@ -282,7 +291,7 @@ ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifySc
       Cq = s.dprefix[W];
       x.for_each(Cq, [&](int64_t c) {
         const int64_t w = owner_of(s.dprefix, W, c);
-        const float d = candidate_score(dsc[w], X::to_float(dlog[w * V + ct[co[s.dnode[w]] + (c - s.dprefix[w])]]),
+        const float d = candidate_score(dsc[w], X::to_float(dlog[w * V + token_column(ct, co[s.dnode[w]] + (c - s.dprefix[w]), V)]),
                                         s.dlse[w]);
         s.dx[c] = is_candidate(d) ? scaled(d, T_) : -INFINITY;
         s.dcons[c] = 0;

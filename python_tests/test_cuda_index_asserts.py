@@ -116,6 +116,13 @@ def _cases():
         "trie_beam_sample/uniforms": (
             "trie_beam_sample", beam, _with(beam, 6, -beam[6]), r"uniforms must lie in \[0, 1\]",
             "trie_beam_sample: a uniforms entry is not in [0, 1]", False),
+        # A malformed trie (a token outside the logits): the CPU scans the trie arrays, the GPU checks each entry
+        # it reads (every case reads the root's first edge).
+        **{f"{op}/child_tokens": (op, args, _with(args, index, args[index].index_fill(0, torch.tensor([0]), 99)),
+                                  r"child_tokens\[0\] = 99 is not a token of the logits' vocabulary",
+                                  "a child_tokens entry is not a token of the logits (a malformed trie)", False)
+           for op, args, index in (("trie_beam_step", step, 5), ("strict_verify", strict, 10),
+                                   ("trie_beam_sample", beam, 5), ("relaxed_verify", sample, 13))},
         "compact_kv/keep": (
             "compact_kv", [cache, torch.tensor([[0, 4, -1]])], [cache, torch.tensor([[0, 5, -1]])],
             r"keep\[0, 1\] = 5 is not a slot index in \[-1, 5\)",

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "../sampling.h"
+
 namespace atspeed_ext::cuda {
 
 constexpr int kBeamStepThreads = 256;
@@ -79,7 +81,8 @@ template <typename T, typename RowOf>
 __device__ void block_select_candidates(RowOf row_of, const float* lse, const float* beam_scores,
                                         const int64_t* beam_nodes, const bool* beam_live, int W,
                                         const int64_t* __restrict__ child_offsets, int64_t num_nodes,
-                                        const int64_t* __restrict__ child_tokens, int num_out, int64_t* prefix,
+                                        const int64_t* __restrict__ child_tokens, int64_t V, int num_out,
+                                        int64_t* prefix,
                                         float* cached, int cache_cap, float* out_scores, int64_t* out_parents,
                                         int64_t* out_tokens, int64_t* out_nodes) {
   __shared__ float red_s[32];
@@ -113,7 +116,8 @@ __device__ void block_select_candidates(RowOf row_of, const float* lse, const fl
   auto edge_of = [&](int64_t c, int w) { return child_offsets[beam_nodes[w]] + (c - prefix[w]); };
   auto score_of = [&](int64_t c) {
     const int w = beam_of(c);
-    return candidate_score(beam_scores[w], to_float(row_of(w)[child_tokens[edge_of(c, w)]]), lse[w]);
+    const int64_t token = sampling::token_column(child_tokens, edge_of(c, w), V);
+    return candidate_score(beam_scores[w], to_float(row_of(w)[token]), lse[w]);
   };
 
   if (use_cache) {
@@ -183,7 +187,7 @@ __global__ void select_candidates_kernel(const T* __restrict__ logits, const flo
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * W, out0 = static_cast<int64_t>(blockIdx.x) * num_out;
   auto row_of = [&](int w) { return logits + (row0 + w) * V; };
   block_select_candidates<T>(row_of, lse + row0, beam_scores + row0, beam_nodes + row0, beam_live + row0, W,
-                             child_offsets, num_nodes, child_tokens, num_out, prefix, cached, score_cache_cap,
+                             child_offsets, num_nodes, child_tokens, V, num_out, prefix, cached, score_cache_cap,
                              out_scores + out0, out_parents + out0, out_tokens + out0, out_nodes + out0);
 }
 

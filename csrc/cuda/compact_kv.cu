@@ -12,6 +12,7 @@
 
 #include "../cpu/compact_kv_common.h"
 #include "compact_kv.cuh"
+#include "cuda_types.cuh"
 
 namespace atspeed_ext {
 
@@ -37,7 +38,7 @@ std::vector<at::Tensor> compact_kv_cuda(const std::vector<at::Tensor>& caches, c
       ptrs.src[t] = static_cast<const unsigned char*>(src[first + t].data_ptr());
       ptrs.dst[t] = static_cast<unsigned char*>(out[first + t].data_ptr());
     }
-    const dim3 grid(static_cast<unsigned>(B * H * S_new), static_cast<unsigned>(n));
+    const dim3 grid(grid_blocks(B * H * S_new, "compact_kv"), static_cast<unsigned>(n));
     cuda::compact_kv_kernel<<<grid, cuda::kCompactThreads / 4, 0, stream>>>(ptrs, k.data_ptr<int64_t>(), H, S,
                                                                              S_new, row_bytes);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -75,8 +75,8 @@ __global__ void strict_verify_kernel(const T* __restrict__ logits, int64_t R, in
     }
     __syncthreads();
     auto row_of = [&](int w) { return x + (live[w] ? rows[w] : 0) * V; };
-    block_select_candidates<T>(row_of, lse, scores, nodes, live, K, child_offsets, num_nodes, child_tokens, K, prefix,
-                               cached, cache_cap, ys, yp, yt, yn);
+    block_select_candidates<T>(row_of, lse, scores, nodes, live, K, child_offsets, num_nodes, child_tokens, V, K,
+                               prefix, cached, cache_cap, ys, yp, yt, yn);
     if (threadIdx.x == 0) ok = j < g;
     __syncthreads();
     for (int k = threadIdx.x; k < K; k += blockDim.x) {

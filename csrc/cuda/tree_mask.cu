@@ -8,6 +8,7 @@
 
 #include "../cpu/tree_mask_common.h"
 #include "tree_mask.cuh"
+#include "cuda_types.cuh"
 
 namespace atspeed_ext {
 
@@ -21,7 +22,7 @@ std::tuple<at::Tensor, at::Tensor> tree_attention_mask_cuda(const at::Tensor& sl
   at::Tensor mask = at::empty({B, num_queries, S}, slot_parents.options().dtype(at::kBool));
   at::Tensor positions = at::empty({B, num_queries}, slot_parents.options());
   if (B * num_queries == 0) return {mask, positions};
-  cuda::tree_attention_mask_kernel<<<B * num_queries, cuda::kTreeMaskThreads, 0,
+  cuda::tree_attention_mask_kernel<<<grid_blocks(B * num_queries, "tree_attention_mask"), cuda::kTreeMaskThreads, 0,
                                      c10::cuda::getCurrentCUDAStream()>>>(
       par.data_ptr<int64_t>(), vis.data_ptr<bool>(), S, P, num_queries, mask.data_ptr<bool>(),
       positions.data_ptr<int64_t>());
