@@ -72,6 +72,11 @@ def test_scores_are_the_beam_steps_and_the_order_is_the_gumbel_key_order():
             rank = ct[co[node]:co[node + 1]].tolist().index(t)
             keys.append(float(scores[b, j]) / T - torch.log(-torch.log(u[b, w, rank])).item())
         assert keys == sorted(keys, reverse=True)               # draw order = decreasing key
+        # ... and the drawn are the candidates with the highest keys (here: all of them when fewer than 12).
+        every = sorted((float(step[0][b, j]) / T - torch.log(-torch.log(
+            u[b, int(step[1][b, j]), ct[co[int(beam_nodes[b, int(step[1][b, j])])]:].tolist().index(
+                int(step[2][b, j]))])).item() for j in range(step[1].shape[1]) if step[1][b, j] >= 0), reverse=True)
+        assert keys == every[:len(keys)] and len(keys) == min(12, len(every))
 
 
 @pytest.mark.parametrize("device", DEVICES)

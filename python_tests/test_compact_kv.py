@@ -134,6 +134,12 @@ def test_plan_then_compact_keeps_the_chains_and_their_mask():
             assert seen_new == seen_old
             checked += 1
     assert checked >= 6
+    # ... and compact_kv moves each kept slot's row to its new place: the rows an anchor sees are the same.
+    cache = torch.randn(3, 2, 40, 4, generator=torch.Generator().manual_seed(7))
+    compacted = _ops.compact_kv([cache], keep)[0]
+    for b in range(3):
+        kept = keep[b] >= 0
+        assert torch.equal(compacted[b][:, kept], cache[b][:, keep[b][kept]])
 
 
 def test_plan_bad_arguments_raise():
