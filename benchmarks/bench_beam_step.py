@@ -26,8 +26,8 @@ SHAPES = [(1, 10, 1027, 10), (1, 20, 1027, 20), (16, 10, 1027, 10), (16, 20, 102
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--reps", type=int, default=50)
-    p.add_argument("--reference-reps", type=int, default=3)
+    p.add_argument("--reps", type=common.positive, default=50)
+    p.add_argument("--reference-reps", type=common.positive, default=3)
     args = p.parse_args(argv)
     device = torch.device(args.device)
     trie = ItemTrie(common.catalogue(12000)).to(device)

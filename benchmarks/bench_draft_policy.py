@@ -35,10 +35,10 @@ def noisy_copy(model, sigma: float, seed: int):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1])
-    p.add_argument("--num-beams", type=int, default=10)
-    p.add_argument("--draft-beams", type=int, nargs="+", default=[10, 20, 40])
-    p.add_argument("--gamma", type=int, default=3)
-    p.add_argument("--requests", type=int, default=16)
+    p.add_argument("--num-beams", type=common.positive, default=10)
+    p.add_argument("--draft-beams", type=common.positive, nargs="+", default=[10, 20, 40])
+    p.add_argument("--gamma", type=common.positive, default=3)
+    p.add_argument("--requests", type=common.positive, default=16)
     args = p.parse_args(argv)
     target = common.llama(layers=4, hidden=256)
     with torch.no_grad():

@@ -67,14 +67,14 @@ def main(argv=None):
                    help="target checkpoint directory (default: train target-8x512 by TARGET_RECIPE)")
     p.add_argument("--draft", default=None,
                    help="draft checkpoint directory (default: train draft-1x128 by DRAFT_RECIPE: CE)")
-    p.add_argument("--beams", type=int, nargs="+", default=[1, 5, 10, 20])
+    p.add_argument("--beams", type=common.positive, nargs="+", default=[1, 5, 10, 20])
     p.add_argument("--draft-beams", type=int, nargs="+", default=[-1, -2, 40],
                    help="N values; -m means m*K (default: K, 2K, 40)")
-    p.add_argument("--gammas", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--policies", nargs="+", default=["beam", "anchored"])
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
-    p.add_argument("--requests", type=int, default=48, help="test prompts decoded per point (default 48)")
-    p.add_argument("--reps", type=int, default=3,
+    p.add_argument("--gammas", type=common.positive, nargs="+", default=[1, 2, 3])
+    p.add_argument("--policies", nargs="+", choices=["beam", "anchored"], default=["beam", "anchored"])
+    p.add_argument("--batches", type=common.positive, nargs="+", default=[1, 16])
+    p.add_argument("--requests", type=common.positive, default=48, help="test prompts decoded per point (default 48)")
+    p.add_argument("--reps", type=common.positive, default=3,
                    help="timed passes per point; each speculative pass is paired with a BeamSearchDecoder pass "
                         "right before it and vs_beam is the median of the paired ratios (default 3)")
     p.add_argument("--no-hf", action="store_true", help="skip Hugging Face generate")
@@ -89,8 +89,8 @@ def main(argv=None):
                    help="pack the bfloat16 models' linear layers once for oneDNN (prepack_for_cpu; CPU only)")
     p.add_argument("--name", default=None, help="results file name (default spec_beauty_<device>)")
     args = p.parse_args(argv)
-    if args.reps < 1 or args.requests < 1:
-        p.error(f"--reps and --requests must be >= 1, got {args.reps} and {args.requests}")
+    if args.prepack and args.dtype != "bfloat16":  # checked before any model loads (or trains)
+        p.error("--prepack packs bfloat16 layers: use it with --dtype bfloat16")
 
     device = torch.device(args.device)
     data = load_lcrec(args.data)
@@ -106,8 +106,6 @@ def main(argv=None):
     args.draft_dtype = args.draft_dtype or args.dtype
     target, draft = target.to(getattr(torch, args.dtype)).eval(), draft.to(getattr(torch, args.draft_dtype)).eval()
     if args.prepack:  # the draft too when it is bfloat16 (float32 layers are faster unpacked)
-        if args.dtype != "bfloat16":
-            p.error("--prepack packs bfloat16 layers: use it with --dtype bfloat16")
         try:
             for model in (target, draft) if args.draft_dtype == "bfloat16" else (target,):
                 prepack_for_cpu(model)
@@ -134,14 +132,15 @@ def main(argv=None):
             recall = lambda outs: common.quality(outs, queries, K)[0]  # noqa: E731
             row0 = {"K": K, "batch": B, "decoder": "BeamSearchDecoder", "N": "", "gamma": "", "policy": "",
                     "accepted": "", "target_calls": float(trie.depth), "draft_calls": "",
-                    "ms_per_req": base_ms / len(prompts),
+                    "ms_per_req": base_ms / len(prompts), "beam_ms_paired": "",
                     "req_per_s": 1e3 * len(prompts) / base_ms, "vs_beam": 1.0, "vs_hf": "",
                     "identical": f"{len(prompts)}/{len(prompts)}", "recall": recall(base_outs)}
             hf_ms = None
             if not args.no_hf:
                 padded = [common.left_pad(b, tokenizer.pad_token_id, device) for b in batches]
-                hf_ms, hf_outs = common.median_run(lambda x: hf_constrained_beam_search(target, trie, x[0], x[1], K),
-                                                   padded, args.reps)
+                hf = lambda x: hf_constrained_beam_search(target, trie, x[0], x[1], K)  # noqa: E731
+                hf(padded[0])  # warm-up, as for the other decoders
+                hf_ms, hf_outs = common.median_run(hf, padded, args.reps)
                 same = identical(hf_outs)
                 rows.append({**row0, "decoder": "HF generate", "ms_per_req": hf_ms / len(prompts),
                              "req_per_s": 1e3 * len(prompts) / hf_ms, "vs_beam": base_ms / hf_ms, "vs_hf": 1.0,
@@ -155,7 +154,8 @@ def main(argv=None):
                         spec = SpecBeamDecoder(target, draft, trie, K, N, gamma, draft_policy=policy,
                                                skip_exhaustive_draft=not args.no_skip_exhaustive)
                         spec.generate(batches[0])  # warm-up
-                        ms, vs_beam, outs = common.paired_runs(base.generate, spec.generate, batches, args.reps)
+                        ms, vs_beam, outs, paired_ms = common.paired_runs(base.generate, spec.generate, batches,
+                                                                          args.reps)
                         same = identical(outs)
                         calls = [c for o in outs for c in o.stats.target_calls]
                         draft_calls = [c for o in outs for c in o.stats.draft_calls]
@@ -164,7 +164,7 @@ def main(argv=None):
                                      "policy": policy, "accepted": sum(rounds) / len(rounds),
                                      "target_calls": sum(calls) / len(calls),
                                      "draft_calls": sum(draft_calls) / len(draft_calls),
-                                     "ms_per_req": ms / len(prompts),
+                                     "ms_per_req": ms / len(prompts), "beam_ms_paired": paired_ms / len(prompts),
                                      "req_per_s": 1e3 * len(prompts) / ms, "vs_beam": vs_beam,
                                      "vs_hf": hf_ms / ms if hf_ms else "", "identical": same,
                                      "recall": recall(outs)})
@@ -178,13 +178,16 @@ def main(argv=None):
               "note": "accepted = mean accepted levels per round; target_calls, draft_calls (draft forwards) per "
                       "request; vs_beam / vs_hf = speedup of this row over BeamSearchDecoder / HF generate at the "
                       "same K and batch (vs_beam: median of per-round ratios, each speculative pass timed right "
-                      "after a BeamSearchDecoder pass; ms: medians over --reps passes); identical = requests whose "
+                      "next to a BeamSearchDecoder pass, the order alternating; ms: medians over --reps passes; "
+                      "beam_ms_paired: BeamSearchDecoder's median ms per request in those pairs, the base of vs_beam); "
+                      "identical = requests whose "
                       "K sequences equal BeamSearchDecoder's, in order; recall = Recall@K of the row's lists"}
     if noise_floor:
         header["BeamSearchDecoder vs itself (identical lists)"] = noise_floor
     md = common.write_results(args.name or f"spec_beauty_{device.type}", header, rows,
                               ["K", "batch", "decoder", "N", "gamma", "policy", "accepted", "target_calls",
-                               "draft_calls", "ms_per_req", "req_per_s", "vs_beam", "vs_hf", "identical", "recall"])
+                               "draft_calls", "ms_per_req", "beam_ms_paired", "req_per_s", "vs_beam", "vs_hf",
+                               "identical", "recall"])
     print(f"\nwrote {md}")
 
 

@@ -19,8 +19,8 @@ from atspeed_ext import ItemTrie  # noqa: E402
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[12000, 100000, 1000000])
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--sizes", type=common.positive, nargs="+", default=[12000, 100000, 1000000])
+    p.add_argument("--reps", type=common.positive, default=3)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     rows = []

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
 import statistics
 import subprocess
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -41,9 +44,14 @@ def prompts(batch: int, length: int, vocab_size: int, seed: int = 0) -> torch.Te
     return torch.randint(SPECIAL, vocab_size, (batch, length), generator=g)
 
 
+def sync() -> None:
+    """Wait for the work queued on every GPU (a run on cuda:1 too), so that wall times cover it."""
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        torch.cuda.synchronize(i)
+
+
 def median_ms(fn, reps: int, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` in milliseconds (CUDA-synchronised where a GPU is in use)."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):
         fn()
     times = []
@@ -56,12 +64,20 @@ def median_ms(fn, reps: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def positive(text: str) -> int:
+    """An argparse type for counts: an integer >= 1 (argparse names it: "invalid positive value")."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_model_arguments(p) -> None:
     """The options every trained-model benchmark shares: the data, the target and draft checkpoints, K."""
     p.add_argument("--data", default="../shared/data/beauty")
     p.add_argument("--target", required=True, help="target checkpoint directory")
     p.add_argument("--draft", required=True, help="draft checkpoint directory")
-    p.add_argument("--beams", type=int, default=10)
+    p.add_argument("--beams", type=positive, default=10)
 
 
 def load_models_and_prompts(args, device, dtype: torch.dtype):
@@ -91,7 +107,6 @@ def left_pad(prompts: list[list[int]], pad: int, device) -> tuple[torch.Tensor, 
 
 def timed_run(decode, batches) -> tuple[float, list]:
     """Total milliseconds of ``decode(batch)`` over ``batches`` (CUDA-synchronised), and the outputs."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     outs, total = [], 0.0
     for batch in batches:
         sync()
@@ -111,17 +126,23 @@ def median_run(decode, batches, reps: int) -> tuple[float, list]:
     return statistics.median(times), outs
 
 
-def paired_runs(base_decode, decode, batches, reps: int) -> tuple[float, float, list]:
-    """``reps`` rounds of (a pass of ``base_decode``, then a pass of ``decode``) over ``batches``: the median
-    milliseconds of ``decode``, the median of the per-round speedups ``base / decode`` (robust to the machine's
-    speed drifting between rounds) and ``decode``'s last outputs."""
-    times, ratios, outs = [], [], None
-    for _ in range(reps):
-        base_ms, _ = timed_run(base_decode, batches)
-        ms, outs = timed_run(decode, batches)
+def paired_runs(base_decode, decode, batches, reps: int) -> tuple[float, float, list, float]:
+    """``reps`` rounds of a pass of ``base_decode`` and a pass of ``decode`` over ``batches``, back to back (the
+    order alternating round by round, so that neither always runs first): the median milliseconds of ``decode``,
+    the median of the per-round speedups ``base / decode`` (robust to the machine's speed drifting between
+    rounds), ``decode``'s last outputs and the median milliseconds of ``base_decode`` in these rounds."""
+    times, base_times, ratios, outs = [], [], [], None
+    for i in range(reps):
+        if i % 2 == 0:
+            base_ms, _ = timed_run(base_decode, batches)
+            ms, outs = timed_run(decode, batches)
+        else:
+            ms, outs = timed_run(decode, batches)
+            base_ms, _ = timed_run(base_decode, batches)
         times.append(ms)
+        base_times.append(base_ms)
         ratios.append(base_ms / ms)
-    return statistics.median(times), statistics.median(ratios), outs
+    return statistics.median(times), statistics.median(ratios), outs, statistics.median(base_times)
 
 
 def quality(outs, prompts, K: int) -> tuple[float, float]:
@@ -134,16 +155,39 @@ def quality(outs, prompts, K: int) -> tuple[float, float]:
 machine = machine_name  # the benchmark scripts' name for it
 
 
+def code_version(repo: Path) -> str:
+    """The commit the measured code is, with ``-dirty`` and a digest of the uncommitted changes when the working
+    tree differs from it (results are usually committed together with the code they measured); "unknown" (with
+    a warning) outside a git checkout."""
+    def git(*args) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=repo).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        changes = git("diff", "HEAD", "--", ".", ":(exclude)benchmarks/results")
+    except OSError:
+        commit, changes = "", ""
+    if not commit:
+        print("warning: not a git checkout (or no git): the results record commit 'unknown'", file=sys.stderr)
+        return "unknown"
+    if changes:
+        return f"{commit}-dirty (uncommitted changes {hashlib.sha256(changes.encode()).hexdigest()[:10]})"
+    return commit
+
+
 def write_results(name: str, header: dict, rows: list[dict], columns: list[str]) -> Path:
-    """Write ``benchmarks/results/<name>.json`` and a Markdown table next to it; return the .md path."""
+    """Write ``benchmarks/results/<name>.json`` and a Markdown table next to it; return the .md path. The header
+    gains the date, the machine (CPU and GPU), the torch and transformers versions and the code's commit."""
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise SystemExit(f"error: --name {name!r} must be a plain file name (results go to benchmarks/results/)")
     out_dir = Path(__file__).resolve().parent / "results"
     out_dir.mkdir(exist_ok=True)
-    header = {"date": date.today().isoformat(), "machine": machine(), "torch": torch.__version__, **header}
-    try:
-        header["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                          cwd=out_dir).stdout.strip()
-    except OSError:
-        pass
+    import transformers
+
+    gpu = f"; GPU: {machine_name('cuda')}" if torch.cuda.is_available() else ""
+    header = {"date": date.today().isoformat(), "machine": machine_name("cpu") + gpu, "torch": torch.__version__,
+              "transformers": transformers.__version__, **header,
+              "commit": code_version(out_dir.parent.parent)}
     (out_dir / f"{name}.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
     lines = [f"# {name}", ""] + [f"- {k}: {v}" for k, v in header.items()] + ["",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

@@ -105,11 +105,11 @@ def timed_phases(decoder, prompts, reps: int, timer: PhaseTimer) -> dict[str, fl
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_model_arguments(p)
-    p.add_argument("--draft-beams", type=int, default=40)
-    p.add_argument("--gamma", type=int, default=1)
-    p.add_argument("--requests", type=int, default=16, help="test prompts decoded one at a time (default 16)")
+    p.add_argument("--draft-beams", type=common.positive, default=40)
+    p.add_argument("--gamma", type=common.positive, default=1)
+    p.add_argument("--requests", type=common.positive, default=16, help="test prompts decoded one at a time (default 16)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--reps", type=int, default=3, help="timed passes over the prompts (default 3)")
+    p.add_argument("--reps", type=common.positive, default=3, help="timed passes over the prompts (default 3)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
     p.add_argument("--prepack", action="store_true",
                    help="pack the bfloat16 models' linear layers once for oneDNN (prepack_for_cpu; CPU only)")
