@@ -31,32 +31,24 @@ from atspeed_ext.tokenizer import CodeTokenizer  # noqa: E402
 COLUMNS = ["K", "decoder", "draft", "N", "accepted", "target_calls", "ms_per_req", "speedup", "recall", "ndcg"]
 
 
-def parse_drafts(specs: list[str]) -> dict[str, str]:
-    drafts = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep:  # a bare directory: named after it (.../beauty-draft-1x128-ce/best -> beauty-draft-1x128-ce)
-            path = spec
-            p = Path(spec.rstrip("/"))
-            name = p.parent.name if p.name in ("best", "last") else p.name
-        if name in drafts:
-            raise SystemExit(f"error: two drafts are called {name!r}; name them with NAME=DIR")
-        drafts[name] = path
-    return drafts
-
-
-def run(decoder, batches, prompts, K, row: dict, base_ms: float | None) -> dict:
+def run(decoder, batches, prompts, K, row: dict, base, reps: int):
+    """Time ``decoder`` (median of ``reps`` passes; with a ``base`` decoder, each pass paired with one of the base
+    and the speedup the median of the paired ratios), fill ``row`` with its results; return ``row``."""
     decoder.generate(batches[0])  # warm-up
-    ms, outs = common.timed_run(decoder.generate, batches)
+    if base is None:
+        ms, outs = common.median_run(decoder.generate, batches, reps)
+        speedup = 1.0
+    else:
+        ms, speedup, outs, _ = common.paired_runs(base.generate, decoder.generate, batches, reps)
     rec, ndcg = common.quality(outs, prompts, K)
     stats = [o.stats for o in outs if getattr(o, "stats", None) is not None]
     if stats:
         rounds = [n for s in stats for r in s.accepted_levels for n in r]
         calls = [c for s in stats for c in s.target_calls]
         row.update(accepted=sum(rounds) / len(rounds), target_calls=sum(calls) / len(calls))
-    row.update(ms_per_req=ms / len(prompts), speedup=(base_ms / ms) if base_ms else 1.0, recall=rec, ndcg=ndcg)
+    row.update(ms_per_req=ms / len(prompts), speedup=speedup, recall=rec, ndcg=ndcg)
     _print(row)
-    return row, ms
+    return row
 
 
 def main(argv=None):
@@ -73,6 +65,8 @@ def main(argv=None):
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=common.positive, default=1)
+    p.add_argument("--reps", type=common.positive, default=3,
+                   help="timed passes per row, each paired with a pass of target-only beam sampling (default 3)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--name", default=None, help="results file name (default sampling_beauty_<device>)")
     p.add_argument("--no-save", action="store_true", help="print only (smoke runs)")
@@ -82,7 +76,7 @@ def main(argv=None):
     data = load_lcrec(args.data)
     tok = CodeTokenizer(data.identifiers)
     target, _ = load_checkpoint(args.target, device, identifiers=data.identifiers)
-    draft_dirs = parse_drafts(args.draft)
+    draft_dirs = common.parse_drafts(args.draft)
     drafts = {name: load_checkpoint(path, device, identifiers=data.identifiers)[0] for name, path in draft_dirs.items()}
     trie = tok.trie().to(device)
     test = data.test_prompts()[:args.requests]
@@ -95,10 +89,10 @@ def main(argv=None):
     rows = []
     for K in args.beams:
         blank = {"K": K, "draft": "", "N": "", "accepted": "", "target_calls": float(trie.depth)}
-        sampled, base_ms = run(BeamSearchDecoder(target, trie, K, do_sample=True, temperature=T, seed=seed), batches,
-                               test, K, {**blank, "decoder": "beam sampling"}, None)
-        greedy, _ = run(BeamSearchDecoder(target, trie, K), batches, test, K, {**blank, "decoder": "beam search"},
-                        base_ms)
+        base = BeamSearchDecoder(target, trie, K, do_sample=True, temperature=T, seed=seed)
+        sampled = run(base, batches, test, K, {**blank, "decoder": "beam sampling"}, None, args.reps)
+        greedy = run(BeamSearchDecoder(target, trie, K), batches, test, K, {**blank, "decoder": "beam search"}, base,
+                     args.reps)
         rows += [sampled, greedy]
         for N in args.draft_beams:
             if N < K:
@@ -107,8 +101,8 @@ def main(argv=None):
                 for rule in args.rules:
                     spec = SpecBeamDecoder(target, draft, trie, K, N, args.gamma, verification=rule, temperature=T,
                                            seed=seed)
-                    row, _ = run(spec, batches, test, K, {"K": K, "decoder": f"spec {rule} ({spec.draft_policy})",
-                                                          "draft": name, "N": N}, base_ms)
+                    row = run(spec, batches, test, K, {"K": K, "decoder": f"spec {rule} ({spec.draft_policy})",
+                                                       "draft": name, "N": N}, base, args.reps)
                     rows.append(row)
     if args.no_save:
         return
@@ -116,7 +110,7 @@ def main(argv=None):
               "data": f"{args.data}: first {len(test)} test prompts", "target": args.target, "drafts": draft_dirs,
               "sampling": f"temperature {T}, seed {seed}, batch {args.batch}, gamma {args.gamma}",
               "note": "accepted = mean accepted levels per round; target_calls per request; speedup over target-only "
-                      "beam sampling in the same run; recall / ndcg @K of one sample per prompt (beam search: the "
+                      "beam sampling: the median of --reps paired passes (ms: median); recall / ndcg @K of one sample per prompt (beam search: the "
                       "top-K). relaxed is lossy (the paper's rule); exact has the law of beam sampling"}
     md = common.write_results(args.name or f"sampling_beauty_{device.type}", header, rows, COLUMNS)
     print(f"\nwrote {md}")

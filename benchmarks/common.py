@@ -145,6 +145,22 @@ def paired_runs(base_decode, decode, batches, reps: int) -> tuple[float, float, 
     return statistics.median(times), statistics.median(ratios), outs, statistics.median(base_times)
 
 
+def parse_drafts(specs: list[str]) -> dict[str, str]:
+    """``--draft [NAME=]DIR`` options as {name: directory}; a bare directory is named after its run folder; two
+    drafts of one name are an error (one would silently replace the other)."""
+    drafts = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:  # a bare directory: named after it (.../beauty-draft-1x128-ce/best -> beauty-draft-1x128-ce)
+            path = spec
+            p = Path(spec.rstrip("/"))
+            name = p.parent.name if p.name in ("best", "last") else p.name
+        if name in drafts:
+            raise SystemExit(f"error: two drafts are called {name!r}; name them with NAME=DIR")
+        drafts[name] = path
+    return drafts
+
+
 def quality(outs, prompts, K: int) -> tuple[float, float]:
     """Mean Recall@K and NDCG@K of the decoders' outputs (best score first) over the prompts."""
     flat = [(o, r) for o in outs for r in range(o.sequences.shape[0])]
