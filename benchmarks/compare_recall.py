@@ -53,7 +53,10 @@ def main(argv=None):
     for path in args.checkpoint:
         trained_on_valid(path, args.split)  # warns when its validation scores would measure training data
         model, tokenizer = load_checkpoint(path, device, identifiers=data.identifiers)
-        scores[label(path)] = model_scores(model, tokenizer, prompts, args.k, args.batch_size)
+        name = label(path)
+        if name in scores:  # one row would silently replace the other
+            raise SystemExit(f"error: two checkpoints are both labelled {name!r} (the last two folders of their paths)")
+        scores[name] = model_scores(model, tokenizer, prompts, args.k, args.batch_size)
     scores["popularity"] = popularity_scores(data, prompts, args.k)
     if args.split == "test":
         scores["popularity (validation period)"] = popularity_scores(data, prompts, args.k,

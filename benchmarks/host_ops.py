@@ -158,7 +158,7 @@ def main(argv=None):
                     **{f"ms_{phase.split('/')[-1]}": ms.get(phase, 0.0) for phase in PHASES},
                     "ms_target_fwd": ms.get("target forwards", 0.0), "ms_draft_fwd": ms.get("draft forwards", 0.0)})
 
-    header = {"command": "python " + " ".join(sys.argv), "target": args.target, "draft": args.draft,
+    header = {"command": "python benchmarks/host_ops.py " + " ".join(sys.argv[1:] if argv is None else argv), "target": args.target, "draft": args.draft,
               "K": args.beams, "N": args.draft_beams, "gamma": args.gamma, "requests": args.requests,
               "reps": args.reps, "device": str(device), "dtype": args.dtype, "prepack": args.prepack,
               "note": "dispatcher ops per request (batch 1); outside_models = draft + target + verify + compact + "

@@ -3,7 +3,7 @@
 #   1. the target (target-8x512, bf16 autocast, 3 epochs) and a CE draft (draft-1x128, 5 epochs) on all data;
 #   2. teacher data: the target's top-20 beams on the first $TEACHER_PROMPTS training prompts;
 #   3. one draft per objective, each fine-tuned from the CE draft on those prompts ($DRAFT_EPOCHS epochs);
-#   4. benchmarks/bench_align.py on the first $TEST_PROMPTS test prompts.
+#   4. benchmarks/bench_align.py on the first $TEST_PROMPTS test prompts (results/align_beauty_n<P>_e<E>.md).
 #
 #     bash benchmarks/run_align_beauty.sh           # DATA, CACHE, TEACHER_PROMPTS, ... override the defaults
 set -euo pipefail
@@ -29,7 +29,7 @@ atspeed-ext teacher --data "$DATA" --checkpoint "$target/best" --num-beams 20 --
 
 drafts=()
 for obj in $OBJECTIVES; do
-  out=$CACHE/beauty-align-$obj-n$TEACHER_PROMPTS
+  out=$CACHE/beauty-align-$obj-n$TEACHER_PROMPTS-e$DRAFT_EPOCHS   # a finished draft is reused only by the same settings
   [ -f "$out/best/model.safetensors" ] || atspeed-ext train-draft --data "$DATA" --target "$target/best" \
       --teacher "$teacher" --objective "$obj" --init "$ce/best" --epochs "$DRAFT_EPOCHS" --lr 1e-3 \
       --eval-prompts 200 --val-beams 10 --val-draft-beams 40 --val-gamma 3 --out "$out" --resume
@@ -37,4 +37,4 @@ for obj in $OBJECTIVES; do
 done
 [ "$BENCH" = 1 ] || exit 0
 python benchmarks/bench_align.py --data "$DATA" --target "$target/best" "${drafts[@]}" --beams 5 10 20 \
-    --draft-beams $DRAFT_BEAMS --gamma 3 --requests "$TEST_PROMPTS"
+    --draft-beams $DRAFT_BEAMS --gamma 3 --requests "$TEST_PROMPTS" --name "align_beauty_n${TEACHER_PROMPTS}_e$DRAFT_EPOCHS"
