@@ -5,7 +5,8 @@ decoder, the wall time per request, then the top ops by self CPU time (and by se
 host work and the syncs that a round adds over a beam-search step can be read off one table.
 
     python benchmarks/profile_spec.py --target DIR --draft DIR [--data ../shared/data/beauty] [--device cuda]
-        [--beams 10] [--draft-beams 20] [--gamma 1] [--requests 16] [--rows 20] [--dtype float32]
+        [--beams 10] [--draft-beams 20] [--gamma 1] [--policy anchored] [--requests 16] [--rows 20]
+        [--dtype float32]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--draft-beams", type=common.positive, default=20)
     p.add_argument("--gamma", type=common.positive, default=1)
+    p.add_argument("--policy", choices=["beam", "anchored"], default="anchored", help="draft policy (default anchored)")
     p.add_argument("--requests", type=common.positive, default=16, help="test prompts decoded one at a time (default 16)")
     p.add_argument("--rows", type=common.positive, default=20, help="ops listed per table (default 20)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="model dtype (default float32)")
@@ -43,7 +45,7 @@ def main(argv=None):
     decoders = {"BeamSearchDecoder": BeamSearchDecoder(target, trie, args.beams),
                 f"SpecBeamDecoder N={args.draft_beams} gamma={args.gamma}":
                     SpecBeamDecoder(target, draft, trie, args.beams, args.draft_beams, args.gamma,
-                                    draft_policy="anchored")}
+                                    draft_policy=args.policy)}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     for name, decoder in decoders.items():
