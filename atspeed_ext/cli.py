@@ -1,4 +1,4 @@
-"""The ``atspeed-ext`` command line (also ``python -m atspeed_ext``)."""
+"""The atspeed-ext command line (also python -m atspeed_ext)."""
 
 from __future__ import annotations
 
@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-grad-norm", type=_train_float("max_grad_norm"), default=1.0)
         p.add_argument("--dropout", type=_train_float("dropout"), default=0.0,
                        help="dropout on the embeddings and residual branches while training (default 0)")
-        p.add_argument("--max-steps", type=_non_negative, default=0, help="stop after this many steps (0: no limit)")
+        p.add_argument("--max-steps", type=_non_negative, default=0,
+                       help="train for at most this many steps, the learning-rate schedule fitted to them (0: no limit)")
         p.add_argument("--eval-every", type=_non_negative, default=0, help="validate every N steps (0: every epoch)")
         p.add_argument("--eval-prompts", type=_non_negative, default=eval_prompts,
                        help=f"validation prompts used (default {eval_prompts}; 0: no validation, no early "
@@ -161,9 +162,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: What a command raises for a user's mistake (bad data, paths or settings; DataError is a ValueError) or a
-#: diverged training run: reported as ``error: ...``, without a traceback unless ATSPEED_DEBUG=1.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError)
+#: What a command raises for a user's mistake (bad data, paths or settings; DataError is a ValueError; a path that
+#: cannot be read or written) or a diverged training run: reported as ``error: ...``, without a traceback unless
+#: ATSPEED_DEBUG=1.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+
+#: What to do after Ctrl-C, per command.
+_AFTER_INTERRUPT = {"train-target": "rerun the same command with --resume to continue from OUT/last",
+                    "train-draft": "rerun the same command with --resume to continue from OUT/last",
+                    "teacher": "rerun the same command to continue (finished shards are kept)",
+                    "demo": "rerun it: finished training stages are cached, an interrupted one resumes"}
+
+
+def _expand_paths(args) -> None:
+    """``~`` in path options (``--out=~/x`` and values from scripts are not expanded by the shell)."""
+    for name in ("data", "out", "output", "checkpoint", "target", "draft", "teacher", "init"):
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, os.path.expanduser(value))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     status 1 instead of a traceback (set ATSPEED_DEBUG=1 to see the traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _expand_paths(args)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its per-file load / save bars would break the training bar into pieces
     from .align.commands import run_teacher, run_train_draft
     from .commands import run_eval, run_train_target
     from .demo import run_demo
@@ -179,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
                "train-draft": run_train_draft}[args.command]
     try:
         return command(args)
+    except KeyboardInterrupt:
+        if os.environ.get("ATSPEED_DEBUG"):
+            raise
+        print(f"\ninterrupted: {_AFTER_INTERRUPT.get(args.command, 'rerun the command')}", file=sys.stderr)
+        return 130
     except USER_ERRORS as e:
         if os.environ.get("ATSPEED_DEBUG"):
             raise

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from .train import TrainConfig, run_summary, train_next_item, training_examples
 
 def cache_dir() -> Path:
     """Where trained models are kept by default: $ATSPEED_CACHE or ~/.cache/atspeed_ext."""
-    return Path(os.environ.get("ATSPEED_CACHE", Path.home() / ".cache" / "atspeed_ext"))
+    return Path(os.environ.get("ATSPEED_CACHE", Path.home() / ".cache" / "atspeed_ext")).expanduser()
 
 
 def trained_recipe(preset: str, data, tokenizer: CodeTokenizer, stages, device, tag: str):
@@ -47,7 +48,7 @@ def trained_recipe(preset: str, data, tokenizer: CodeTokenizer, stages, device, 
                      else load_checkpoint(previous, device)[0])
             print(f"{preset}: training stage {i}/{len(stages)} on {data.name} ({cfg.epochs} epochs"
                   f"{', validation items only' if cfg.valid_only else ''}) -> {out}")
-            train_next_item(model, tokenizer, data, out, cfg, resume=True)
+            train_next_item(model, tokenizer, data, out, cfg, resume=(out / "last").exists())
             (out / "recipe.json").write_text(json.dumps(settings[:i + 1], indent=2) + "\n")
         previous = out / "best"
     return load_checkpoint(previous, device)[0]
@@ -60,6 +61,15 @@ def check_beams_fit(data, k: int, option: str) -> None:
     if k > identifiers:
         raise ValueError(f"{option} {k} is more than the {identifiers} distinct item identifiers of {data.name}; "
                          f"give K <= {identifiers}")
+
+
+def check_history_length(checkpoint: str, data) -> None:
+    """Warn when the history length of the prompts differs from the one the checkpoint was trained with (its
+    meta.json records it; --max-history defaults to 20 whatever the model saw)."""
+    trained = checkpoint_meta(checkpoint).get("max_history")
+    if trained is not None and trained != data.max_history:
+        print(f"warning: {checkpoint} was trained on histories of at most {trained} items but these prompts take "
+              f"up to {data.max_history} (--max-history {trained} to match)", file=sys.stderr)
 
 
 def parse_device(name: str | None) -> torch.device:
@@ -77,13 +87,28 @@ def parse_device(name: str | None) -> torch.device:
     return device
 
 
+def writable_folder(out: Path, option: str) -> None:
+    """Create ``out`` (and its parents) and check that files can be written in it, before any work whose results
+    would go there (a bad --out used to fail at the first save, after an epoch of training)."""
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: {option} {out} is a file; give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".atspeed-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise SystemExit(f"error: {option} {out}: cannot write there ({e.strerror or e})") from None
+
+
 def prepare_output(out: Path, args) -> None:
-    """The output folder of a training command: one that already holds a run is refused unless --resume
-    (continue it) or --overwrite (its checkpoints are deleted first, so nothing of the old run survives) says
-    what to do with it: a retry must not silently destroy hours of training."""
+    """The output folder of a training command, checked writable up front: one that already holds a run is
+    refused unless --resume (continue it) or --overwrite (its checkpoints are deleted first, so nothing of the old
+    run survives) says what to do with it: a retry must not silently destroy hours of training."""
+    writable_folder(out, "--out")
     if args.resume and args.overwrite:
         raise SystemExit("error: give --resume (continue the run in OUT) or --overwrite (replace it), not both")
-    held = [name for name in ("best", "last", "last.tmp") if (out / name).exists()]
+    held = [name for name in ("best", "last", "best.tmp", "last.tmp") if (out / name).exists()]
     if not held or args.resume:
         return
     if not args.overwrite:
@@ -137,8 +162,10 @@ def run_train_target(args) -> int:
         tokenizer = CodeTokenizer(data.identifiers)
         model = build_model(args.preset, tokenizer.vocab_size, seed=args.seed).to(device)
     examples = len(training_examples(data, cfg))
-    print(f"training {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) on "
-          f"{data.name}: {examples} examples, {data.num_items} items, device {device}; checkpoints in {out}")
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun: once
+        print(f"training {args.preset if not args.init else run_of(args.init)} "
+              f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) on {data.name}: {examples} "
+              f"examples, {data.num_items} items, device {device}; checkpoints in {out}")
     state = train_next_item(model, tokenizer, data, out, cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 validates (torchrun)
         print(f"done: {run_summary(state)}; best model in {out / 'best'}")
@@ -185,14 +212,20 @@ def run_eval(args) -> int:
         model, tokenizer = load_checkpoint(args.checkpoint, device, identifiers=data.identifiers)
     except ValueError as e:
         raise SystemExit(f"error: {e} ({args.data or 'the synthetic data'})") from None
-    out = Path(args.output) if args.output else Path(args.checkpoint) / f"eval_{args.split}.json"
-    if not out.parent.is_dir():  # checked before the evaluation, not after it
+    default = f"eval_{args.split}" + (f"_limit{args.limit}" if args.limit > 0 else "") + ".json"
+    out = Path(args.output) if args.output else Path(args.checkpoint) / default  # a --limit run keeps the full one
+    if out.is_dir():  # checked before the evaluation, not after it
+        raise SystemExit(f"error: --output {out} is a folder; give a file path")
+    if not out.parent.is_dir():
         raise SystemExit(f"error: --output {out}: the folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise SystemExit(f"error: --output {out}: cannot write there (give --output elsewhere)")
     trained_eos = checkpoint_meta(args.checkpoint).get("with_eos")
     if trained_eos is not None and trained_eos != args.with_eos:
         raise SystemExit(f"error: {args.checkpoint} was trained {'with' if trained_eos else 'without'} <eos> "
                          f"ending its identifiers; evaluate it {'with' if trained_eos else 'without'} --with-eos")
     check_beams_fit(data, max(args.ks), "--ks")
+    check_history_length(args.checkpoint, data)
     on_valid = trained_on_valid(args.checkpoint, args.split)
     prompts = data.test_prompts() if args.split == "test" else data.valid_prompts()
     if not prompts:
@@ -203,7 +236,11 @@ def run_eval(args) -> int:
     metrics = evaluate_model(model, tokenizer, prompts, ks=args.ks, batch_size=args.batch_size,
                              with_eos=args.with_eos, standard_errors=True)
     popularity = evaluate_popularity(data, prompts, ks=args.ks, standard_errors=True, include_valid=on_valid)
+    from .align.teacher import hash_model
+
     report = {"metrics": metrics, "popularity": popularity, "model": str(Path(args.checkpoint).resolve()),
+              "model_step": checkpoint_meta(args.checkpoint).get("step"), "model_weights": hash_model(model),
+              "max_history": data.max_history,
               "model_config": {k: getattr(model.config, k) for k in ("num_hidden_layers", "hidden_size", "vocab_size")},
               "data": args.data or "synthetic", "split": args.split, "trained_on_valid": on_valid,
               "prompts": len(prompts), "ks": args.ks,

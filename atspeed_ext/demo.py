@@ -8,6 +8,7 @@ speedup, checking that both decoders return the same beams.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -47,6 +48,9 @@ def run_demo(args) -> int:
         data = synthetic_recdata(num_users=args.users, num_items=args.items, seed=args.seed)
         tag = f"synthetic{args.users}x{args.items}"
     check_beams_fit(data, args.num_beams, "--num-beams")  # before any training
+    if not data.test_prompts():
+        raise SystemExit(f"error: no user of {data.name} has a test item (sequential_test.txt missing or empty?): "
+                         "nothing to decode")
     tokenizer = CodeTokenizer(data.identifiers)
     trie = tokenizer.trie()
     print(f"atspeed_ext demo on {device}: {data.name}, {data.num_items} items, {len(data.train_examples())} "
@@ -55,7 +59,11 @@ def run_demo(args) -> int:
     recipe = [TrainConfig(epochs=args.epochs, batch_size=64, lr=3e-3, seed=args.seed, eval_prompts=validate,
                           patience=args.epochs)]  # one stage, cached under a digest of the data and these settings
     target = trained_recipe(args.target_preset, data, tokenizer, recipe, device, f"demo-{tag}")
-    draft = trained_recipe(args.draft_preset, data, tokenizer, recipe, device, f"demo-{tag}")
+    # The draft has its own cache tag, and with the target's preset its own seed: it is another model, never the
+    # target itself (which would show the best case, every level accepted).
+    same = args.draft_preset == args.target_preset
+    draft_recipe = [dataclasses.replace(cfg, seed=cfg.seed + 1) for cfg in recipe] if same else recipe
+    draft = trained_recipe(args.draft_preset, data, tokenizer, draft_recipe, device, f"demo-{tag}-draft")
 
     prompts = data.test_prompts()[:args.requests]
     K = args.num_beams

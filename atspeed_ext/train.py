@@ -268,7 +268,8 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
 
     return train_loop(model, tokenizer, out_dir, cfg, [len(ids) for ids, _ in examples], batch_loss,
                       validate if val_prompts else None, "recall@10", resume=resume, progress=progress,
-                      extra_config=training_data_marks(cfg), data_fingerprint=data.fingerprint())
+                      extra_config=training_data_marks(cfg), data_fingerprint=data.fingerprint(),
+                      checkpoint_facts={"max_history": data.max_history})
 
 
 def validation_prompts(data: RecData, cfg: TrainConfig) -> list:
@@ -297,7 +298,7 @@ def training_examples(data: RecData, cfg: TrainConfig) -> list[tuple[tuple[int, 
 
 def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths: list[int], batch_loss, validate,
                metric: str, resume: bool = False, progress: bool = True, extra_config: dict | None = None,
-               data_fingerprint: str | None = None) -> dict:
+               data_fingerprint: str | None = None, checkpoint_facts: dict | None = None) -> dict:
     """The training loop shared by the target and draft trainers: AdamW, warm-up + cosine, clipping,
     (bfloat16 autocast), validation every ``cfg.eval_every`` steps or epoch, early stopping on ``metric``
     (higher is better), ``best/`` and ``last/`` checkpoints, exact resume, DDP under torchrun. Each validation
@@ -312,6 +313,8 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
             validated ``best/``).
         extra_config: more settings of the run (e.g. the alignment objective): kept in the trainer state and
             in ``best/meta.json``; a resume with different ones is refused.
+        checkpoint_facts: more facts every checkpoint's ``meta.json`` records (e.g. the history length), not
+            compared on resume (the data fingerprint covers them).
         data_fingerprint: :meth:`RecData.fingerprint` of the training data, kept in the trainer state; a resume
             on other data is refused (runs saved without one are checked on their example count only).
     """
@@ -323,6 +326,7 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(int(cfg.warmup_ratio * total), total))
     extra_config = extra_config or {}
+    facts = checkpoint_facts or {}
     state = {"step": 0, "epoch": 0, "metric": metric, "best": None, "bad_evals": 0, "history": [],
              "config": asdict(cfg), "extra_config": extra_config, "examples": len(lengths), "data": data_fingerprint}
     last = out_dir / "last"
@@ -387,14 +391,20 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
                 state["bad_evals"] = 0
                 if validated:
                     state["best"] = metrics[metric]
-                save_checkpoint(out_dir / "best", model, tokenizer,
-                                {"step": state["step"], **(metrics or {}), **extra_config, "with_eos": cfg.with_eos})
+                # Swapped in whole, like `last`: a new best keeps no file of the old one (e.g. its eval report).
+                best_tmp = out_dir / "best.tmp"
+                shutil.rmtree(best_tmp, ignore_errors=True)
+                save_checkpoint(best_tmp, model, tokenizer, {"step": state["step"], **(metrics or {}), **extra_config,
+                                                             **facts, "with_eos": cfg.with_eos})
+                shutil.rmtree(out_dir / "best", ignore_errors=True)
+                best_tmp.rename(out_dir / "best")
             else:
                 state["bad_evals"] += 1
             # Written to a side folder and swapped in, so a crash never leaves a half-written `last`.
             tmp = out_dir / "last.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            save_checkpoint(tmp, model, tokenizer, {"step": state["step"], **extra_config, "with_eos": cfg.with_eos})
+            save_checkpoint(tmp, model, tokenizer, {"step": state["step"], **extra_config, **facts,
+                                                    "with_eos": cfg.with_eos})
             _save_optimizer(tmp, optimizer)
             (tmp / "trainer_state.json").write_text(json.dumps({**state, "scheduler": scheduler.state_dict()}, indent=2))
             shutil.rmtree(last, ignore_errors=True)

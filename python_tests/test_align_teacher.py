@@ -296,8 +296,17 @@ def test_teacher_and_train_draft_commands(tmp_path, monkeypatch, capsys):
     assert main(["teacher", *common, "--checkpoint", str(tmp_path / "target" / "best"), "--num-beams", "3",
                  "--out", str(tmp_path / "teacher")]) == 0
     assert "MB in 1 shards" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="needs --teacher"):
+    assert main(["teacher", *common, "--checkpoint", str(tmp_path / "target" / "best"), "--num-beams", "3",
+                 "--out", str(tmp_path / "teacher")]) == 0  # again: nothing left to do, and it says so
+    assert "already held this teacher data, complete" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="needs --teacher DIR .*teacher`\\) or --on-policy"):
         main(["train-draft", *common, "--target", str(tmp_path / "target" / "best"), "--objective", "atspeed-s"])
+    with pytest.raises(SystemExit, match="needs --teacher DIR .*teacher`\\)$"):  # no on-policy data for wordkd
+        main(["train-draft", *common, "--target", str(tmp_path / "target" / "best"), "--objective", "wordkd"])
+    with pytest.raises(SystemExit, match="would overwrite the checkpoint --init"):
+        main(["train-draft", *common, "--target", str(tmp_path / "target" / "best"), "--objective", "ce",
+              "--init", str(tmp_path / "target" / "best"), "--out", str(tmp_path / "target"), "--overwrite"])
+    assert (tmp_path / "target" / "best" / "model.safetensors").exists()
     assert main(["train-draft", *common, "--target", str(tmp_path / "target" / "best"), "--teacher",
                  str(tmp_path / "teacher"), "--objective", "atspeed-s", "--preset", "tiny-1x64", "--epochs", "1",
                  "--topk", "3", "--val-beams", "3", "--val-draft-beams", "6", "--eval-prompts", "8"]) == 0

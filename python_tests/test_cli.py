@@ -1,6 +1,8 @@
 """The command line: the demo runs end to end on the embedded default and rejects bad options."""
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from atspeed_ext.cli import main
 from atspeed_ext.evaluate import evaluate_popularity
@@ -19,6 +21,12 @@ def test_demo_trains_caches_and_decodes_losslessly(tmp_path, monkeypatch, capsys
     assert main(argv) == 0                                   # second run: from the cache, no training
     out = capsys.readouterr().out
     assert "training stage" not in out and out.count("stage 1/1 from the cache") == 2
+    # One preset for both: the draft is another model (own cache folder and seed), not the target itself.
+    target_dir, draft_dir = (next(tmp_path.glob(f"demo-synthetic80x30-{tag}tiny-1x64-s1-*")) for tag in ("", "draft-"))
+    assert target_dir != draft_dir
+    t, d = (load_file(str(x / "best" / "model.safetensors")) for x in (target_dir, draft_dir))
+    assert any(not torch.equal(t[k], d[k]) for k in t)
+    assert "nothing to resume" not in out                    # fresh stages train without a resume message
 
 
 def test_demo_rejects_bad_options():
@@ -53,12 +61,19 @@ def test_train_target_then_eval_writes_a_report(tmp_path, capsys):
                  "--eval-prompts", "20", *common]) == 0
     assert (out / "best" / "model.safetensors").exists() and (out / "last" / "trainer_state.json").exists()
     assert main(["eval", "--checkpoint", str(out / "best"), "--ks", "5", "10", "--limit", "30", *common]) == 0
-    report = json.loads((out / "best" / "eval_test.json").read_text())
+    report = json.loads((out / "best" / "eval_test_limit30.json").read_text())  # eval_test.json: all prompts
     means = {"recall@5", "ndcg@5", "recall@10", "ndcg@10"}
     assert set(report["metrics"]) == means | {f"{m}_se" for m in means}
     assert report["prompts"] == 30 and set(report["popularity"]) == set(report["metrics"])
     assert report["machine"] == machine_name("cpu") and report["machine"].endswith(" torch threads")  # CPU model
     assert f"| recall@10 | {report['metrics']['recall@10']:.4f} ± " in capsys.readouterr().out
+    meta = json.loads((out / "best" / "meta.json").read_text())
+    assert report["model_step"] == meta["step"] and meta["max_history"] == report["max_history"] == 20
+    assert len(report["model_weights"]) == 16  # which weights the report describes
+    # Another history length than the model was trained with is pointed out.
+    assert main(["eval", "--checkpoint", str(out / "best"), "--ks", "5", "--limit", "3", "--max-history", "5",
+                 *common]) == 0
+    assert "trained on histories of at most 20 items but these prompts take up to 5" in capsys.readouterr().err
 
 
 def test_eval_refuses_a_checkpoint_of_other_data(tmp_path):
@@ -101,7 +116,7 @@ def test_train_on_valid_run_is_marked_and_evaluating_it_on_valid_warns(tmp_path,
     for split, warned in (("test", False), ("valid", True)):
         assert main(["eval", "--checkpoint", str(best), "--split", split, "--limit", "10", *common]) == 0
         assert ("metrics measure training data" in capsys.readouterr().err) == warned
-        report = json.loads((best / f"eval_{split}.json").read_text())
+        report = json.loads((best / f"eval_{split}_limit10.json").read_text())
         assert report["trained_on_valid"] is True
     # Its popularity baseline counts the validation items too (the interactions the model learnt from).
     data = synthetic_recdata(num_users=60, num_items=30)
@@ -300,6 +315,56 @@ def test_user_errors_end_with_a_message_not_a_traceback(tiny_run, tmp_path, monk
     monkeypatch.setenv("ATSPEED_DEBUG", "1")  # the traceback instead of the one-line message
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         main(["train-target", *SMALL, "--preset", "nope", "--out", str(tmp_path / "p")])
+
+
+def test_demo_without_test_items_stops_before_training(tmp_path, monkeypatch, capsys):
+    from atspeed_ext import demo
+
+    monkeypatch.setenv("ATSPEED_CACHE", str(tmp_path))
+    no_test = synthetic_recdata(num_users=80, num_items=30)
+    no_test.test = {}
+    monkeypatch.setattr(demo, "synthetic_recdata", lambda **kw: no_test)
+    with pytest.raises(SystemExit, match="has a test item .*nothing to decode"):
+        main(["demo", "--users", "80", "--items", "30", "--target-preset", "tiny-1x64", "--draft-preset", "tiny-1x64",
+              "--epochs", "1", "--device", "cpu"])
+    assert "training" not in capsys.readouterr().out and not any(tmp_path.iterdir())
+
+
+def test_unusable_outputs_are_refused_before_any_work(tiny_run, tmp_path, capsys):
+    a_file = tmp_path / "e.json"
+    a_file.write_text("{}")
+    for argv, message in (
+            (["train-target", *SMALL, "--preset", "tiny-1x64", "--out", str(a_file)], "--out .* is a file"),
+            (["teacher", *SMALL, "--checkpoint", str(tiny_run / "best"), "--num-beams", "3", "--out", str(a_file)],
+             "--out .* is a file"),
+            (["eval", *SMALL, "--checkpoint", str(tiny_run / "best"), "--output", str(tmp_path)], "is a folder"),
+            (["eval", *SMALL, "--checkpoint", str(tiny_run / "best"), "--output", str(a_file / "x.json")],
+             "does not exist")):
+        with pytest.raises(SystemExit, match=message):
+            main(argv)
+        assert "train:" not in capsys.readouterr().err
+
+
+def test_interrupt_says_how_to_continue(monkeypatch, capsys):
+    from atspeed_ext import commands
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "run_train_target", interrupted)
+    assert main(["train-target", *SMALL]) == 130
+    assert "interrupted: rerun the same command with --resume" in capsys.readouterr().err
+
+
+def test_home_in_paths_is_expanded(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("ATSPEED_CACHE", "~/cache")
+    monkeypatch.chdir(tmp_path)
+    assert main(["teacher", *SMALL, "--checkpoint", str(tiny_run / "best"), "--num-beams", "3", "--limit", "8"]) == 0
+    assert (tmp_path / "cache").is_dir() and not (tmp_path / "~").exists()
+    assert main(["teacher", *SMALL, "--checkpoint", str(tiny_run / "best"), "--num-beams", "3", "--limit", "8",
+                 "--out=~/teach"]) == 0
+    assert (tmp_path / "teach" / "meta.json").exists()
 
 
 def test_demo_trains_without_validation_on_data_that_has_none(tmp_path, monkeypatch, capsys):

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import torch
 
-from ..commands import cache_dir, check_beams_fit, data_of, device_of, prepare_output, run_of, train_config
+from ..commands import (cache_dir, check_beams_fit, check_history_length, data_of, device_of, prepare_output, run_of,
+                        train_config, writable_folder)
 from ..models import build_model, load_checkpoint
 from ..train import run_summary
 from .levels import LevelView
 from .teacher import TeacherData, generate_teacher_data
-from .trainer import AlignConfig, needs_teacher, train_draft
+from .trainer import ON_POLICY_OBJECTIVES, AlignConfig, needs_teacher, train_draft
 
 
 def check_same_prompts(target_tokenizer, draft_tokenizer, num_items: int, draft_name: str, target_name: str) -> None:
@@ -33,16 +34,20 @@ def run_teacher(args) -> int:
     device = device_of(args)
     target, tokenizer = load_checkpoint(args.checkpoint, device, identifiers=data.identifiers)
     check_beams_fit(data, args.num_beams, "--num-beams")
+    check_history_length(args.checkpoint, data)
     examples = data.train_examples()
     if args.limit > 0:
         examples = examples[:args.limit]
     out = Path(args.out) if args.out else \
         cache_dir() / f"{data.name}-teacher-{run_of(args.checkpoint)}-k{args.num_beams}"
+    writable_folder(out, "--out")
     print(f"teacher data: {len(examples)} training prompts, K={args.num_beams}, target {args.checkpoint} -> {out}")
     generate_teacher_data(target, tokenizer, examples, out, num_beams=args.num_beams, batch_size=args.batch_size,
                           shard_size=args.shard_size,
                           source={"data": args.data or "synthetic", "target": str(Path(args.checkpoint).resolve())})
     meta = TeacherData(out, LevelView(tokenizer.trie(), tokenizer.item_token_ids)).meta
+    if "seconds_last_run" not in meta:
+        print(f"{out} already held this teacher data, complete: nothing to compute")
     print(f"done: {meta['bytes'] / 1e6:.1f} MB in {len(meta['shards'])} shards"
           + (f", {meta['seconds_last_run']:.0f} s" if "seconds_last_run" in meta else ""))
     return 0
@@ -57,9 +62,11 @@ def run_train_draft(args) -> int:
     cfg = train_config(args)
     target, tokenizer = load_checkpoint(args.target, device, identifiers=data.identifiers)
     target.requires_grad_(False)
+    check_history_length(args.target, data)
     if needs_teacher(align) and not args.teacher:
-        raise SystemExit(f"error: --objective {args.objective} needs --teacher DIR (see `atspeed-ext teacher`), "
-                         "or --on-policy")
+        on_policy = " or --on-policy" if args.objective in ON_POLICY_OBJECTIVES else ""
+        raise SystemExit(f"error: --objective {args.objective} needs --teacher DIR (see `atspeed-ext teacher`)"
+                         f"{on_policy}")
     teacher = None
     if args.teacher:  # also restricts ce / on-policy training to the prompts it covers
         teacher = TeacherData(args.teacher, LevelView(tokenizer.trie(), tokenizer.item_token_ids), data.identifiers)
@@ -72,8 +79,12 @@ def run_train_draft(args) -> int:
     name = f"{start}-{args.objective}" + ("-onpolicy" if args.on_policy else "")
     kind = "" if name.startswith("draft") else "draft-"  # "draft-1x128-ce", not "draft-draft-1x128-ce"
     out = Path(args.out) if args.out else cache_dir() / f"{data.name}-{kind}{name}"
+    if args.init and Path(args.init).resolve() in (out.resolve(), out.resolve() / "best", out.resolve() / "last"):
+        raise SystemExit(f"error: --out {out} would overwrite the checkpoint --init {args.init} starts from; "
+                         "give another --out")
     prepare_output(out, args)
-    print(f"training draft {name} on {data.name} with target {args.target}; checkpoints in {out}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"training draft {name} on {data.name} with target {args.target}; checkpoints in {out}")
     state = train_draft(draft, target, tokenizer, data, out, cfg, align, teacher=teacher, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 validates (torchrun)
         print(f"done: {run_summary(state)} (accepted levels per round); best model in {out / 'best'}")

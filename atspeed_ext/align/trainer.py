@@ -135,7 +135,7 @@ def train_draft(draft, target, tokenizer, data: RecData, out_dir: str | Path, cf
     extra = {"align": asdict(align), "target": target_hash, "teacher": teacher_id}
     return train_loop(draft, tokenizer, out_dir, cfg, lengths, batch_loss, validate if val_prompts else None,
                       "accepted_levels", resume=resume, progress=progress, extra_config=extra,
-                      data_fingerprint=data.fingerprint())
+                      data_fingerprint=data.fingerprint(), checkpoint_facts={"max_history": data.max_history})
 
 
 @torch.no_grad()
