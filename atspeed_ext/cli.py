@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ks", type=_positive, nargs="+", default=[5, 10, 20])
     ev.add_argument("--limit", type=_non_negative, default=0, help="evaluate the first N prompts only (0: all)")
     ev.add_argument("--batch-size", type=_positive, default=32)
-    ev.add_argument("--output", default=None, help="JSON report path (default: CHECKPOINT/eval_<split>.json)")
+    ev.add_argument("--output", default=None, help="JSON report path (default: CHECKPOINT/eval_<split>.json, with --limit "
+                         "CHECKPOINT/eval_<split>_limit<N>.json)")
 
     teach = sub.add_parser("teacher", help="teacher data for draft alignment: the target's top-K beams and its "
                                            "log-probabilities along them, for every training prompt")
