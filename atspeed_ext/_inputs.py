@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import numbers
 
 import torch
@@ -30,6 +31,7 @@ def check_model_and_trie(model: torch.nn.Module, trie: ItemTrie, name: str = "mo
     on_meta = next((n for n, p in model.named_parameters() if p.device.type == "meta"), None)
     if on_meta is not None:
         raise ValueError(f"{name} has parameters on the 'meta' device ({on_meta}): its weights were never loaded")
+    check_tree_attention(model, name)
     n_in, n_out = model_vocab_sizes(model)
     for size, what in ((n_in, "embeds"), (n_out, "scores")):  # tree tokens are fed back, and scored
         if trie.vocab_size > size:
@@ -39,17 +41,55 @@ def check_model_and_trie(model: torch.nn.Module, trie: ItemTrie, name: str = "mo
             )
 
 
+def check_tree_attention(model: torch.nn.Module, name: str = "model") -> None:
+    """Refuse a model whose attention the decoders cannot share between beams: they feed the K beams (or a tree)
+    of a request as tokens of one cache row, told apart only by a 4-D attention mask and ``position_ids``. That is
+    wrong, silently, for ALiBi (its biases come from slot distances, not positions; MPT, Bloom, Falcon with
+    ``alibi``) and for recurrent or linear-attention state, which would read the beams as one sequence (Mamba,
+    Jamba, LFM2, Qwen3-Next, Falcon-H1, ...); caches with extra per-token state (sparse-attention indexers) are
+    not compacted. Such models are recognised by a forward without ``position_ids``, an ``alibi`` setting, or a
+    cache (as transformers builds it for the config) with layers other than plain or sliding-window attention."""
+    module = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: the model's own signature
+    kind = type(module).__name__
+    if "position_ids" not in inspect.signature(module.forward).parameters:
+        raise ValueError(f"{name} ({kind}) takes no position_ids (ALiBi or recurrent): the decoders' tree attention "
+                         "needs rotary or learned positions")
+    config = getattr(module, "config", None)
+    if getattr(config, "alibi", False) or getattr(getattr(config, "attn_config", None), "alibi", False):
+        raise ValueError(f"{name} ({kind}) uses ALiBi, whose biases come from cache-slot distances: the decoders' tree "
+                         "attention needs rotary or learned positions")
+    try:
+        from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+
+        layers = DynamicCache(config=config).layers
+    except Exception:  # an older transformers (no layered caches, none of these models) or a config it cannot use
+        return
+    other = sorted({type(layer).__name__ for layer in layers} - {DynamicLayer.__name__, DynamicSlidingWindowLayer.__name__})
+    if other:
+        raise ValueError(f"{name} ({kind}) keeps {', '.join(other)} state in its cache: recurrent, linear-attention or "
+                         "indexer state cannot be shared by the beams of one cache row; use an attention-only model")
+
+
 def sliding_window(model: torch.nn.Module) -> int | None:
-    """The attention window of a model whose cache keeps only its last tokens on some layers (Mistral,
-    Gemma 2/3, Qwen2 with ``use_sliding_window``); None for full attention everywhere."""
+    """The attention window of a model that attends to its last tokens only on some layers: a sliding window
+    (Mistral, Gemma 2/3, Qwen2 with ``use_sliding_window``), chunked attention (Llama 4) or GPT-Neo's local
+    layers; None for full attention everywhere."""
     config = getattr(model, "config", None)
+    layer_types = [str(t) for t in (getattr(config, "layer_types", None) or [])]
+    windows = []
     window = getattr(config, "sliding_window", None)
-    if not window:
-        return None
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None:
-        return int(window) if any("sliding" in str(t) for t in layer_types) else None
-    return None if getattr(config, "use_sliding_window", True) is False else int(window)
+    if window:
+        if layer_types:
+            if any("sliding" in t for t in layer_types):
+                windows.append(int(window))
+        elif getattr(config, "use_sliding_window", True) is not False:
+            windows.append(int(window))
+    chunk = getattr(config, "attention_chunk_size", None)
+    if chunk and (not layer_types or "chunked_attention" in layer_types):
+        windows.append(int(chunk))
+    if "local" in (getattr(config, "attention_layers", None) or []) and getattr(config, "window_size", None):
+        windows.append(int(config.window_size))
+    return min(windows, default=None)
 
 
 def check_cache_window(model: torch.nn.Module, name: str, slots: int) -> None:
@@ -63,6 +103,46 @@ def check_cache_window(model: torch.nn.Module, name: str, slots: int) -> None:
             f"this decode may need up to {slots} cache slots (longest prompt + decoding slots): the decoders need "
             "every slot kept; use shorter prompts, smaller K / N, or a model with full attention"
         )
+
+
+def _rope_settings(config) -> list[dict]:
+    """The RoPE settings of a config (transformers 5's ``rope_parameters``, possibly one per layer type, or the older
+    ``rope_scaling``)."""
+    for attr in ("rope_parameters", "rope_scaling"):
+        params = getattr(config, attr, None)
+        if isinstance(params, dict):
+            nested = [v for v in params.values() if isinstance(v, dict)]
+            return nested or [params]
+    return []
+
+
+def check_positions(model: torch.nn.Module, name: str, prompt_lengths: torch.Tensor, depth: int) -> None:
+    """Refuse a decode across the length at which a model's RoPE changes its frequencies. Longrope (Phi-3) takes its
+    short or long factors per call from the largest position in the call (switching at
+    ``original_max_position_embeddings``); dynamic NTK rescales beyond ``max_position_embeddings``. The decoders'
+    calls hold other positions than generate's (a tree reaches deeper ones in one call; finished requests leave
+    the batch), so unless every call falls on one side, their scores would differ."""
+    config = getattr(model, "config", None)
+    settings = _rope_settings(config)
+    if not settings:
+        return
+    shortest, longest = int(prompt_lengths.min()), int(prompt_lengths.max())
+    last = longest + depth - 1  # the largest sequence length a call can see
+    for params in settings:
+        kind = params.get("rope_type", params.get("type"))
+        if kind == "longrope":
+            switch = params.get("original_max_position_embeddings") or getattr(config, "original_max_position_embeddings",
+                                                                               None)
+            if switch and last > switch and shortest <= switch:
+                raise ValueError(f"{name} ({type(model).__name__}) uses longrope RoPE, whose factors switch at "
+                                 f"{switch} positions, and this batch spans {shortest} to {last}: decode prompts of at "
+                                 f"most {switch - depth + 1} tokens, or of more than {switch}, in separate batches")
+        elif kind == "dynamic":
+            limit = params.get("original_max_position_embeddings") or getattr(config, "max_position_embeddings", None)
+            if limit and last > limit:
+                raise ValueError(f"{name} ({type(model).__name__}) uses dynamic NTK RoPE, which rescales beyond {limit} "
+                                 f"positions, and this decode reaches {last}: use prompts of at most "
+                                 f"{limit - depth + 1} tokens")
 
 
 def beam_cache_slots(prompt_len: int, K: int, depth: int) -> int:

@@ -11,9 +11,9 @@ import torch
 
 from . import _ops
 from ._hf_compat import ForwardSignature
-from ._inputs import (beam_cache_slots, check_cache_window, check_model_and_trie, model_device, model_vocab_sizes,
-                      normalise_prompts)
-from .tree_kv import additive_mask
+from ._inputs import (beam_cache_slots, check_cache_window, check_model_and_trie, check_positions, model_device,
+                      model_vocab_sizes, normalise_prompts)
+from .tree_kv import additive_mask, prompt_attention
 from .trie import ItemTrie
 
 __all__ = ["BeamSearchDecoder", "BeamSearchOutput"]
@@ -147,12 +147,13 @@ class BeamSearchDecoder:
         B, K, depth = ids.shape[0], self.num_beams, trie.depth
         check_cache_window(self.model, "model", beam_cache_slots(ids.shape[1], K, depth))
         prompt_lengths = mask.sum(1)
+        check_positions(self.model, "model", prompt_lengths, depth)
 
         # Prefill: every prompt once; only the last position's logits are needed. Without padding the model
-        # can take its plain causal path (no mask tensor to build).
+        # can take its plain causal path (no mask tensor to build); with padding, SpecBeamDecoder's prompt mask.
         position_ids = (mask.cumsum(1) - 1).clamp(min=0)
         kwargs = {"logits_to_keep": 1} if self._forward.has_logits_to_keep else {}
-        prefill_mask = None if bool(mask.all()) else mask
+        prefill_mask = None if bool(mask.all()) else additive_mask(prompt_attention(mask.bool()), self.model.dtype)
         out = self.model(input_ids=ids, attention_mask=prefill_mask, position_ids=position_ids, use_cache=True,
                          **kwargs)
         cache = self._forward.cache_of(out)  # grows in place; the beams of every step append to it

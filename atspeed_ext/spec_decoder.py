@@ -31,8 +31,8 @@ import torch
 
 from . import _ops
 from ._nvtx import nvtx_range
-from ._inputs import (check_cache_window, check_model_and_trie, model_device, model_vocab_sizes, normalise_prompts,
-                      spec_cache_slots)
+from ._inputs import (check_cache_window, check_model_and_trie, check_positions, model_device, model_vocab_sizes,
+                      normalise_prompts, spec_cache_slots)
 from .decoder import BeamSearchOutput, SeededUniforms, best_first, check_temperature, plain_output_of_inference
 from .tree_kv import NOT_TREE, ROOT, TreeKV
 from .trie import ItemTrie
@@ -261,6 +261,8 @@ class SpecBeamDecoder:
         slots = spec_cache_slots(ids.shape[1], K, self.draft_beams, self.gamma, depth)
         check_cache_window(self.target, "target", slots)
         check_cache_window(self.draft, "draft", slots)
+        check_positions(self.target, "target", mask.sum(1), depth)
+        check_positions(self.draft, "draft", mask.sum(1), depth)
 
         # Results, indexed by original request.
         out_scores = torch.full((B, K), float("-inf"), dtype=torch.float32, device=device)

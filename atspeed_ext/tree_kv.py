@@ -14,7 +14,7 @@ from . import _ops
 from ._hf_compat import ForwardSignature, cache_tensors, set_cache_tensors
 from .reference.tree_mask import NOT_TREE, ROOT
 
-__all__ = ["TreeKV", "ROOT", "NOT_TREE", "additive_mask"]
+__all__ = ["TreeKV", "ROOT", "NOT_TREE", "additive_mask", "prompt_attention"]
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -22,6 +22,16 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     (0 where allowed, the dtype's minimum elsewhere; every attention implementation accepts it)."""
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
         ~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+
+def prompt_attention(prompt_visible: torch.Tensor) -> torch.Tensor:
+    """The prefill's may-attend mask ``[B, P, P]`` for left-padded prompts (``prompt_visible [B, P]`` bool):
+    causal over the real prompt tokens; a padding row sees itself only. (A padding row that sees nothing would
+    be a softmax over nothing: NaN in eager attention with float64, which then spreads through its row.)"""
+    B, P = prompt_visible.shape
+    causal = torch.ones(P, P, dtype=torch.bool, device=prompt_visible.device).tril()
+    rows = causal.unsqueeze(0) & prompt_visible.unsqueeze(1)
+    return rows | torch.eye(P, dtype=torch.bool, device=prompt_visible.device).unsqueeze(0)
 
 
 def compact_all(tensors: list[torch.Tensor], keep: torch.Tensor) -> list[torch.Tensor]:
@@ -68,15 +78,13 @@ class TreeKV:
         if self._sig.has_logits_to_keep:
             kwargs["logits_to_keep"] = M + 1
         if M == 0:
-            attn = None if bool(mask.all()) else mask
+            attn = None if bool(mask.all()) else additive_mask(prompt_attention(self.prompt_visible), self.model.dtype)
             out = self.model(input_ids=ids, attention_mask=attn, position_ids=prompt_pos, use_cache=True, **kwargs)
         else:
             self.slot_parents = torch.cat([self.slot_parents, tree_parents], 1)
             tree_mask, tree_pos = _ops.tree_attention_mask(self.slot_parents, self.prompt_visible, M)
-            # Prompt rows: causal over real prompt tokens (a padding row sees itself only), blind to the tree.
-            causal = torch.ones(P, P, dtype=torch.bool, device=ids.device).tril()
-            prompt_rows = causal.unsqueeze(0) & self.prompt_visible.unsqueeze(1)
-            prompt_rows |= torch.eye(P, dtype=torch.bool, device=ids.device).unsqueeze(0)
+            # Prompt rows: the prompt's own mask, blind to the tree.
+            prompt_rows = prompt_attention(self.prompt_visible)
             prompt_rows = torch.cat([prompt_rows, prompt_rows.new_zeros(B, P, M)], 2)
             allowed = torch.cat([prompt_rows, tree_mask], 1)
             out = self.model(input_ids=torch.cat([ids, tree_tokens.clamp(min=0)], 1),
