@@ -11,7 +11,7 @@ from .align.losses import OBJECTIVES
 __all__ = ["main"]
 
 
-def _integer_at_least(low: int):
+def integer_at_least(low: int):
     """An argparse type: an integer >= ``low`` (argparse names it in its message: "invalid integer >= 1 value")."""
     def parse(text: str) -> int:
         value = int(text)
@@ -22,8 +22,8 @@ def _integer_at_least(low: int):
     return parse
 
 
-_positive = _integer_at_least(1)
-_non_negative = _integer_at_least(0)
+_positive = integer_at_least(1)
+_non_negative = integer_at_least(0)
 
 
 def _float_in(low: float, high: float, low_open: bool, high_open: bool):

@@ -16,7 +16,7 @@ import torch
 from .data import load_lcrec
 from .evaluate import evaluate_model, evaluate_popularity
 from .machine import machine_name
-from .models import build_model, checkpoint_meta, load_checkpoint, trained_on_valid
+from .models import build_model, checkpoint_meta, hash_model, load_checkpoint, trained_on_valid
 from .synthetic import synthetic_recdata
 from .tokenizer import CodeTokenizer
 from .train import TrainConfig, run_summary, train_next_item, training_examples
@@ -61,6 +61,15 @@ def check_beams_fit(data, k: int, option: str) -> None:
     if k > identifiers:
         raise ValueError(f"{option} {k} is more than the {identifiers} distinct item identifiers of {data.name}; "
                          f"give K <= {identifiers}")
+
+
+def split_prompts(data, split: str, purpose: str) -> list:
+    """The test or validation prompts of ``data``; an error when there are none (nothing to ``purpose``)."""
+    prompts = data.test_prompts() if split == "test" else data.valid_prompts()
+    if not prompts:
+        raise SystemExit(f"error: no user of {data.name} has a {split} item (sequential_{split}.txt missing or "
+                         f"empty?): nothing to {purpose}")
+    return prompts
 
 
 def check_history_length(checkpoint: str, data) -> None:
@@ -220,26 +229,22 @@ def run_eval(args) -> int:
         raise SystemExit(f"error: --output {out}: the folder {out.parent} does not exist")
     if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
         raise SystemExit(f"error: --output {out}: cannot write there (give --output elsewhere)")
-    trained_eos = checkpoint_meta(args.checkpoint).get("with_eos")
+    meta = checkpoint_meta(args.checkpoint)
+    trained_eos = meta.get("with_eos")
     if trained_eos is not None and trained_eos != args.with_eos:
         raise SystemExit(f"error: {args.checkpoint} was trained {'with' if trained_eos else 'without'} <eos> "
                          f"ending its identifiers; evaluate it {'with' if trained_eos else 'without'} --with-eos")
     check_beams_fit(data, max(args.ks), "--ks")
     check_history_length(args.checkpoint, data)
     on_valid = trained_on_valid(args.checkpoint, args.split)
-    prompts = data.test_prompts() if args.split == "test" else data.valid_prompts()
-    if not prompts:
-        raise SystemExit(f"error: no user of {args.data or 'the synthetic data'} has a {args.split} item "
-                         f"(sequential_{args.split}.txt missing or empty?): nothing to evaluate")
+    prompts = split_prompts(data, args.split, "evaluate")
     if args.limit > 0:
         prompts = prompts[:args.limit]
     metrics = evaluate_model(model, tokenizer, prompts, ks=args.ks, batch_size=args.batch_size,
                              with_eos=args.with_eos, standard_errors=True)
     popularity = evaluate_popularity(data, prompts, ks=args.ks, standard_errors=True, include_valid=on_valid)
-    from .align.teacher import hash_model
-
     report = {"metrics": metrics, "popularity": popularity, "model": str(Path(args.checkpoint).resolve()),
-              "model_step": checkpoint_meta(args.checkpoint).get("step"), "model_weights": hash_model(model),
+              "model_step": meta.get("step"), "model_weights": hash_model(model),
               "max_history": data.max_history,
               "model_config": {k: getattr(model.config, k) for k in ("num_hidden_layers", "hidden_size", "vocab_size")},
               "data": args.data or "synthetic", "split": args.split, "trained_on_valid": on_valid,

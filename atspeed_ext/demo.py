@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .commands import check_beams_fit, parse_device, trained_recipe
+from .commands import check_beams_fit, parse_device, split_prompts, trained_recipe
 from .data import load_lcrec
 from .decoder import BeamSearchDecoder
 from .evaluate import output_recall_ndcg
@@ -48,9 +48,7 @@ def run_demo(args) -> int:
         data = synthetic_recdata(num_users=args.users, num_items=args.items, seed=args.seed)
         tag = f"synthetic{args.users}x{args.items}"
     check_beams_fit(data, args.num_beams, "--num-beams")  # before any training
-    if not data.test_prompts():
-        raise SystemExit(f"error: no user of {data.name} has a test item (sequential_test.txt missing or empty?): "
-                         "nothing to decode")
+    prompts = split_prompts(data, "test", "decode")[:args.requests]
     tokenizer = CodeTokenizer(data.identifiers)
     trie = tokenizer.trie()
     print(f"atspeed_ext demo on {device}: {data.name}, {data.num_items} items, {len(data.train_examples())} "
@@ -65,7 +63,6 @@ def run_demo(args) -> int:
     draft_recipe = [dataclasses.replace(cfg, seed=cfg.seed + 1) for cfg in recipe] if same else recipe
     draft = trained_recipe(args.draft_preset, data, tokenizer, draft_recipe, device, f"demo-{tag}-draft")
 
-    prompts = data.test_prompts()[:args.requests]
     K = args.num_beams
     decoders = {"target-only beam search": BeamSearchDecoder(target, trie, K),
                 "speculative beam search": SpecBeamDecoder(target, draft, trie, K, args.draft_beams, args.gamma,

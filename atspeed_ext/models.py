@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -55,6 +56,15 @@ def save_checkpoint(directory: str | Path, model, tokenizer, extra: dict | None 
     if extra is not None:
         (directory / "meta.json").write_text(json.dumps(extra, indent=2))
     return directory
+
+
+def hash_model(model) -> str:
+    """A fingerprint of the model's weights: the target behind teacher data, the weights an eval report describes."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def checkpoint_meta(directory: str | Path) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import statistics
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from atspeed_ext.cli import integer_at_least
 from atspeed_ext.evaluate import output_recall_ndcg
 from atspeed_ext.machine import machine_name
 
@@ -64,12 +64,8 @@ def median_ms(fn, reps: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def positive(text: str) -> int:
-    """An argparse type for counts: an integer >= 1 (argparse names it: "invalid positive value")."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+#: An argparse type for counts: an integer >= 1 (the command line's own).
+positive = integer_at_least(1)
 
 
 def add_model_arguments(p) -> None:

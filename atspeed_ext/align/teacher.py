@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..decoder import BeamSearchDecoder
+from ..models import hash_model
 from .forcing import forced_level_log_probs
 from .levels import LevelView
 
@@ -144,15 +145,6 @@ def _read_meta(path: Path) -> dict:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}): damaged teacher data; make it again in another "
                          "directory") from None
-
-
-def hash_model(model) -> str:
-    """A fingerprint of the model's weights (the teacher must not change under a resume)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _split_rows(part: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:

@@ -11,12 +11,13 @@ import torch
 
 from ..data import RecData
 from ..decoder import BeamSearchDecoder
+from ..models import hash_model
 from ..spec_decoder import SpecBeamDecoder
 from ..train import TrainConfig, train_loop, validation_prompts
 from .forcing import forced_level_log_probs
 from .levels import LevelView
 from .losses import OBJECTIVES, alignment_loss
-from .teacher import TeacherData, hash_examples, hash_model
+from .teacher import TeacherData, hash_examples
 
 
 @dataclass
