@@ -229,7 +229,8 @@ ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifySc
     x.for_each(C, [&](int64_t c) {
       const int64_t k = owner_of(s.prefix, K, c);
       const int64_t e = co[s.nodes[k]] + (c - s.prefix[k]);
-      const float score = candidate_score(s.scores[k], X::to_float(a.logits[s.rows[k] * V + token_column(ct, e, V)]), s.lse[k]);
+      const float logit = X::to_float(a.logits[s.rows[k] * V + token_column(ct, e, V)]);
+      const float score = candidate_score(s.scores[k], logit, s.lse[k]);
       s.tscore[c] = score;
       s.tsx[c] = is_candidate(score) ? scaled(score, T_) : -INFINITY;
       s.chosen[c] = 0;
@@ -291,8 +292,8 @@ ATS_HD void verify_request(const X& x, const VerifyRequest<T>& a, const VerifySc
       Cq = s.dprefix[W];
       x.for_each(Cq, [&](int64_t c) {
         const int64_t w = owner_of(s.dprefix, W, c);
-        const float d = candidate_score(dsc[w], X::to_float(dlog[w * V + token_column(ct, co[s.dnode[w]] + (c - s.dprefix[w]), V)]),
-                                        s.dlse[w]);
+        const int64_t token = token_column(ct, co[s.dnode[w]] + (c - s.dprefix[w]), V);
+        const float d = candidate_score(dsc[w], X::to_float(dlog[w * V + token]), s.dlse[w]);
         s.dx[c] = is_candidate(d) ? scaled(d, T_) : -INFINITY;
         s.dcons[c] = 0;
       });

@@ -31,7 +31,7 @@ inline bool better(const Candidate& a, const Candidate& b) {
 // of edges, every edge token in [0, V). The kernels read child_tokens[e] and logits[..., token] without bounds
 // checks, so a malformed trie would read out of bounds. One branch-free pass over both arrays, then a second
 // that locates a failure for the message. `co`, `ct` contiguous CPU int64. The CUDA twins do not scan (a device
-// pass per call): they trust the arrays, which ItemTrie always builds valid.
+// pass per call): they check each token they read (sampling::token_column, a device-side assert).
 inline void check_trie_arrays(const at::Tensor& co, const at::Tensor& ct, int64_t V) {
   const int64_t* o = co.data_ptr<int64_t>();
   const int64_t* t = ct.data_ptr<int64_t>();

@@ -42,7 +42,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> trie_beam_sample_cuda
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "trie_beam_sample_cuda", [&] {
     using T = typename cuda_type<scalar_t>::type;
     const T* xp = reinterpret_cast<const T*>(x.data_ptr<scalar_t>());
-    cuda::row_logsumexp_kernel<T><<<grid_blocks(B * W, "trie_beam_sample"), cuda::kBeamStepThreads, 0, stream>>>(xp, lv.data_ptr<bool>(),
+    const unsigned rows = grid_blocks(B * W, "trie_beam_sample");
+    cuda::row_logsumexp_kernel<T><<<rows, cuda::kBeamStepThreads, 0, stream>>>(xp, lv.data_ptr<bool>(),
                                                                                   lse.data_ptr<float>(), V);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     cuda::sample_candidates_kernel<T><<<B, cuda::kBeamStepThreads, smem, stream>>>(

@@ -60,7 +60,8 @@ __global__ void sample_candidates_kernel(const T* __restrict__ logits, const flo
   auto edge_of = [&](int64_t c, int w) { return child_offsets[nodes[w]] + (c - prefix[w]); };
   auto score_of = [&](int64_t c, int w) {
     const T* row = logits + (row0 + w) * V;
-    return sampling::candidate_score(sc[w], to_float(row[sampling::token_column(child_tokens, edge_of(c, w), V)]), lse[row0 + w]);
+    const int64_t token = sampling::token_column(child_tokens, edge_of(c, w), V);
+    return sampling::candidate_score(sc[w], to_float(row[token]), lse[row0 + w]);
   };
   auto key_of = [&](int64_t c) {  // NaN: not a candidate
     const int w = static_cast<int>(sampling::owner_of(prefix, W, c));
