@@ -128,7 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=_non_negative, default=0, help="evaluate the first N prompts only (0: all)")
     ev.add_argument("--batch-size", type=_positive, default=32)
     ev.add_argument("--output", default=None, help="JSON report path (default: CHECKPOINT/eval_<split>.json, with --limit "
-                         "CHECKPOINT/eval_<split>_limit<N>.json)")
+                         "CHECKPOINT/eval_<split>_limit<N>.json, with --draft CHECKPOINT/eval_<split>[_limit<N>]_spec-"
+                         "<draft>.json)")
+    ev.add_argument("--draft", default=None, metavar="DIR",
+                    help="decode by speculative beam search with this draft checkpoint (same lists, same metrics); "
+                         "the report adds accepted levels per round and target calls per request")
+    ev.add_argument("--draft-beams", type=_positive, default=None,
+                    help="with --draft: N, drafted nodes per level, >= every --ks (default 2K for each K)")
+    ev.add_argument("--gamma", type=_positive, default=3, help="with --draft: drafted levels per round (default 3)")
+    ev.add_argument("--draft-policy", choices=["beam", "anchored"], default="beam",
+                    help="with --draft: how a level's N nodes are drafted (default beam)")
 
     teach = sub.add_parser("teacher", help="teacher data for draft alignment: the target's top-K beams and its "
                                            "log-probabilities along them, for every training prompt")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .data import load_lcrec
-from .evaluate import evaluate_model, evaluate_popularity
+from .evaluate import Speculation, evaluate_model, evaluate_popularity, evaluate_speculative
 from .machine import machine_name
 from .models import build_model, checkpoint_meta, hash_model, load_checkpoint, trained_on_valid
 from .synthetic import synthetic_recdata
@@ -79,6 +79,17 @@ def check_history_length(checkpoint: str, data) -> None:
     if trained is not None and trained != data.max_history:
         print(f"warning: {checkpoint} was trained on histories of at most {trained} items but these prompts take "
               f"up to {data.max_history} (--max-history {trained} to match)", file=sys.stderr)
+
+
+def check_same_prompts(target_tokenizer, draft_tokenizer, num_items: int, draft_name: str, target_name: str) -> None:
+    """A draft is trained on, and decodes, the token ids of the target's tokenizer: refuse one whose own tokenizer
+    spells prompts or items otherwise (an identifier model against a text-prompt LLM, two LLM families)."""
+    history = list(range(min(3, num_items)))
+    if (not torch.equal(draft_tokenizer.item_token_ids, target_tokenizer.item_token_ids)
+            or draft_tokenizer.encode_prompt(history) != target_tokenizer.encode_prompt(history)):
+        raise ValueError(f"{draft_name} tokenizes prompts or items differently from {target_name} "
+                         f"({type(draft_tokenizer).__name__} vs {type(target_tokenizer).__name__}): a draft must share "
+                         "the target's tokenizer")
 
 
 def parse_device(name: str | None) -> torch.device:
@@ -221,7 +232,12 @@ def run_eval(args) -> int:
         model, tokenizer = load_checkpoint(args.checkpoint, device, identifiers=data.identifiers)
     except ValueError as e:
         raise SystemExit(f"error: {e} ({args.data or 'the synthetic data'})") from None
-    default = f"eval_{args.split}" + (f"_limit{args.limit}" if args.limit > 0 else "") + ".json"
+    if args.draft is None and (args.draft_beams is not None or args.gamma != 3 or args.draft_policy != "beam"):
+        raise SystemExit("error: --draft-beams, --gamma and --draft-policy set up speculative decoding: give --draft DIR")
+    if args.draft_beams is not None and args.draft_beams < max(args.ks):
+        raise SystemExit(f"error: --draft-beams (N = {args.draft_beams}) must be >= every --ks (K = {max(args.ks)})")
+    default = (f"eval_{args.split}" + (f"_limit{args.limit}" if args.limit > 0 else "")
+               + (f"_spec-{run_of(args.draft)}" if args.draft else "") + ".json")
     out = Path(args.output) if args.output else Path(args.checkpoint) / default  # a --limit run keeps the full one
     if out.is_dir():  # checked before the evaluation, not after it
         raise SystemExit(f"error: --output {out} is a folder; give a file path")
@@ -236,12 +252,22 @@ def run_eval(args) -> int:
                          f"ending its identifiers; evaluate it {'with' if trained_eos else 'without'} --with-eos")
     check_beams_fit(data, max(args.ks), "--ks")
     check_history_length(args.checkpoint, data)
+    speculation = None
+    if args.draft:
+        draft, draft_tokenizer = load_checkpoint(args.draft, device, identifiers=data.identifiers)
+        check_same_prompts(tokenizer, draft_tokenizer, data.num_items, f"--draft {args.draft}",
+                           f"--checkpoint {args.checkpoint}")
+        speculation = Speculation(draft, args.draft_beams, args.gamma, args.draft_policy)
     on_valid = trained_on_valid(args.checkpoint, args.split)
     prompts = split_prompts(data, args.split, "evaluate")
     if args.limit > 0:
         prompts = prompts[:args.limit]
-    metrics = evaluate_model(model, tokenizer, prompts, ks=args.ks, batch_size=args.batch_size,
-                             with_eos=args.with_eos, standard_errors=True)
+    if speculation is None:
+        metrics = evaluate_model(model, tokenizer, prompts, ks=args.ks, batch_size=args.batch_size,
+                                 with_eos=args.with_eos, standard_errors=True)
+    else:
+        metrics, per_k = evaluate_speculative(model, tokenizer, prompts, speculation, ks=args.ks,
+                                              batch_size=args.batch_size, with_eos=args.with_eos, standard_errors=True)
     popularity = evaluate_popularity(data, prompts, ks=args.ks, standard_errors=True, include_valid=on_valid)
     report = {"metrics": metrics, "popularity": popularity, "model": str(Path(args.checkpoint).resolve()),
               "model_step": meta.get("step"), "model_weights": hash_model(model),
@@ -251,11 +277,27 @@ def run_eval(args) -> int:
               "prompts": len(prompts), "ks": args.ks,
               "with_eos": args.with_eos, "machine": machine_name(device), "torch": torch.__version__,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    depth = tokenizer.trie(args.with_eos).depth
+    if speculation is not None:
+        report["speculative"] = {"draft": str(Path(args.draft).resolve()),
+                                 "draft_step": checkpoint_meta(args.draft).get("step"),
+                                 "draft_weights": hash_model(speculation.draft), "gamma": args.gamma,
+                                 "draft_policy": args.draft_policy, "verification": "strict",
+                                 "beam_search_target_calls_per_request": depth,
+                                 "per_k": {str(k): v for k, v in per_k.items()}}
     out.write_text(json.dumps(report, indent=2) + "\n")
     print("| metric | model (± standard error over prompts) | popularity |\n|---|---|---|")
     for k in metrics:
         if not k.endswith("_se"):
             print(f"| {k} | {metrics[k]:.4f} ± {metrics[k + '_se']:.4f} | {popularity[k]:.4f} ± "
                   f"{popularity[k + '_se']:.4f} |")
+    if speculation is not None:
+        print(f"\nspeculative beam search with {args.draft} (gamma {args.gamma}, {args.draft_policy} policy; "
+              f"the lists are beam search's): beam search makes {depth} target calls per request")
+        print("| K | N | accepted levels per round | target calls per request | draft calls per request |\n"
+              "|---|---|---|---|---|")
+        for k, v in per_k.items():
+            print(f"| {k} | {v['draft_beams']} | {v['accepted_levels_per_round']:.2f} | "
+                  f"{v['target_calls_per_request']:.2f} | {v['draft_calls_per_request']:.2f} |")
     print(f"report: {out}")
     return 0

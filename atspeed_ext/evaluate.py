@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -11,9 +12,29 @@ from tqdm.auto import tqdm
 from .data import Prompt, RecData
 from .decoder import BeamSearchDecoder
 from .metrics import hits_of_ranking, popularity_ranking, recall_ndcg
+from .spec_decoder import SpecBeamDecoder
 from .tokenizer import CodeTokenizer
 
-__all__ = ["evaluate_model", "evaluate_popularity", "mean_and_se", "model_scores", "output_recall_ndcg", "popularity_scores"]
+__all__ = ["Speculation", "evaluate_model", "evaluate_popularity", "evaluate_speculative", "mean_and_se",
+           "model_scores", "output_recall_ndcg", "popularity_scores"]
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """Decode with :class:`SpecBeamDecoder` (strict verification: the same lists as beam search) instead of
+    :class:`BeamSearchDecoder`: ``draft`` drafts ``draft_beams`` nodes per level (None: 2K for beam size K),
+    ``gamma`` levels per round, filled by ``draft_policy``."""
+
+    draft: torch.nn.Module
+    draft_beams: int | None = None
+    gamma: int = 3
+    draft_policy: str = "beam"
+
+    def width(self, k: int) -> int:
+        return 2 * k if self.draft_beams is None else self.draft_beams
+
+    def decoder(self, target, trie, k: int) -> SpecBeamDecoder:
+        return SpecBeamDecoder(target, self.draft, trie, k, self.width(k), self.gamma, draft_policy=self.draft_policy)
 
 
 def mean_and_se(xs: Sequence[float]) -> tuple[float, float]:
@@ -37,19 +58,25 @@ def output_recall_ndcg(out, row: int, truth, k: int) -> tuple[float, float]:
 
 @torch.inference_mode()
 def model_scores(model, tokenizer: CodeTokenizer, prompts: Sequence[Prompt], k: int, batch_size: int = 32,
-                 with_eos: bool = False, progress: bool = True) -> tuple[list[float], list[float]]:
+                 with_eos: bool = False, progress: bool = True, speculation: Speculation | None = None,
+                 stats: list | None = None) -> tuple[list[float], list[float]]:
     """Per prompt (in the order given), Recall@k and NDCG@k of the top-k list of beam search with k beams.
 
-    An identifier hits when any of its items (shared identifiers) is in the prompt's truth, once.
+    An identifier hits when any of its items (shared identifiers) is in the prompt's truth, once. With
+    ``speculation`` the lists come from speculative beam search (the same lists), and each decode call's
+    :class:`SpecStats` is appended to ``stats`` when given.
     """
     if not prompts:
         raise ValueError("no prompts to evaluate")
-    decoder = BeamSearchDecoder(model, tokenizer.trie(with_eos), num_beams=k)
+    trie = tokenizer.trie(with_eos)
+    decoder = BeamSearchDecoder(model, trie, num_beams=k) if speculation is None else speculation.decoder(model, trie, k)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].history))  # similar lengths batch together
     recalls, ndcgs = [0.0] * len(prompts), [0.0] * len(prompts)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=f"eval K={k}", unit="batch", disable=not progress, leave=False):
         out = decoder.generate([tokenizer.encode_prompt(prompts[i].history) for i in batch])
+        if stats is not None and speculation is not None:
+            stats.append(out.stats)
         for row, i in enumerate(batch):
             recalls[i], ndcgs[i] = output_recall_ndcg(out, row, prompts[i].truth, k)
     return recalls, ndcgs
@@ -97,3 +124,23 @@ def evaluate_popularity(data: RecData, prompts: Sequence[Prompt], ks: Sequence[i
                         standard_errors: bool = False, include_valid: bool = False) -> dict[str, float]:
     """The same metrics for the most popular identifiers of the train (+ valid) sequences, for every prompt."""
     return _as_metrics({k: popularity_scores(data, prompts, k, include_valid) for k in ks}, standard_errors)
+
+
+def evaluate_speculative(model, tokenizer: CodeTokenizer, prompts: Sequence[Prompt], speculation: Speculation,
+                         ks: Sequence[int] = (5, 10, 20), batch_size: int = 32, with_eos: bool = False,
+                         progress: bool = True, standard_errors: bool = False) -> tuple[dict[str, float], dict]:
+    """:func:`evaluate_model` by speculative beam search: the same metrics (the lists are beam search's), and per
+    k how the speculation went: ``{k: {draft_beams, accepted_levels_per_round, target_calls_per_request,
+    draft_calls_per_request}}`` (beam search makes one target call per trie level)."""
+    per_k, speculated = {}, {}
+    for k in ks:
+        stats: list = []
+        per_k[k] = model_scores(model, tokenizer, prompts, k, batch_size, with_eos, progress, speculation, stats)
+        rounds = [n for s in stats for per_request in s.accepted_levels for n in per_request]
+        target_calls = [c for s in stats for c in s.target_calls]
+        draft_calls = [c for s in stats for c in s.draft_calls]
+        speculated[k] = {"draft_beams": speculation.width(k),
+                         "accepted_levels_per_round": sum(rounds) / len(rounds),
+                         "target_calls_per_request": sum(target_calls) / len(target_calls),
+                         "draft_calls_per_request": sum(draft_calls) / len(draft_calls)}
+    return _as_metrics(per_k, standard_errors), speculated

@@ -403,3 +403,55 @@ def test_train_draft_default_folder_is_named_after_the_init_run(tiny_run, tmp_pa
     shutil.copytree(tiny_run / "best", init / "best")
     assert main(argv[:argv.index("--init") + 1] + [str(init / "best")] + argv[argv.index("--init") + 2:]) == 0
     assert (tmp_path / "synthetic-draft-1x64-ce" / "best").is_dir()
+
+
+def test_eval_with_a_draft_gives_the_same_metrics_and_reports_the_speculation(tiny_run, tmp_path, capsys):
+    import json
+
+    best = str(tiny_run / "best")
+    other = tmp_path / "other"  # an unrelated draft: another seed, its own two steps
+    assert main(["train-target", *SMALL, "--preset", "tiny-1x64", "--max-steps", "2", "--eval-prompts", "0",
+                 "--seed", "7", "--out", str(other)]) == 0
+    plain = tmp_path / "plain.json"
+    assert main(["eval", *SMALL, "--checkpoint", best, "--ks", "3", "5", "--output", str(plain)]) == 0
+    assert main(["eval", *SMALL, "--checkpoint", best, "--ks", "3", "5", "--draft", str(other / "best"),
+                 "--gamma", "2"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tiny_run / "best" / "eval_test_spec-other.json").read_text())  # named after the draft
+    assert report["metrics"] == json.loads(plain.read_text())["metrics"]  # lossless: beam search's lists
+    spec = report["speculative"]
+    assert spec["gamma"] == 2 and spec["draft_policy"] == "beam" and spec["beam_search_target_calls_per_request"] == 4
+    assert [spec["per_k"][k]["draft_beams"] for k in ("3", "5")] == [6, 10]  # default N = 2K
+    for v in spec["per_k"].values():  # gamma 2 on depth 4: at least 2 rounds of at most 3 levels, at most 4
+        assert 2 <= v["target_calls_per_request"] <= 4 and 0 <= v["accepted_levels_per_round"] <= 2
+    assert f"| 5 | 10 | {spec['per_k']['5']['accepted_levels_per_round']:.2f} |" in out
+    # The target as its own draft with N = K accepts every drafted level: gamma 3 on depth 4 is one call.
+    same = tmp_path / "same.json"
+    assert main(["eval", *SMALL, "--checkpoint", best, "--ks", "5", "--draft", best, "--draft-beams", "5",
+                 "--output", str(same)]) == 0
+    per_k = json.loads(same.read_text())["speculative"]["per_k"]["5"]
+    assert per_k["target_calls_per_request"] == 1 and per_k["accepted_levels_per_round"] == 3
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--gamma", "2"], "give --draft DIR"),
+    (["--draft-policy", "anchored"], "give --draft DIR"),
+    (["--draft", "DRAFT", "--ks", "5", "10", "--draft-beams", "8"], "--draft-beams (N = 8) must be >= every --ks (K = 10)"),
+    (["--draft", "MISSING"], "no config.json"),
+])
+def test_eval_draft_options_are_checked(tiny_run, tmp_path, extra, message, capsys):
+    best = str(tiny_run / "best")
+    extra = [best if x == "DRAFT" else str(tmp_path / "missing") if x == "MISSING" else x for x in extra]
+    with pytest.raises(SystemExit) as e:
+        main(["eval", *SMALL, "--checkpoint", best, "--output", str(tmp_path / "r.json"), *extra])
+    assert message in str(e.value)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_eval_refuses_a_draft_of_other_items(tiny_run, tmp_path):
+    other = tmp_path / "other"
+    assert main(["train-target", "--synthetic-users", "80", "--synthetic-items", "31", "--device", "cpu", "--preset",
+                 "tiny-1x64", "--max-steps", "1", "--eval-prompts", "0", "--out", str(other)]) == 0
+    with pytest.raises(SystemExit, match="identifiers differ"):
+        main(["eval", *SMALL, "--checkpoint", str(tiny_run / "best"), "--draft", str(other / "best"),
+              "--output", str(tmp_path / "r.json")])

@@ -142,7 +142,7 @@ def test_train_save_load_evaluate_a_text_prompt_llm(data, tmp_path):
     metrics = evaluate_model(best, tok2, prompts, ks=(5,), progress=False)
     assert metrics == evaluate_model(model, tok, prompts, ks=(5,), progress=False)
     # Such a model as the draft of an identifier-prompt target (or the other way round) is refused by train-draft.
-    from atspeed_ext.align.commands import check_same_prompts
+    from atspeed_ext.commands import check_same_prompts
     from atspeed_ext.tokenizer import CodeTokenizer
 
     check_same_prompts(tok, tok2, data.num_items, "draft", "target")  # the same tokenizer: fine

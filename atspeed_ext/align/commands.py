@@ -5,26 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
-from ..commands import (cache_dir, check_beams_fit, check_history_length, data_of, device_of, prepare_output, run_of,
-                        train_config, writable_folder)
+from ..commands import (cache_dir, check_beams_fit, check_history_length, check_same_prompts, data_of, device_of,
+                        prepare_output, run_of, train_config, writable_folder)
 from ..models import build_model, load_checkpoint
 from ..train import run_summary
 from .levels import LevelView
 from .teacher import TeacherData, generate_teacher_data
 from .trainer import ON_POLICY_OBJECTIVES, AlignConfig, needs_teacher, train_draft
-
-
-def check_same_prompts(target_tokenizer, draft_tokenizer, num_items: int, draft_name: str, target_name: str) -> None:
-    """A draft is trained on, and decodes, the token ids of the target's tokenizer: refuse one whose own tokenizer
-    spells prompts or items otherwise (an identifier model against a text-prompt LLM, two LLM families)."""
-    history = list(range(min(3, num_items)))
-    if (not torch.equal(draft_tokenizer.item_token_ids, target_tokenizer.item_token_ids)
-            or draft_tokenizer.encode_prompt(history) != target_tokenizer.encode_prompt(history)):
-        raise ValueError(f"{draft_name} tokenizes prompts or items differently from {target_name} "
-                         f"({type(draft_tokenizer).__name__} vs {type(target_tokenizer).__name__}): a draft must share "
-                         "the target's tokenizer")
 
 
 def run_teacher(args) -> int:
