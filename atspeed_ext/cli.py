@@ -169,7 +169,40 @@ def build_parser() -> argparse.ArgumentParser:
     draft.add_argument("--val-draft-beams", type=_positive, default=40, help="validation N (default 40)")
     draft.add_argument("--val-gamma", type=_positive, default=3, help="validation gamma (default 3)")
     train_options(draft, epochs=5, lr=3e-3, eval_prompts=200)
+    parser.commands = sub.choices  # name -> its parser (for refuse_ignored_options)
     return parser
+
+
+_DATA_COMMANDS = ("train-target", "eval", "teacher", "train-draft")
+_WITHOUT_DATA = "without --data (they size the synthetic data set)"
+#: Options that only act under a condition: (commands, option, condition on the parsed arguments, when it acts).
+#: Given another value than its default where the condition fails, such an option would be ignored; it is refused.
+_CONDITIONAL_OPTIONS = [
+    (("train-target", "train-draft"), "--preset", lambda a: a.init is None,
+     "without --init (the --init checkpoint is the model)"),
+    (_DATA_COMMANDS, "--synthetic-users", lambda a: a.data is None, _WITHOUT_DATA),
+    (_DATA_COMMANDS, "--synthetic-items", lambda a: a.data is None, _WITHOUT_DATA),
+    (("demo",), "--users", lambda a: a.data is None, _WITHOUT_DATA),
+    (("demo",), "--items", lambda a: a.data is None, _WITHOUT_DATA),
+    (("eval",), "--draft-beams", lambda a: a.draft is not None, "with --draft"),
+    (("eval",), "--gamma", lambda a: a.draft is not None, "with --draft"),
+    (("eval",), "--draft-policy", lambda a: a.draft is not None, "with --draft"),
+    (("train-draft",), "--on-policy-beams", lambda a: a.on_policy, "with --on-policy"),
+    (("train-draft",), "--topk", lambda a: a.objective == "atspeed-s", "with --objective atspeed-s"),
+    (("train-draft",), "--alpha", lambda a: a.objective != "ce",
+     "with an alignment objective (ce is plain cross-entropy)"),
+    (("train-draft",), "--temperature", lambda a: a.objective not in ("ce", "seqkd"),
+     "with an objective that compares distributions (not ce or seqkd)"),
+]
+
+
+def refuse_ignored_options(parser: argparse.ArgumentParser, args) -> None:
+    """Exit with a usage error when an option was set that the other arguments make it ignore."""
+    command = parser.commands[args.command]
+    for commands, option, acts, when in _CONDITIONAL_OPTIONS:
+        dest = option.lstrip("-").replace("-", "_")
+        if args.command in commands and getattr(args, dest) != command.get_default(dest) and not acts(args):
+            command.error(f"argument {option}: it only acts {when}; drop it")
 
 
 #: What a command raises for a user's mistake (bad data, paths or settings; DataError is a ValueError; a path that
@@ -197,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     status 1 instead of a traceback (set ATSPEED_DEBUG=1 to see the traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    refuse_ignored_options(parser, args)
     _expand_paths(args)
     from transformers.utils import logging as hf_logging
 

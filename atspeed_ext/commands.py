@@ -232,8 +232,6 @@ def run_eval(args) -> int:
         model, tokenizer = load_checkpoint(args.checkpoint, device, identifiers=data.identifiers)
     except ValueError as e:
         raise SystemExit(f"error: {e} ({args.data or 'the synthetic data'})") from None
-    if args.draft is None and (args.draft_beams is not None or args.gamma != 3 or args.draft_policy != "beam"):
-        raise SystemExit("error: --draft-beams, --gamma and --draft-policy set up speculative decoding: give --draft DIR")
     if args.draft_beams is not None and args.draft_beams < max(args.ks):
         raise SystemExit(f"error: --draft-beams (N = {args.draft_beams}) must be >= every --ks (K = {max(args.ks)})")
     default = (f"eval_{args.split}" + (f"_limit{args.limit}" if args.limit > 0 else "")

@@ -434,8 +434,6 @@ def test_eval_with_a_draft_gives_the_same_metrics_and_reports_the_speculation(ti
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--gamma", "2"], "give --draft DIR"),
-    (["--draft-policy", "anchored"], "give --draft DIR"),
     (["--draft", "DRAFT", "--ks", "5", "10", "--draft-beams", "8"], "--draft-beams (N = 8) must be >= every --ks (K = 10)"),
     (["--draft", "MISSING"], "no config.json"),
 ])
@@ -455,3 +453,38 @@ def test_eval_refuses_a_draft_of_other_items(tiny_run, tmp_path):
     with pytest.raises(SystemExit, match="identifiers differ"):
         main(["eval", *SMALL, "--checkpoint", str(tiny_run / "best"), "--draft", str(other / "best"),
               "--output", str(tmp_path / "r.json")])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--checkpoint", "x", "--gamma", "2"], "argument --gamma: it only acts with --draft"),
+    (["eval", "--checkpoint", "x", "--draft-beams", "20"], "argument --draft-beams: it only acts with --draft"),
+    (["eval", "--checkpoint", "x", "--draft-policy", "anchored"], "argument --draft-policy: it only acts with --draft"),
+    (["train-target", "--init", "x", "--preset", "tiny-1x64"], "argument --preset: it only acts without --init"),
+    (["train-draft", "--target", "t", "--init", "x", "--preset", "tiny-1x64"], "argument --preset: it only acts without"),
+    (["train-draft", "--target", "t", "--on-policy-beams", "8"], "argument --on-policy-beams: it only acts with --on-policy"),
+    (["train-draft", "--target", "t", "--objective", "atspeed-r", "--topk", "5"],
+     "argument --topk: it only acts with --objective atspeed-s"),
+    (["train-draft", "--target", "t", "--objective", "ce", "--alpha", "0.5"], "argument --alpha: it only acts with an"),
+    (["train-draft", "--target", "t", "--objective", "seqkd", "--temperature", "2"],
+     "argument --temperature: it only acts with an objective that compares distributions"),
+    (["teacher", "--checkpoint", "x", "--data", "d", "--synthetic-users", "50"],
+     "argument --synthetic-users: it only acts without --data"),
+    (["demo", "--data", "d", "--items", "50"], "argument --items: it only acts without --data"),
+])
+def test_options_that_would_be_ignored_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_options_at_their_defaults_or_where_they_act_pass_the_check():
+    from atspeed_ext.cli import build_parser, refuse_ignored_options
+
+    parser = build_parser()
+    for argv in (["eval", "--checkpoint", "x", "--gamma", "3"],             # the default: harmless
+                 ["eval", "--checkpoint", "x", "--draft", "d", "--gamma", "2", "--draft-beams", "20"],
+                 ["train-draft", "--target", "t", "--objective", "atspeed-s", "--topk", "5", "--alpha", "0.5"],
+                 ["train-draft", "--target", "t", "--on-policy", "--on-policy-beams", "8"],
+                 ["train-draft", "--target", "t", "--objective", "wordkd", "--temperature", "2"],
+                 ["train-target", "--preset", "tiny-1x64", "--synthetic-users", "50"]):
+        refuse_ignored_options(parser, parser.parse_args(argv))  # no SystemExit
