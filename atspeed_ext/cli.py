@@ -173,6 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _trains_on_valid(args) -> bool:
+    return getattr(args, "train_on_valid", False) or getattr(args, "valid_only", False)
+
+
+def _validates(args) -> bool:
+    return args.eval_prompts > 0 and not _trains_on_valid(args)
+
+
+_NO_VALIDATION = "without --train-on-valid / --valid-only (they train without validation)"
+_VALIDATION = "with validation (--eval-prompts > 0, no --train-on-valid / --valid-only)"
 _DATA_COMMANDS = ("train-target", "eval", "teacher", "train-draft")
 _WITHOUT_DATA = "without --data (they size the synthetic data set)"
 #: Options that only act under a condition: (commands, option, condition on the parsed arguments, when it acts).
@@ -187,6 +197,12 @@ _CONDITIONAL_OPTIONS = [
     (("eval",), "--draft-beams", lambda a: a.draft is not None, "with --draft"),
     (("eval",), "--gamma", lambda a: a.draft is not None, "with --draft"),
     (("eval",), "--draft-policy", lambda a: a.draft is not None, "with --draft"),
+    (("train-target",), "--eval-prompts", lambda a: not _trains_on_valid(a), _NO_VALIDATION),
+    (("train-target", "train-draft"), "--eval-every", lambda a: _validates(a), _VALIDATION),
+    (("train-target", "train-draft"), "--patience", lambda a: _validates(a), _VALIDATION),
+    (("train-draft",), "--val-beams", lambda a: _validates(a), _VALIDATION),
+    (("train-draft",), "--val-draft-beams", lambda a: _validates(a), _VALIDATION),
+    (("train-draft",), "--val-gamma", lambda a: _validates(a), _VALIDATION),
     (("train-draft",), "--on-policy-beams", lambda a: a.on_policy, "with --on-policy"),
     (("train-draft",), "--topk", lambda a: a.objective == "atspeed-s", "with --objective atspeed-s"),
     (("train-draft",), "--alpha", lambda a: a.objective != "ce",

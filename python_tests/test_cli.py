@@ -470,6 +470,10 @@ def test_eval_refuses_a_draft_of_other_items(tiny_run, tmp_path):
     (["teacher", "--checkpoint", "x", "--data", "d", "--synthetic-users", "50"],
      "argument --synthetic-users: it only acts without --data"),
     (["demo", "--data", "d", "--items", "50"], "argument --items: it only acts without --data"),
+    (["train-target", "--eval-prompts", "0", "--eval-every", "5"], "argument --eval-every: it only acts with validation"),
+    (["train-target", "--valid-only", "--init", "x", "--patience", "1"], "argument --patience: it only acts with valid"),
+    (["train-target", "--train-on-valid", "--eval-prompts", "10"], "argument --eval-prompts: it only acts without --t"),
+    (["train-draft", "--target", "t", "--eval-prompts", "0", "--val-gamma", "1"], "argument --val-gamma: it only acts"),
 ])
 def test_options_that_would_be_ignored_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -486,5 +490,7 @@ def test_options_at_their_defaults_or_where_they_act_pass_the_check():
                  ["train-draft", "--target", "t", "--objective", "atspeed-s", "--topk", "5", "--alpha", "0.5"],
                  ["train-draft", "--target", "t", "--on-policy", "--on-policy-beams", "8"],
                  ["train-draft", "--target", "t", "--objective", "wordkd", "--temperature", "2"],
-                 ["train-target", "--preset", "tiny-1x64", "--synthetic-users", "50"]):
+                 ["train-target", "--preset", "tiny-1x64", "--synthetic-users", "50"],
+                 ["train-target", "--eval-prompts", "10", "--eval-every", "5", "--patience", "1"],
+                 ["train-draft", "--target", "t", "--val-gamma", "1", "--val-beams", "3"]):
         refuse_ignored_options(parser, parser.parse_args(argv))  # no SystemExit
