@@ -147,7 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     teach.add_argument("--batch-size", type=_positive, default=64)
     teach.add_argument("--limit", type=_non_negative, default=0, help="the first N training prompts only (0: all)")
     teach.add_argument("--shard-size", type=_positive, default=4096, help="prompts per shard file (default 4096)")
-    teach.add_argument("--out", default=None, help="output directory (default: the user cache directory)")
+    teach.add_argument("--out", default=None, help="output directory (default: the user cache directory); teacher "
+                       "data already there for the same settings is continued shard by shard")
+    teach.add_argument("--overwrite", action="store_true", help="delete the teacher data already in OUT first (its "
+                       "meta.json and shards; needed when it was made with other settings or another target)")
 
     draft = sub.add_parser("train-draft", help="train a draft aligned with a target (AtSpeed-S/R or a KD baseline)")
     data_options(draft)

@@ -299,6 +299,17 @@ def test_teacher_and_train_draft_commands(tmp_path, monkeypatch, capsys):
     assert main(["teacher", *common, "--checkpoint", str(tmp_path / "target" / "best"), "--num-beams", "3",
                  "--out", str(tmp_path / "teacher")]) == 0  # again: nothing left to do, and it says so
     assert "already held this teacher data, complete" in capsys.readouterr().out
+    # Other settings into the same folder: refused, pointing at --overwrite, which replaces the data (only it).
+    (tmp_path / "teacher" / "notes.txt").write_text("mine")
+    teacher_k4 = ["teacher", *common, "--checkpoint", str(tmp_path / "target" / "best"), "--num-beams", "4",
+                  "--out", str(tmp_path / "teacher")]
+    with pytest.raises(SystemExit, match="num_beams.*differ.*teacher --overwrite"):
+        main(teacher_k4)
+    assert main([*teacher_k4, "--overwrite"]) == 0
+    assert "--overwrite: deleted the teacher data" in capsys.readouterr().out
+    assert json.loads((tmp_path / "teacher" / "meta.json").read_text())["num_beams"] == 4
+    assert (tmp_path / "teacher" / "notes.txt").read_text() == "mine"
+    assert main([*teacher_k4[:-4], "--num-beams", "3", "--out", str(tmp_path / "teacher"), "--overwrite"]) == 0
     with pytest.raises(SystemExit, match="needs --teacher DIR .*teacher`\\) or --on-policy"):
         main(["train-draft", *common, "--target", str(tmp_path / "target" / "best"), "--objective", "atspeed-s"])
     with pytest.raises(SystemExit, match="needs --teacher DIR .*teacher`\\)$"):  # no on-policy data for wordkd

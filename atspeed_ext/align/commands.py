@@ -10,7 +10,7 @@ from ..commands import (cache_dir, check_beams_fit, check_history_length, check_
 from ..models import build_model, load_checkpoint
 from ..train import run_summary
 from .levels import LevelView
-from .teacher import TeacherData, generate_teacher_data
+from .teacher import TeacherData, delete_teacher_data, generate_teacher_data
 from .trainer import ON_POLICY_OBJECTIVES, AlignConfig, needs_teacher, train_draft
 
 
@@ -28,6 +28,10 @@ def run_teacher(args) -> int:
     out = Path(args.out) if args.out else \
         cache_dir() / f"{data.name}-teacher-{run_of(args.checkpoint)}-k{args.num_beams}"
     writable_folder(out, "--out")
+    if args.overwrite:
+        deleted = delete_teacher_data(out)
+        if deleted:
+            print(f"--overwrite: deleted the teacher data in {out} ({len(deleted)} files)")
     print(f"teacher data: {len(examples)} training prompts, K={args.num_beams}, target {args.checkpoint} -> {out}")
     generate_teacher_data(target, tokenizer, examples, out, num_beams=args.num_beams, batch_size=args.batch_size,
                           shard_size=args.shard_size,

@@ -57,6 +57,18 @@ def teacher_batch(model, levels: LevelView, prompts: list[list[int]], truths: to
                                                                          counts.cumsum(0)])}
 
 
+def delete_teacher_data(out_dir: str | Path) -> list[str]:
+    """Delete the teacher data files in ``out_dir`` (``meta.json``, shards and unfinished ``.tmp`` shards), nothing
+    else; returns the names deleted."""
+    out_dir = Path(out_dir)
+    names = sorted(p.name for p in out_dir.glob("shard_*.safetensors*"))
+    if (out_dir / "meta.json").exists():
+        names.append("meta.json")
+    for name in names:
+        (out_dir / name).unlink()
+    return names
+
+
 def generate_teacher_data(model, tokenizer, examples: list[tuple[tuple[int, ...], int]], out_dir: str | Path,
                           num_beams: int = 20, batch_size: int = 64, shard_size: int = 4096,
                           progress: bool = True, source: dict | None = None) -> Path:
@@ -87,7 +99,7 @@ def generate_teacher_data(model, tokenizer, examples: list[tuple[tuple[int, ...]
         changed = [k for k in meta if k != "source" and old.get(k) != meta[k]]
         if changed:
             raise ValueError(f"{out_dir} holds teacher data of other settings ({', '.join(changed)} differ); "
-                             "use another directory")
+                             "use another directory, or delete it first (atspeed-ext teacher --overwrite)")
     _write_meta(meta_path, meta)
     todo = [i for i, _ in enumerate(shards) if not (out_dir / meta["shards"][i]).exists()]
     started = time.perf_counter()
