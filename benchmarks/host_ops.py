@@ -7,8 +7,9 @@ This decodes Beauty test prompts one at a time with ``BeamSearchDecoder`` and ``
 dispatch mode that counts every op, and splits the speculative decoder's ops by its NVTX phases (draft, target,
 verify, compact; "other": set-up, the round loop, the results). Ops inside the target and draft forwards are
 counted apart ("in models"). The ``ms_*`` columns time the same decodes without the counter (``--reps``
-passes): milliseconds per request in each phase and inside each model's forward (on a GPU the forwards'
-times are host times: the launches, not the kernels, unless a phase syncs).
+passes, the two decoders back to back on each prompt): the median milliseconds per request in each phase and
+inside each model's forward (on a GPU the forwards' times are host times: the launches, not the kernels,
+unless a phase syncs), and the median paired speedup.
 
     python benchmarks/host_ops.py --target DIR --draft DIR [--data ../shared/data/beauty] [--beams 10]
         [--draft-beams 40] [--gamma 1] [--requests 16] [--reps 3] [--device cpu] [--dtype bfloat16]
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -86,20 +88,34 @@ class PhaseTimer:
             self._add(name, start)
 
 
-def timed_phases(decoder, prompts, reps: int, timer: PhaseTimer) -> dict[str, float]:
-    """Milliseconds per request: in total, per phase and per model forward (``reps`` passes, one prompt at a
-    time); "other" is the total minus the phases (for BeamSearchDecoder: minus the target's forwards)."""
-    timer.ms.clear()
-    start = time.perf_counter()
-    for _ in range(reps):
-        for prompt in prompts:
-            decoder.generate([prompt])
-    n = reps * len(prompts)
-    ms = {k: v / n for k, v in timer.ms.items()}
-    ms["total"] = (time.perf_counter() - start) * 1e3 / n
-    phases = [ms[phase] for phase in PHASES if phase in ms]
-    ms["other"] = ms["total"] - (sum(phases) if phases else ms.get("target forwards", 0.0))
-    return ms
+def timed_phases_paired(decoders: dict, prompts, reps: int, timer: PhaseTimer) -> tuple[dict, float]:
+    """Milliseconds per request in total, per phase and per model forward, for each decoder: the **median over
+    requests** (``reps`` passes over the prompts, one prompt at a time; the columns of a median need not add up
+    to its total). The decoders decode each prompt back to back, in alternating order, so a machine whose speed
+    drifts treats them alike; also returns the median over those pairs of the first decoder's total / the
+    second's. "other" is the total minus the phases (for BeamSearchDecoder: minus the target's forwards)."""
+    per_request = {name: [] for name in decoders}
+    ratios = []
+    names = list(decoders)
+    for rep in range(reps):
+        for i, prompt in enumerate(prompts):
+            totals = {}
+            for name in (names if (rep * len(prompts) + i) % 2 == 0 else names[::-1]):
+                timer.ms.clear()
+                start = time.perf_counter()
+                decoders[name].generate([prompt])
+                ms = dict(timer.ms, total=(time.perf_counter() - start) * 1e3)
+                phases = [ms[phase] for phase in PHASES if phase in ms]
+                ms["other"] = ms["total"] - (sum(phases) if phases else ms.get("target forwards", 0.0))
+                per_request[name].append(ms)
+                totals[name] = ms["total"]
+            if len(names) == 2:
+                ratios.append(totals[names[0]] / totals[names[1]])
+    medians = {}
+    for name, rows in per_request.items():
+        keys = {k for row in rows for k in row}
+        medians[name] = {k: statistics.median(row.get(k, 0.0) for row in rows) for k in keys}
+    return medians, (statistics.median(ratios) if ratios else float("nan"))
 
 
 def main(argv=None):
@@ -152,8 +168,8 @@ def main(argv=None):
     timer.watch(target, "target forwards")
     timer.watch(draft, "draft forwards")
     spec_decoder.nvtx_range = timer.phase_range
-    for row, decoder in zip(rows, decoders.values()):
-        ms = timed_phases(decoder, prompts, args.reps, timer)
+    medians, beam_over_spec = timed_phases_paired(decoders, prompts, args.reps, timer)
+    for row, ms in zip(rows, medians.values()):
         row.update({"ms_total": ms["total"], "ms_other": ms["other"],
                     **{f"ms_{phase.split('/')[-1]}": ms.get(phase, 0.0) for phase in PHASES},
                     "ms_target_fwd": ms.get("target forwards", 0.0), "ms_draft_fwd": ms.get("draft forwards", 0.0)})
@@ -161,11 +177,15 @@ def main(argv=None):
     header = {"command": "python benchmarks/host_ops.py " + " ".join(sys.argv[1:] if argv is None else argv), "target": args.target, "draft": args.draft,
               "K": args.beams, "N": args.draft_beams, "gamma": args.gamma, "requests": args.requests,
               "reps": args.reps, "device": str(device), "dtype": args.dtype, "prepack": args.prepack,
+              "spec_speedup_paired": round(beam_over_spec, 3),
               "note": "dispatcher ops per request (batch 1); outside_models = draft + target + verify + compact + "
                       "other (the speculative decoder's phases; for BeamSearchDecoder all in other); ms_* = wall "
-                      "milliseconds per request (batch 1): ms_draft / ms_target / ... include the model forwards "
-                      "that run in them (ms_target_fwd, ms_draft_fwd); ms_other = ms_total - the phases (for "
-                      "BeamSearchDecoder: - ms_target_fwd)"}
+                      "milliseconds per request (batch 1), each the median over the reps x requests decodes (the "
+                      "columns of medians need not add up to ms_total): ms_draft / ms_target / ... include the model "
+                      "forwards that run in them (ms_target_fwd, ms_draft_fwd); ms_other = ms_total - the phases "
+                      "(for BeamSearchDecoder: - ms_target_fwd); the two decoders decode each prompt back to back in "
+                      "alternating order; spec_speedup_paired = median over those pairs of BeamSearchDecoder ms / "
+                      "SpecBeamDecoder ms"}
     columns = ["decoder", "outside_models", "draft", "target", "verify", "compact", "other", "in_models",
                "target_calls", "ms_total", "ms_draft", "ms_target", "ms_verify", "ms_compact", "ms_other",
                "ms_target_fwd", "ms_draft_fwd"]
