@@ -46,8 +46,10 @@ def small_llama(vocab_size: int, layers: int = 4, hidden: int = 256, seed: int =
     cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 64 * 64 + 64,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                       max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg).to(dtype).eval()
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG state is left as it was
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+    return model.to(dtype).eval()
 
 
 def random_prompts(num: int, identifiers: torch.Tensor, min_items: int = 3, max_items: int = 20,

@@ -49,13 +49,19 @@ def test_training_learns_and_beats_popularity(small_data, tmp_path, precision):
     assert meta["recall@10"] == pytest.approx(max(recalls))
 
 
-def test_resume_continues_exactly(small_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("dropout", [0.0, 0.2])  # dropout masks too: each step draws its own, seeded
+def test_resume_continues_exactly(small_data, tmp_path, monkeypatch, dropout):
     import atspeed_ext.train as train_module
 
     data, tok = small_data
-    cfg = TrainConfig(epochs=3, batch_size=64, lr=5e-3, eval_prompts=20, patience=10)
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=5e-3, eval_prompts=20, patience=10, dropout=dropout)
+    torch.manual_seed(123)
+    caller_rng = torch.get_rng_state()
     full = build_model("tiny-1x64", tok.vocab_size, seed=1)
+    assert build_model("tiny-1x64", tok.vocab_size, seed=1).state_dict()["lm_head.weight"].equal(
+        full.state_dict()["lm_head.weight"])  # the seed alone makes the weights
     train_next_item(full, tok, data, tmp_path / "full", cfg, progress=False)
+    assert torch.equal(torch.get_rng_state(), caller_rng)  # neither building nor training moved the caller's RNG
 
     # The same run, killed right after its second checkpoint, then resumed into a fresh model.
     calls = []
