@@ -200,6 +200,15 @@ def write_results(name: str, header: dict, rows: list[dict], columns: list[str])
     header = {"date": date.today().isoformat(), "machine": machine_name("cpu") + gpu, "torch": torch.__version__,
               "transformers": transformers.__version__, **header,
               "commit": code_version(out_dir.parent.parent)}
+    previous = out_dir / f"{name}.json"
+    if previous.exists():  # said, not refused: scripts such as gpu_check.sh refresh their files on purpose
+        try:
+            old = json.loads(previous.read_text()).get("header", {})
+            made = f" (from {old.get('date', '?')}, commit {old.get('commit', '?')})"
+        except (json.JSONDecodeError, AttributeError):
+            made = ""
+        print(f"note: replacing benchmarks/results/{name}.json and .md{made}; give --name to keep both",
+              file=sys.stderr)
     (out_dir / f"{name}.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
     lines = [f"# {name}", ""] + [f"- {k}: {v}" for k, v in header.items()] + ["",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
