@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dropout on the embeddings and residual branches while training (default 0)")
         p.add_argument("--max-steps", type=_non_negative, default=0,
                        help="train for at most this many steps, the learning-rate schedule fitted to them (0: no limit)")
-        p.add_argument("--eval-every", type=_non_negative, default=0, help="validate every N steps (0: every epoch)")
+        p.add_argument("--eval-every", type=_non_negative, default=0, help="validate and checkpoint every N steps (0: every epoch; without "
+                       "validation it still sets how often last/ is saved)")
         p.add_argument("--eval-prompts", type=_non_negative, default=eval_prompts,
                        help=f"validation prompts used (default {eval_prompts}; 0: no validation, no early "
                             "stopping, every checkpoint is the best)")
@@ -172,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     draft.add_argument("--val-draft-beams", type=_positive, default=40, help="validation N (default 40)")
     draft.add_argument("--val-gamma", type=_positive, default=3, help="validation gamma (default 3)")
     train_options(draft, epochs=5, lr=3e-3, eval_prompts=200)
-    parser.commands = sub.choices  # name -> its parser (for refuse_ignored_options)
+    parser.commands = sub.choices  # name -> its parser (for ignored_options)
     return parser
 
 
@@ -189,7 +190,8 @@ _VALIDATION = "with validation (--eval-prompts > 0, no --train-on-valid / --vali
 _DATA_COMMANDS = ("train-target", "eval", "teacher", "train-draft")
 _WITHOUT_DATA = "without --data (they size the synthetic data set)"
 #: Options that only act under a condition: (commands, option, condition on the parsed arguments, when it acts).
-#: Given another value than its default where the condition fails, such an option would be ignored; it is refused.
+#: Given another value than its default where the condition fails, such an option is ignored, and a warning says
+#: so. (A warning, not an error: resuming a run needs the settings it was started with, ignored ones included.)
 _CONDITIONAL_OPTIONS = [
     (("train-target", "train-draft"), "--preset", lambda a: a.init is None,
      "without --init (the --init checkpoint is the model)"),
@@ -201,7 +203,6 @@ _CONDITIONAL_OPTIONS = [
     (("eval",), "--gamma", lambda a: a.draft is not None, "with --draft"),
     (("eval",), "--draft-policy", lambda a: a.draft is not None, "with --draft"),
     (("train-target",), "--eval-prompts", lambda a: not _trains_on_valid(a), _NO_VALIDATION),
-    (("train-target", "train-draft"), "--eval-every", lambda a: _validates(a), _VALIDATION),
     (("train-target", "train-draft"), "--patience", lambda a: _validates(a), _VALIDATION),
     (("train-draft",), "--val-beams", lambda a: _validates(a), _VALIDATION),
     (("train-draft",), "--val-draft-beams", lambda a: _validates(a), _VALIDATION),
@@ -215,13 +216,15 @@ _CONDITIONAL_OPTIONS = [
 ]
 
 
-def refuse_ignored_options(parser: argparse.ArgumentParser, args) -> None:
-    """Exit with a usage error when an option was set that the other arguments make it ignore."""
+def ignored_options(parser: argparse.ArgumentParser, args) -> list[str]:
+    """A warning for each option set to a non-default value that the other arguments make ignored."""
     command = parser.commands[args.command]
+    warnings = []
     for commands, option, acts, when in _CONDITIONAL_OPTIONS:
         dest = option.lstrip("-").replace("-", "_")
         if args.command in commands and getattr(args, dest) != command.get_default(dest) and not acts(args):
-            command.error(f"argument {option}: it only acts {when}; drop it")
+            warnings.append(f"warning: {option} is ignored: it only acts {when}")
+    return warnings
 
 
 #: What a command raises for a user's mistake (bad data, paths or settings; DataError is a ValueError; a path that
@@ -232,7 +235,7 @@ USER_ERRORS = (ValueError, OSError, FloatingPointError)
 #: What to do after Ctrl-C, per command.
 _AFTER_INTERRUPT = {"train-target": "rerun the same command with --resume to continue from OUT/last",
                     "train-draft": "rerun the same command with --resume to continue from OUT/last",
-                    "teacher": "rerun the same command to continue (finished shards are kept)",
+                    "teacher": "rerun the same command, without --overwrite, to continue (finished shards are kept)",
                     "demo": "rerun it: finished training stages are cached, an interrupted one resumes"}
 
 
@@ -249,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     status 1 instead of a traceback (set ATSPEED_DEBUG=1 to see the traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    refuse_ignored_options(parser, args)
+    for warning in ignored_options(parser, args):
+        print(warning, file=sys.stderr)
     _expand_paths(args)
     from transformers.utils import logging as hf_logging
 

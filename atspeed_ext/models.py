@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ._rng import seeded_rng
 from .tokenizer import CodeTokenizer
 
 __all__ = ["PRESETS", "build_model", "save_checkpoint", "load_checkpoint"]
@@ -25,7 +26,7 @@ PRESETS = {
 
 def build_model(preset: str, vocab_size: int, seed: int = 0, max_positions: int = 1024):
     """A randomly initialised LlamaForCausalLM of a named preset (pad 0, bos 1, eos 2 as in CodeTokenizer), its
-    weights a function of ``seed`` alone (the global RNG is neither read nor changed)."""
+    weights a function of ``seed`` alone (the global CPU generator is neither read nor changed)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if preset not in PRESETS:
@@ -35,8 +36,7 @@ def build_model(preset: str, vocab_size: int, seed: int = 0, max_positions: int 
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                       max_position_embeddings=max_positions, pad_token_id=0, bos_token_id=1, eos_token_id=2,
                       tie_word_embeddings=False)
-    with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG state is left as it was
-        torch.manual_seed(seed)
+    with seeded_rng(seed):  # the weights come from the seed alone; the caller's CPU generator is left alone
         return LlamaForCausalLM(cfg)
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from ._rng import seeded_rng
+
 __all__ = ["NUM_SPECIAL_TOKENS", "synthetic_identifiers", "synthetic_recdata", "small_llama", "random_prompts"]
 
 #: token ids 0 (pad), 1 (bos) and 2 (eos) are special; code tokens start at 3.
@@ -46,8 +48,7 @@ def small_llama(vocab_size: int, layers: int = 4, hidden: int = 256, seed: int =
     cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 64 * 64 + 64,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                       max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG state is left as it was
-        torch.manual_seed(seed)
+    with seeded_rng(seed):  # the weights come from the seed alone; the caller's CPU generator is left alone
         model = LlamaForCausalLM(cfg)
     return model.to(dtype).eval()
 

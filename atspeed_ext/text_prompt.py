@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ._rng import seeded_rng
 from .tokenizer import code_tokens
 from .trie import ItemTrie
 
@@ -87,7 +88,9 @@ class TextPromptTokenizer:
         return ItemTrie(self._item_ids, eos_token_id=self.eos_token_id if with_eos else None,
                         vocab_size=self.vocab_size)
 
-    def resize_model(self, model) -> None:
-        """Grow ``model``'s embeddings (and LM head) to this vocabulary if the added codes do not fit."""
+    def resize_model(self, model, seed: int = 0) -> None:
+        """Grow ``model``'s embeddings (and LM head) to this vocabulary if the added codes do not fit; the new rows
+        (drawn around the old ones' mean by transformers) come from ``seed``, the same in every load."""
         if model.get_input_embeddings().num_embeddings < self.vocab_size:
-            model.resize_token_embeddings(self.vocab_size)
+            with seeded_rng(seed, model.get_input_embeddings().weight.device):
+                model.resize_token_embeddings(self.vocab_size)

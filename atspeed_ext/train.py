@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ._rng import mixed_seed, seeded_rng
 from .data import RecData
 from .evaluate import evaluate_model
 from .models import save_checkpoint
@@ -129,12 +130,6 @@ def collate(batch: list[tuple[list[int], int]], pad_token_id: int = 0):
         mask[i, :len(ids)] = 1
         labels[i, len(ids) - n_target:len(ids)] = torch.tensor(ids[len(ids) - n_target:])
     return input_ids, mask, labels
-
-
-def step_seed(seed: int, step: int, rank: int = 0) -> int:
-    """The seed of training step ``step`` (0-based) on ``rank``: distinct per (seed, step, rank) and the same in a
-    resumed run, whatever the process did before."""
-    return (seed * 1_000_003 + step) * 1024 + rank
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, rank: int = 0, world: int = 1) -> list[list[int]]:
@@ -424,9 +419,6 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
             torch.distributed.broadcast(stop, 0)
         return bool(stop[0])
 
-    # CUDA generators forked with the CPU one around each step (the one of this process's device)
-    rng_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
     dropout_hooks = add_dropout(model, cfg.dropout)
     try:
         model.train()
@@ -438,10 +430,9 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
             first = state["step"] - state["epoch"] * epoch_steps  # > 0 when resuming inside an epoch
             for batch in batches[first:]:
                 t0 = time.perf_counter()
-                # The step's random numbers (dropout masks) come from a seed of its own, so a resumed run draws
-                # what the uninterrupted run drew; the caller's global RNG state is left as it was.
-                with torch.random.fork_rng(devices=rng_devices):
-                    torch.manual_seed(step_seed(cfg.seed, state["step"], rank))
+                # The step's random numbers (dropout masks) come from a seed of its own (seed, step, rank), so a
+                # resumed run draws what the uninterrupted run drew; the caller's CPU generator is left alone.
+                with seeded_rng(mixed_seed(cfg.seed, state["step"], rank), device):
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                         loss = batch_loss(train_model, batch)
                 optimizer.zero_grad(set_to_none=True)

@@ -205,9 +205,9 @@ def write_results(name: str, header: dict, rows: list[dict], columns: list[str])
         try:
             old = json.loads(previous.read_text()).get("header", {})
             made = f" (from {old.get('date', '?')}, commit {old.get('commit', '?')})"
-        except (json.JSONDecodeError, AttributeError):
+        except (ValueError, OSError, AttributeError):  # an unreadable old file is replaced all the same
             made = ""
-        print(f"note: replacing benchmarks/results/{name}.json and .md{made}; give --name to keep both",
+        print(f"note: replacing benchmarks/results/{name}.json and .md{made} (rename them first to keep them)",
               file=sys.stderr)
     (out_dir / f"{name}.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
     lines = [f"# {name}", ""] + [f"- {k}: {v}" for k, v in header.items()] + ["",

@@ -100,7 +100,7 @@ def timed_phases_paired(decoders: dict, prompts, reps: int, timer: PhaseTimer) -
     for rep in range(reps):
         for i, prompt in enumerate(prompts):
             totals = {}
-            for name in (names if (rep * len(prompts) + i) % 2 == 0 else names[::-1]):
+            for name in (names if (rep + i) % 2 == 0 else names[::-1]):  # each prompt: both orders
                 timer.ms.clear()
                 start = time.perf_counter()
                 decoders[name].generate([prompt])

@@ -310,6 +310,12 @@ def test_teacher_and_train_draft_commands(tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "teacher" / "meta.json").read_text())["num_beams"] == 4
     assert (tmp_path / "teacher" / "notes.txt").read_text() == "mine"
     assert main([*teacher_k4[:-4], "--num-beams", "3", "--out", str(tmp_path / "teacher"), "--overwrite"]) == 0
+    # A checkpoint folder as --out: refused, also with --overwrite, and its meta.json survives.
+    ckpt_meta = (tmp_path / "target" / "best" / "meta.json").read_text()
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(SystemExit, match="holds a meta.json that is not teacher data"):
+            main([*teacher_k4[:-1], str(tmp_path / "target" / "best"), *extra])
+    assert (tmp_path / "target" / "best" / "meta.json").read_text() == ckpt_meta
     with pytest.raises(SystemExit, match="needs --teacher DIR .*teacher`\\) or --on-policy"):
         main(["train-draft", *common, "--target", str(tmp_path / "target" / "best"), "--objective", "atspeed-s"])
     with pytest.raises(SystemExit, match="needs --teacher DIR .*teacher`\\)$"):  # no on-policy data for wordkd

@@ -456,33 +456,33 @@ def test_eval_refuses_a_draft_of_other_items(tiny_run, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["eval", "--checkpoint", "x", "--gamma", "2"], "argument --gamma: it only acts with --draft"),
-    (["eval", "--checkpoint", "x", "--draft-beams", "20"], "argument --draft-beams: it only acts with --draft"),
-    (["eval", "--checkpoint", "x", "--draft-policy", "anchored"], "argument --draft-policy: it only acts with --draft"),
-    (["train-target", "--init", "x", "--preset", "tiny-1x64"], "argument --preset: it only acts without --init"),
-    (["train-draft", "--target", "t", "--init", "x", "--preset", "tiny-1x64"], "argument --preset: it only acts without"),
-    (["train-draft", "--target", "t", "--on-policy-beams", "8"], "argument --on-policy-beams: it only acts with --on-policy"),
+    (["eval", "--checkpoint", "x", "--gamma", "2"], "--gamma is ignored: it only acts with --draft"),
+    (["eval", "--checkpoint", "x", "--draft-beams", "20"], "--draft-beams is ignored: it only acts with --draft"),
+    (["eval", "--checkpoint", "x", "--draft-policy", "anchored"], "--draft-policy is ignored: it only acts with --draft"),
+    (["train-target", "--init", "x", "--preset", "tiny-1x64"], "--preset is ignored: it only acts without --init"),
+    (["train-draft", "--target", "t", "--init", "x", "--preset", "tiny-1x64"], "--preset is ignored: it only acts without"),
+    (["train-draft", "--target", "t", "--on-policy-beams", "8"], "--on-policy-beams is ignored: it only acts with --on-policy"),
     (["train-draft", "--target", "t", "--objective", "atspeed-r", "--topk", "5"],
-     "argument --topk: it only acts with --objective atspeed-s"),
-    (["train-draft", "--target", "t", "--objective", "ce", "--alpha", "0.5"], "argument --alpha: it only acts with an"),
+     "--topk is ignored: it only acts with --objective atspeed-s"),
+    (["train-draft", "--target", "t", "--objective", "ce", "--alpha", "0.5"], "--alpha is ignored: it only acts with an"),
     (["train-draft", "--target", "t", "--objective", "seqkd", "--temperature", "2"],
-     "argument --temperature: it only acts with an objective that compares distributions"),
+     "--temperature is ignored: it only acts with an objective that compares distributions"),
     (["teacher", "--checkpoint", "x", "--data", "d", "--synthetic-users", "50"],
-     "argument --synthetic-users: it only acts without --data"),
-    (["demo", "--data", "d", "--items", "50"], "argument --items: it only acts without --data"),
-    (["train-target", "--eval-prompts", "0", "--eval-every", "5"], "argument --eval-every: it only acts with validation"),
-    (["train-target", "--valid-only", "--init", "x", "--patience", "1"], "argument --patience: it only acts with valid"),
-    (["train-target", "--train-on-valid", "--eval-prompts", "10"], "argument --eval-prompts: it only acts without --t"),
-    (["train-draft", "--target", "t", "--eval-prompts", "0", "--val-gamma", "1"], "argument --val-gamma: it only acts"),
+     "--synthetic-users is ignored: it only acts without --data"),
+    (["demo", "--data", "d", "--items", "50"], "--items is ignored: it only acts without --data"),
+    (["train-target", "--valid-only", "--init", "x", "--patience", "1"], "--patience is ignored: it only acts with valid"),
+    (["train-target", "--train-on-valid", "--eval-prompts", "10"], "--eval-prompts is ignored: it only acts without --t"),
+    (["train-draft", "--target", "t", "--eval-prompts", "0", "--val-gamma", "1"], "--val-gamma is ignored: it only acts"),
 ])
-def test_options_that_would_be_ignored_are_refused(argv, message, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2 and message in capsys.readouterr().err
+def test_options_that_would_be_ignored_are_pointed_out(argv, message):
+    from atspeed_ext.cli import build_parser, ignored_options
+
+    parser = build_parser()
+    assert [message in w for w in ignored_options(parser, parser.parse_args(argv))] == [True]
 
 
 def test_options_at_their_defaults_or_where_they_act_pass_the_check():
-    from atspeed_ext.cli import build_parser, refuse_ignored_options
+    from atspeed_ext.cli import build_parser, ignored_options
 
     parser = build_parser()
     for argv in (["eval", "--checkpoint", "x", "--gamma", "3"],             # the default: harmless
@@ -492,5 +492,14 @@ def test_options_at_their_defaults_or_where_they_act_pass_the_check():
                  ["train-draft", "--target", "t", "--objective", "wordkd", "--temperature", "2"],
                  ["train-target", "--preset", "tiny-1x64", "--synthetic-users", "50"],
                  ["train-target", "--eval-prompts", "10", "--eval-every", "5", "--patience", "1"],
-                 ["train-draft", "--target", "t", "--val-gamma", "1", "--val-beams", "3"]):
-        refuse_ignored_options(parser, parser.parse_args(argv))  # no SystemExit
+                 ["train-draft", "--target", "t", "--val-gamma", "1", "--val-beams", "3"],
+                 ["train-target", "--train-on-valid", "--eval-every", "5"],  # checkpoints every 5 steps
+                 ["train-target", "--eval-prompts", "0", "--eval-every", "5"]):
+        assert ignored_options(parser, parser.parse_args(argv)) == []
+
+
+def test_an_ignored_option_is_reported_and_the_command_runs(tiny_run, tmp_path, capsys):
+    assert main(["eval", *SMALL, "--checkpoint", str(tiny_run / "best"), "--ks", "3", "--limit", "3", "--gamma", "2",
+                 "--output", str(tmp_path / "r.json")]) == 0
+    assert "warning: --gamma is ignored: it only acts with --draft" in capsys.readouterr().err
+    assert "speculative" not in (tmp_path / "r.json").read_text()

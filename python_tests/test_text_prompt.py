@@ -122,6 +122,9 @@ def test_train_save_load_evaluate_a_text_prompt_llm(data, tmp_path):
     model, tok = load_checkpoint(plain, identifiers=data.identifiers)
     assert isinstance(tok, TextPromptTokenizer)
     assert model.get_input_embeddings().num_embeddings >= tok.vocab_size > len(hf)
+    torch.manual_seed(5)  # the codes' new embedding rows do not depend on the caller's RNG state
+    again, _ = load_checkpoint(plain, identifiers=data.identifiers)
+    assert torch.equal(again.get_input_embeddings().weight, model.get_input_embeddings().weight)
 
     state = train_next_item(model, tok, data, tmp_path / "run", TrainConfig(epochs=1, batch_size=32, lr=5e-3,
                                                                             eval_prompts=20), progress=False)

@@ -382,3 +382,22 @@ def test_training_without_validation_items_needs_eval_prompts_0(small_data, tmp_
     state = train_next_item(build_model("tiny-1x64", tok.vocab_size), tok, no_valid, tmp_path,
                             TrainConfig(max_steps=1, eval_prompts=0), progress=False)
     assert state["best"] is None and json.loads((tmp_path / "best" / "meta.json").read_text())["with_eos"] is False
+
+
+def test_any_python_int_seed_trains(small_data, tmp_path):
+    from atspeed_ext._rng import mixed_seed, seeded_rng
+
+    data, tok = small_data
+    for seed in (2 ** 40, -3):  # step seeds stay in torch's range (a seed of 2^40 overflowed it)
+        cfg = TrainConfig(epochs=1, batch_size=64, max_steps=1, eval_prompts=0, seed=seed, dropout=0.1)
+        assert train_next_item(build_model("tiny-1x64", tok.vocab_size, seed=seed), tok, data, tmp_path / str(seed),
+                               cfg, progress=False)["step"] == 1
+    assert len({mixed_seed(s, step, 0) for s in (0, 1) for step in range(100)}) == 200
+    assert all(0 <= mixed_seed(s, 5) < 2 ** 63 for s in (-(2 ** 80), 0, 2 ** 80))
+    torch.manual_seed(9)
+    before = torch.get_rng_state()
+    with seeded_rng(2 ** 70):
+        a = torch.rand(3)
+    with seeded_rng(2 ** 70):
+        assert torch.equal(torch.rand(3), a)  # the same seed, the same numbers
+    assert torch.equal(torch.get_rng_state(), before)

@@ -63,7 +63,11 @@ def delete_teacher_data(out_dir: str | Path) -> list[str]:
     out_dir = Path(out_dir)
     names = sorted(p.name for p in out_dir.glob("shard_*.safetensors*"))
     if (out_dir / "meta.json").exists():
+        if not names and not _is_teacher_meta(out_dir / "meta.json"):
+            raise ValueError(f"{out_dir} holds a meta.json that is not teacher data (a checkpoint folder?): nothing "
+                             "deleted; give another directory")
         names.append("meta.json")
+    names += [p.name for p in out_dir.glob("meta.json.tmp")]
     for name in names:
         (out_dir / name).unlink()
     return names
@@ -95,6 +99,9 @@ def generate_teacher_data(model, tokenizer, examples: list[tuple[tuple[int, ...]
             "model_hash": hash_model(model), "source": source or {}}
     meta_path = out_dir / "meta.json"
     if meta_path.exists():
+        if not _is_teacher_meta(meta_path) and not any(out_dir.glob("shard_*.safetensors")):
+            raise ValueError(f"{out_dir} holds a meta.json that is not teacher data (a checkpoint folder?); give "
+                             "another directory")
         old = _read_meta(meta_path)
         changed = [k for k in meta if k != "source" and old.get(k) != meta[k]]
         if changed:
@@ -151,12 +158,20 @@ def _write_meta(path: Path, meta: dict) -> None:
     tmp.replace(path)
 
 
+def _is_teacher_meta(path: Path) -> bool:
+    """Whether ``path`` is the meta.json of teacher data (a damaged one is judged by the shards next to it)."""
+    try:
+        return json.loads(path.read_text()).get("format") == FORMAT
+    except (ValueError, AttributeError):
+        return False
+
+
 def _read_meta(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}): damaged teacher data; make it again in another "
-                         "directory") from None
+                         "directory or replace it (atspeed-ext teacher --overwrite)") from None
 
 
 def _split_rows(part: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
