@@ -275,8 +275,8 @@ def run_eval(args) -> int:
               "prompts": len(prompts), "ks": args.ks,
               "with_eos": args.with_eos, "machine": machine_name(device), "torch": torch.__version__,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    depth = tokenizer.trie(args.with_eos).depth
     if speculation is not None:
+        depth = tokenizer.trie(args.with_eos).depth  # beam search's target calls per request
         report["speculative"] = {"draft": str(Path(args.draft).resolve()),
                                  "draft_step": checkpoint_meta(args.draft).get("step"),
                                  "draft_weights": hash_model(speculation.draft), "gamma": args.gamma,

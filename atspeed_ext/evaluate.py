@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .data import Prompt, RecData
 from .decoder import BeamSearchDecoder
 from .metrics import hits_of_ranking, popularity_ranking, recall_ndcg
-from .spec_decoder import SpecBeamDecoder
+from .spec_decoder import SpecBeamDecoder, SpecStats
 from .tokenizer import CodeTokenizer
 
 __all__ = ["Speculation", "evaluate_model", "evaluate_popularity", "evaluate_speculative", "mean_and_se",
@@ -136,11 +136,11 @@ def evaluate_speculative(model, tokenizer: CodeTokenizer, prompts: Sequence[Prom
     for k in ks:
         stats: list = []
         per_k[k] = model_scores(model, tokenizer, prompts, k, batch_size, with_eos, progress, speculation, stats)
-        rounds = [n for s in stats for per_request in s.accepted_levels for n in per_request]
-        target_calls = [c for s in stats for c in s.target_calls]
-        draft_calls = [c for s in stats for c in s.draft_calls]
+        merged = SpecStats(target_calls=[c for s in stats for c in s.target_calls],
+                           draft_calls=[c for s in stats for c in s.draft_calls],
+                           accepted_levels=[levels for s in stats for levels in s.accepted_levels])
         speculated[k] = {"draft_beams": speculation.width(k),
-                         "accepted_levels_per_round": sum(rounds) / len(rounds),
-                         "target_calls_per_request": sum(target_calls) / len(target_calls),
-                         "draft_calls_per_request": sum(draft_calls) / len(draft_calls)}
+                         "accepted_levels_per_round": merged.mean_accepted_levels,
+                         "target_calls_per_request": merged.mean_target_calls,
+                         "draft_calls_per_request": merged.mean_draft_calls}
     return _as_metrics(per_k, standard_errors), speculated

@@ -61,11 +61,9 @@ def delete_teacher_data(out_dir: str | Path) -> list[str]:
     """Delete the teacher data files in ``out_dir`` (``meta.json``, shards and unfinished ``.tmp`` shards), nothing
     else; returns the names deleted."""
     out_dir = Path(out_dir)
+    _refuse_other_meta(out_dir)
     names = sorted(p.name for p in out_dir.glob("shard_*.safetensors*"))
     if (out_dir / "meta.json").exists():
-        if not names and not _is_teacher_meta(out_dir / "meta.json"):
-            raise ValueError(f"{out_dir} holds a meta.json that is not teacher data (a checkpoint folder?): nothing "
-                             "deleted; give another directory")
         names.append("meta.json")
     names += [p.name for p in out_dir.glob("meta.json.tmp")]
     for name in names:
@@ -99,9 +97,7 @@ def generate_teacher_data(model, tokenizer, examples: list[tuple[tuple[int, ...]
             "model_hash": hash_model(model), "source": source or {}}
     meta_path = out_dir / "meta.json"
     if meta_path.exists():
-        if not _is_teacher_meta(meta_path) and not any(out_dir.glob("shard_*.safetensors")):
-            raise ValueError(f"{out_dir} holds a meta.json that is not teacher data (a checkpoint folder?); give "
-                             "another directory")
+        _refuse_other_meta(out_dir)
         old = _read_meta(meta_path)
         changed = [k for k in meta if k != "source" and old.get(k) != meta[k]]
         if changed:
@@ -158,12 +154,19 @@ def _write_meta(path: Path, meta: dict) -> None:
     tmp.replace(path)
 
 
-def _is_teacher_meta(path: Path) -> bool:
-    """Whether ``path`` is the meta.json of teacher data (a damaged one is judged by the shards next to it)."""
+def _refuse_other_meta(out_dir: Path) -> None:
+    """Refuse a folder whose meta.json is not teacher data (a checkpoint's, say), so that teacher data is neither
+    written over it nor deleted with it; a damaged meta.json counts as teacher data when shards lie next to it."""
+    path = out_dir / "meta.json"
+    if not path.exists() or any(out_dir.glob("shard_*.safetensors*")):
+        return
     try:
-        return json.loads(path.read_text()).get("format") == FORMAT
+        is_teacher = json.loads(path.read_text()).get("format") == FORMAT
     except (ValueError, AttributeError):
-        return False
+        is_teacher = False
+    if not is_teacher:
+        raise ValueError(f"{out_dir} holds a meta.json that is not teacher data (a checkpoint folder?); give another "
+                         "directory")
 
 
 def _read_meta(path: Path) -> dict:
