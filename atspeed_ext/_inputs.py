@@ -150,13 +150,26 @@ def beam_cache_slots(prompt_len: int, K: int, depth: int) -> int:
     return prompt_len + K * (depth - 1)
 
 
-def spec_cache_slots(prompt_len: int, K: int, N: int, gamma: int, depth: int) -> int:
-    """A bound on SpecBeamDecoder's cache in a round that starts with t levels decided: the prompt, K slots per
-    level fed before (after compaction), the K pending beams and N slots per drafted level,
-    g = min(gamma, depth - t - 1) of them (round one: no pending beams)."""
-    first = N * min(gamma, depth - 1)
-    later = [K * t + N * min(gamma, depth - t - 1) for t in range(1, depth)]
-    return prompt_len + max([first] + later)
+def spec_cache_slots(prompt_len: int, K: int, N, gamma: int, depth: int, batch: int = 1) -> int:
+    """A bound on SpecBeamDecoder's cache (its slots per request row, padding included).
+
+    A round whose request starts with t levels decided holds the prompt, at most K slots per level fed before
+    (after compaction: t - 1 levels), the K pending beams and the slots of its g = min(gamma, depth - t - 1)
+    drafted levels (round one: no pending beams). In a batch the rows share one cache width, and requests
+    can sit at different depths: the deepest row's fed levels (up to depth - 2, plus its K pending beams) then
+    meet the widest row's drafted levels. ``N``: one width for every drafted level, or a sequence of widths by
+    trie depth (the drafted level at depth d has ``N[d - 1]`` nodes; the last width repeats deeper down).
+    """
+    widths = [N] if isinstance(N, int) else list(N)
+    width = lambda d: widths[min(d, len(widths)) - 1]  # noqa: E731  (d = the drafted level's trie depth)
+    first = sum(width(d) for d in range(1, min(gamma, depth - 1) + 1))
+    if batch == 1:
+        later = max([K * t + sum(width(d) for d in range(t + 1, t + min(gamma, depth - t - 1) + 1))
+                     for t in range(1, depth)], default=0)
+    else:  # level j of a round sits at depth t + j for rows at depths t >= 1
+        later = K * (depth - 1) + sum(max(width(d) for d in range(j + 1, depth))
+                                      for j in range(1, min(gamma, depth - 2) + 1))
+    return prompt_len + max(first, later)
 
 
 def normalise_prompts(

@@ -26,6 +26,20 @@ _positive = integer_at_least(1)
 _non_negative = integer_at_least(0)
 
 
+def draft_widths(text: str) -> int | tuple[int, ...]:
+    """An argparse type for ``--draft-beams``: N, or one width per trie depth ``N1,N2,...`` (a tuple)."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or N1,N2,... (integers >= 1), got {text!r}") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"every width must be >= 1, got {text!r}")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+draft_widths.__name__ = "N or N1,N2,..."
+
+
 def _float_in(low: float, high: float, low_open: bool, high_open: bool):
     """An argparse type: a float in the given range (NaN never is)."""
     def parse(text: str) -> float:
@@ -134,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--draft", default=None, metavar="DIR",
                     help="decode by speculative beam search with this draft checkpoint (same lists, same metrics); "
                          "the report adds accepted levels per round and target calls per request")
-    ev.add_argument("--draft-beams", type=_positive, default=None,
-                    help="with --draft: N, drafted nodes per level, >= every --ks (default 2K for each K)")
+    ev.add_argument("--draft-beams", type=draft_widths, default=None,
+                    help="with --draft: N, drafted nodes per level, >= every --ks (default 2K for each K); or one "
+                         "width per trie depth, N1,N2,... (the last repeats deeper down)")
     ev.add_argument("--gamma", type=_positive, default=3, help="with --draft: drafted levels per round (default 3)")
     ev.add_argument("--draft-policy", choices=["beam", "anchored"], default="beam",
                     help="with --draft: how a level's N nodes are drafted (default beam)")

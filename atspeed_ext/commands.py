@@ -225,6 +225,11 @@ def train_config(args) -> TrainConfig:
                        valid_only=getattr(args, "valid_only", False))
 
 
+def width_text(draft_beams) -> str:
+    """``--draft-beams`` as given: N, or N1,N2,... (one width per trie depth)."""
+    return str(draft_beams) if isinstance(draft_beams, int) else ",".join(map(str, draft_beams))
+
+
 def run_eval(args) -> int:
     data = data_of(args)
     device = device_of(args)
@@ -232,8 +237,10 @@ def run_eval(args) -> int:
         model, tokenizer = load_checkpoint(args.checkpoint, device, identifiers=data.identifiers)
     except ValueError as e:
         raise SystemExit(f"error: {e} ({args.data or 'the synthetic data'})") from None
-    if args.draft_beams is not None and args.draft_beams < max(args.ks):
-        raise SystemExit(f"error: --draft-beams (N = {args.draft_beams}) must be >= every --ks (K = {max(args.ks)})")
+    narrowest = min([args.draft_beams] if isinstance(args.draft_beams, int) else args.draft_beams or [0])
+    if args.draft_beams is not None and narrowest < max(args.ks):
+        raise SystemExit(f"error: --draft-beams (N = {width_text(args.draft_beams)}) must be >= every --ks "
+                         f"(K = {max(args.ks)})")
     default = (f"eval_{args.split}" + (f"_limit{args.limit}" if args.limit > 0 else "")
                + (f"_spec-{run_of(args.draft)}" if args.draft else "") + ".json")
     out = Path(args.output) if args.output else Path(args.checkpoint) / default  # a --limit run keeps the full one
@@ -256,6 +263,11 @@ def run_eval(args) -> int:
         check_same_prompts(tokenizer, draft_tokenizer, data.num_items, f"--draft {args.draft}",
                            f"--checkpoint {args.checkpoint}")
         speculation = Speculation(draft, args.draft_beams, args.gamma, args.draft_policy)
+        drafted_depths = tokenizer.trie(args.with_eos).depth - 1
+        if isinstance(args.draft_beams, tuple) and len(args.draft_beams) > drafted_depths:
+            raise SystemExit(f"error: --draft-beams {width_text(args.draft_beams)} gives {len(args.draft_beams)} "
+                             f"widths, but the identifiers' trie drafts {drafted_depths} depths: give at most "
+                             f"{drafted_depths}")
     on_valid = trained_on_valid(args.checkpoint, args.split)
     prompts = split_prompts(data, args.split, "evaluate")
     if args.limit > 0:
@@ -295,7 +307,7 @@ def run_eval(args) -> int:
         print("| K | N | accepted levels per round | target calls per request | draft calls per request |\n"
               "|---|---|---|---|---|")
         for k, v in per_k.items():
-            print(f"| {k} | {v['draft_beams']} | {v['accepted_levels_per_round']:.2f} | "
+            print(f"| {k} | {width_text(v['draft_beams'])} | {v['accepted_levels_per_round']:.2f} | "
                   f"{v['target_calls_per_request']:.2f} | {v['draft_calls_per_request']:.2f} |")
     print(f"report: {out}")
     return 0

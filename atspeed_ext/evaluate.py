@@ -22,15 +22,15 @@ __all__ = ["Speculation", "evaluate_model", "evaluate_popularity", "evaluate_spe
 @dataclass(frozen=True)
 class Speculation:
     """Decode with :class:`SpecBeamDecoder` (strict verification: the same lists as beam search) instead of
-    :class:`BeamSearchDecoder`: ``draft`` drafts ``draft_beams`` nodes per level (None: 2K for beam size K),
-    ``gamma`` levels per round, filled by ``draft_policy``."""
+    :class:`BeamSearchDecoder`: ``draft`` drafts ``draft_beams`` nodes per level (None: 2K for beam size K; a
+    tuple: one width per trie depth), ``gamma`` levels per round, filled by ``draft_policy``."""
 
     draft: torch.nn.Module
-    draft_beams: int | None = None
+    draft_beams: int | tuple[int, ...] | None = None
     gamma: int = 3
     draft_policy: str = "beam"
 
-    def width(self, k: int) -> int:
+    def width(self, k: int) -> int | tuple[int, ...]:
         return 2 * k if self.draft_beams is None else self.draft_beams
 
     def decoder(self, target, trie, k: int) -> SpecBeamDecoder:

@@ -90,6 +90,44 @@ class _Level:
     parent_scores: torch.Tensor | None = None
 
 
+def _depth_widths(draft_beams, K: int, trie: ItemTrie, verification: str) -> list[int]:
+    """``draft_beams`` (an int, or one width per trie depth) as the width of the drafted level at each trie
+    depth 1 .. depth - 1 (at least one entry), checked."""
+    levels = max(1, trie.depth - 1)
+    if isinstance(draft_beams, (list, tuple)):
+        if verification != "strict":
+            raise ValueError(f"draft_beams as one width per trie depth needs strict verification; {verification} "
+                             f"verification takes one int N, got {draft_beams!r}")
+        if not draft_beams:
+            raise ValueError("draft_beams must be an int or a non-empty sequence of ints, got an empty sequence")
+        if len(draft_beams) > levels:
+            raise ValueError(f"draft_beams gives {len(draft_beams)} widths, but a trie of depth {trie.depth} drafts "
+                             f"levels at depths 1 .. {levels} only: give at most {levels}")
+        values = list(draft_beams)
+    else:
+        values = [draft_beams]
+    for d, v in enumerate(values, 1):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"draft_beams must be an int >= 1 or a sequence of them, got {draft_beams!r}")
+        if v < K:
+            where = "" if isinstance(draft_beams, int) else f" at depth {d}"
+            raise ValueError(f"draft_beams (N = {v}{where}) must be >= num_beams (K = {K})")
+    return values + [values[-1]] * (levels - len(values))
+
+
+def _truncate(level: tuple, row_widths: list[int] | None) -> tuple:
+    """A beam step's ``(scores, parent, token, node)`` with row b cut to its first ``row_widths[b]`` entries
+    (the rest become missing candidates: score -inf, -1 elsewhere); None keeps every entry. The entries are
+    best first, so this is the narrower beam step."""
+    if row_widths is None:
+        return level
+    scores, parent, token, node = level
+    cut = (torch.arange(parent.shape[1], device=parent.device)
+           >= torch.tensor(row_widths, device=parent.device).unsqueeze(1))
+    return (scores.masked_fill(cut, float("-inf")), parent.masked_fill(cut, -1), token.masked_fill(cut, -1),
+            node.masked_fill(cut, -1))
+
+
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``x[b, index[b, i]]`` for ``x`` [B, W] or [B, W, V]; negative indices read entry 0."""
     index = index.clamp(min=0)
@@ -157,7 +195,10 @@ class SpecBeamDecoder:
         num_beams: K >= 1.
         draft_beams: N >= K, the width of each drafted level. A wider tree accepts more levels but feeds more
             tokens to the target: on a GPU, where small models are bound by launches, tokens are nearly free
-            (K = 10 on Beauty, H200: N = 64 best, 1.28x); on a CPU they are compute (N = 40 best there).
+            (K = 10 on Beauty, H200: N = 64 best, 1.28x); on a CPU they are compute (N = 30-40 best there).
+            Strict verification also takes one width per trie depth, a sequence ``(N_1, N_2, ...)``: the
+            drafted level at depth d has ``N_d`` nodes (the last width repeats deeper down), for tries whose
+            levels the draft finds unequally hard (on Beauty the first code needs N = 30, the third 20).
         gamma: drafted levels per round (>= 1).
         verification: ``"strict"`` (lossless top-K verification of beam search), ``"relaxed"`` (the paper's
             sampling verification: independent acceptance with min(1, p/q), K kept uniformly among the
@@ -181,11 +222,9 @@ class SpecBeamDecoder:
     def __init__(self, target: torch.nn.Module, draft: torch.nn.Module, trie: ItemTrie, num_beams: int,
                  draft_beams: int, gamma: int = 3, verification: str = "strict", draft_policy: str | None = None,
                  temperature: float = 1.0, seed: int | None = None, skip_exhaustive_draft: bool = True):
-        for name, value in (("num_beams", num_beams), ("draft_beams", draft_beams), ("gamma", gamma)):
+        for name, value in (("num_beams", num_beams), ("gamma", gamma)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if draft_beams < num_beams:
-            raise ValueError(f"draft_beams (N = {draft_beams}) must be >= num_beams (K = {num_beams})")
         if verification not in VERIFICATIONS:
             raise ValueError(f"verification must be one of {VERIFICATIONS}, got {verification!r}")
         self.temperature = check_temperature(temperature)
@@ -200,6 +239,7 @@ class SpecBeamDecoder:
             raise ValueError(f"draft_policy must be one of {POLICIES}, got {draft_policy!r}")
         check_model_and_trie(target, trie, "target")
         check_model_and_trie(draft, trie, "draft")
+        widths = _depth_widths(draft_beams, num_beams, trie, verification)
         t_in, t_out = model_vocab_sizes(target)
         d_in, d_out = model_vocab_sizes(draft)
         # Both models read and score every trie token (checked above); their embedding tables may be padded to
@@ -212,7 +252,10 @@ class SpecBeamDecoder:
         if model_device(target) != model_device(draft):
             raise ValueError(f"target is on {model_device(target)} but draft is on {model_device(draft)}")
         self.target, self.draft, self.trie = target, draft, trie
-        self.num_beams, self.draft_beams, self.gamma = num_beams, draft_beams, gamma
+        self.num_beams, self.gamma = num_beams, gamma
+        self.draft_beams = draft_beams if isinstance(draft_beams, int) else tuple(draft_beams)
+        self._widths = widths  # the drafted level's width at each trie depth 1 .. depth - 1
+        self._uniform_width = widths[0] if len(set(widths)) == 1 else None
         self.verification, self.draft_policy = verification, draft_policy
         self._sampling = verification != "strict"
         self.skip_exhaustive_draft = skip_exhaustive_draft and not self._sampling
@@ -222,9 +265,22 @@ class SpecBeamDecoder:
         self._pad_token_id = pad if isinstance(pad, int) else 0
 
     # ------------------------------------------------------------------ drafting
-    def _draft_level(self, logits, scores, nodes, live, trie, anchored_width):
-        """One drafted level from the previous level's nodes (``anchored_width`` = how many lead the level)."""
-        N, K = self.draft_beams, self.num_beams
+    def _level_widths(self, t: list[int], g: list[int], j: int) -> tuple[int, list[int] | None]:
+        """The width of level j of a round (its widest row's) and, when the rows' widths differ, each row's
+        (rows at depth t drafting g levels; rows with g < j draft nothing there)."""
+        if self._uniform_width is not None:
+            return self._uniform_width, None
+        per_row = [self._widths[min(t_r + j, len(self._widths)) - 1] if g_r >= j else 0 for t_r, g_r in zip(t, g)]
+        width = max(per_row)
+        return width, None if min(w for w, g_r in zip(per_row, g) if g_r >= j) == width else per_row
+
+    def _draft_level(self, logits, scores, nodes, live, trie, anchored_width, N, row_widths):
+        """One drafted level of width N from the previous level's nodes (``anchored_width`` = how many lead
+        the level); rows with a narrower width (``row_widths``) keep their first nodes only."""
+        return _truncate(self._draft_level_of_width(logits, scores, nodes, live, trie, anchored_width, N), row_widths)
+
+    def _draft_level_of_width(self, logits, scores, nodes, live, trie, anchored_width, N):
+        K = self.num_beams
         co, ct = trie.child_offsets, trie.child_tokens
         best = _ops.trie_beam_step(logits, scores, nodes, live, co, ct, N)
         if self.draft_policy == "beam" or anchored_width >= logits.shape[1] or N == K:
@@ -258,7 +314,7 @@ class SpecBeamDecoder:
         ids, mask = normalise_prompts(input_ids, attention_mask, device, self._vocab_in, self._pad_token_id)
         trie = self.trie.to(device)
         B, K, depth = ids.shape[0], self.num_beams, trie.depth
-        slots = spec_cache_slots(ids.shape[1], K, self.draft_beams, self.gamma, depth)
+        slots = spec_cache_slots(ids.shape[1], K, self.draft_beams, self.gamma, depth, B)
         check_cache_window(self.target, "target", slots)
         check_cache_window(self.draft, "draft", slots)
         check_positions(self.target, "target", mask.sum(1), depth)
@@ -281,14 +337,14 @@ class SpecBeamDecoder:
             g_dev = torch.tensor(g, device=device)
             levels = None
             if self.skip_exhaustive_draft and all(t[r] + g[r] + 1 == depth for r in range(rows)):
-                levels = self._exhaustive_levels(state, g_dev, max(g), trie)
+                levels = self._exhaustive_levels(state, t, g, g_dev, trie)
             skipped = levels is not None
             if not skipped:
                 with nvtx_range("atspeed/draft", device):
                     if draft_stale:  # compacted only now: a round without the draft never needs it
                         state.dft_anchor = _remap(dft.compact(state.live_slots(state.dft_anchor)), state.dft_anchor)
                         draft_stale = False
-                    levels = self._draft(state, dft, g_dev, max(g), first_round, ids, mask, trie)
+                    levels = self._draft(state, dft, t, g, g_dev, first_round, ids, mask, trie)
             with nvtx_range("atspeed/target", device):
                 logits, beam_rows = self._score_tree(state, tgt, levels, first_round, ids, mask)
             with nvtx_range("atspeed/verify", device):
@@ -330,13 +386,15 @@ class SpecBeamDecoder:
         return SpecBeamOutput(sequences=sequences, scores=out_scores, valid=out_nodes >= 0, item_ids=item_ids,
                               stats=stats)
 
-    def _draft(self, state: "_BeamState", dft: TreeKV, g_dev: torch.Tensor, G: int, first_round: bool,
-               ids: torch.Tensor, mask: torch.Tensor, trie: ItemTrie) -> list[_Level]:
-        """Draft G levels from the current beams: one batched draft call per level (level G is not fed)."""
+    def _draft(self, state: "_BeamState", dft: TreeKV, t: list[int], g: list[int], g_dev: torch.Tensor,
+               first_round: bool, ids: torch.Tensor, mask: torch.Tensor, trie: ItemTrie) -> list[_Level]:
+        """Draft G = max(g) levels from the current beams (rows at depths t): one batched draft call per level
+        (level G is not fed)."""
+        G = max(g)
         if G < 1:
             return []
         rows, K = state.scores.shape
-        N, device = self.draft_beams, state.scores.device
+        device = state.scores.device
         if first_round:
             prev_logits = dft.prefill(ids, mask)[:, -1:].expand(rows, K, -1)
         else:
@@ -344,8 +402,9 @@ class SpecBeamDecoder:
                                                                state.live & (g_dev >= 1).unsqueeze(1))
         prev_scores, prev_nodes, prev_live, prev_dslot, width = state.scores, state.nodes, state.live, state.dft_anchor, K
         levels = []
-        W = N if self.draft_policy == "beam" else K  # the draft parents of a level, padded (sampling)
         for j in range(1, G + 1):
+            N, row_widths = self._level_widths(t, g, j)
+            W = N if self.draft_policy == "beam" else K  # the draft parents of a level, padded (sampling)
             live_j = prev_live & (g_dev >= j).unsqueeze(1)
             if self._sampling:
                 # beam: all nodes of the previous level (level 1: the K beams); anchored: its first K
@@ -359,7 +418,7 @@ class SpecBeamDecoder:
                                                                      value=float("-inf")))
             else:
                 lvl_scores, parent, token, node = self._draft_level(prev_logits, prev_scores, prev_nodes, live_j,
-                                                                    trie, width)
+                                                                    trie, width, N, row_widths)
                 level = _Level(parent=parent, token=token, node=node, live=parent >= 0)
             if j < G:  # feed this level to the draft for the next one
                 first = dft.num_slots
@@ -373,18 +432,21 @@ class SpecBeamDecoder:
             prev_scores, prev_nodes, prev_live, width = lvl_scores, node, level.live, K
         return levels
 
-    def _exhaustive_levels(self, state: "_BeamState", g_dev: torch.Tensor, G: int,
+    def _exhaustive_levels(self, state: "_BeamState", t: list[int], g: list[int], g_dev: torch.Tensor,
                            trie: ItemTrie) -> list[_Level] | None:
-        """The round's levels when each can hold every trie child of the level above (at most N per request):
-        the beam step over uniform logits keeps all of them. None as soon as one level is wider than N."""
-        rows, N = state.scores.shape[0], self.draft_beams
+        """The round's levels when each can hold every trie child of the level above (at most the level's
+        width per request): the beam step over uniform logits keeps all of them. None as soon as one level
+        holds more."""
+        rows = state.scores.shape[0]
         co, ct = trie.child_offsets, trie.child_tokens
         scores, nodes, live = state.scores, state.nodes, state.live
         levels = []
-        for j in range(1, G + 1):
+        for j in range(1, max(g) + 1):
+            N, row_widths = self._level_widths(t, g, j)
             live_j = live & (g_dev >= j).unsqueeze(1)
             children = torch.where(live_j, co[nodes + 1] - co[nodes], 0).sum(1)
-            if int(children.max()) > N:
+            limit = N if row_widths is None else torch.tensor(row_widths, device=children.device)
+            if bool((children > limit).any()):
                 return None
             uniform = torch.zeros(rows, nodes.shape[1], trie.vocab_size, dtype=torch.float32, device=nodes.device)
             scores, parent, token, nodes = _ops.trie_beam_step(uniform, scores, nodes, live_j, co, ct, N)
@@ -399,7 +461,7 @@ class SpecBeamDecoder:
         first round). Sets each level's ``target_slot`` / ``target_row``; returns the logits and the logits
         row of each current beam."""
         rows, K = state.scores.shape
-        N, device = self.draft_beams, state.scores.device
+        device = state.scores.device
         tokens, parents = [], []
         if first_round:  # the beam is the root: its logits are the last prompt position's (row 0)
             base, row_shift = ids.shape[1], 1
@@ -412,6 +474,7 @@ class SpecBeamDecoder:
         state.beam_tslot = beam_slot
         offset, prev_slot = base + len(tokens) * K, beam_slot
         for level in levels:
+            N = level.parent.shape[1]
             level.target_slot = torch.where(level.live, offset + torch.arange(N, device=device), NOT_TREE)
             level.target_row = (level.target_slot - (base - row_shift)).clamp(min=0)
             tokens.append(torch.where(level.live, level.token, 0))
@@ -432,7 +495,15 @@ class SpecBeamDecoder:
         Returns the accepted level count per request and the new beams with, for each, where its parent
         sits in the two caches."""
         rows, K = state.scores.shape
-        N = self.draft_beams
+        # Levels of different widths are padded to the widest, with nodes that are not live.
+        N = max([K] + [level.parent.shape[1] for level in levels])
+        for level in levels:
+            pad = N - level.parent.shape[1]
+            if pad:
+                for name in ("parent", "token", "node", "target_row", "target_slot", "draft_slot"):
+                    value = {"target_row": 0, "target_slot": NOT_TREE, "draft_slot": NOT_FED}.get(name, -1)
+                    setattr(level, name, torch.nn.functional.pad(getattr(level, name), (0, pad), value=value))
+                level.live = level.parent >= 0
         if levels:
             # (a level's parent is -1 exactly where its node is not live)
             lvl = {name: torch.stack([getattr(level, name) for level in levels], 1)

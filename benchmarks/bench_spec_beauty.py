@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from atspeed_ext import BeamSearchDecoder, SpecBeamDecoder, prepack_for_cpu  # noqa: E402
-from atspeed_ext.commands import trained_recipe  # noqa: E402
+from atspeed_ext.cli import draft_widths  # noqa: E402
+from atspeed_ext.commands import trained_recipe, width_text  # noqa: E402
 from atspeed_ext.data import load_lcrec  # noqa: E402
 from atspeed_ext.hf import hf_constrained_beam_search  # noqa: E402
 from atspeed_ext.models import load_checkpoint  # noqa: E402
@@ -56,8 +57,18 @@ DRAFT_RECIPE = (TrainConfig(epochs=5, lr=3e-3, precision="bf16"),
                 TrainConfig(epochs=2, lr=6e-4, warmup_ratio=0.1, precision="bf16", valid_only=True))
 
 
-def draft_grid(K: int, widths: list[int]) -> list[int]:
-    return sorted({w if w > 0 else -w * K for w in widths if (w if w > 0 else -w * K) >= K})
+def draft_width(text: str) -> int | tuple[int, ...]:
+    """A --draft-beams entry: -m (m*K), or as atspeed-ext eval's: N, or one width per trie depth N1,N2,..."""
+    if text.startswith("-") and text[1:].isdigit() and int(text[1:]) > 0:
+        return int(text)
+    return draft_widths(text)
+
+
+def draft_grid(K: int, widths: list) -> list:
+    """The grid's widths for beam size K: ints (-m: m*K) ascending, then the per-depth tuples, those below K
+    left out."""
+    ints = sorted({w if w > 0 else -w * K for w in widths if isinstance(w, int) and (w if w > 0 else -w * K) >= K})
+    return ints + [w for w in dict.fromkeys(widths) if isinstance(w, tuple) and min(w) >= K]
 
 
 def main(argv=None):
@@ -68,8 +79,8 @@ def main(argv=None):
     p.add_argument("--draft", default=None,
                    help="draft checkpoint directory (default: train draft-1x128 by DRAFT_RECIPE: CE)")
     p.add_argument("--beams", type=common.positive, nargs="+", default=[1, 5, 10, 20])
-    p.add_argument("--draft-beams", type=int, nargs="+", default=[-1, -2, 40],
-                   help="N values; -m means m*K (default: K, 2K, 40)")
+    p.add_argument("--draft-beams", type=draft_width, nargs="+", default=[-1, -2, 40],
+                   help="N values; -m means m*K; N1,N2,... gives one width per trie depth (default: K, 2K, 40)")
     p.add_argument("--gammas", type=common.positive, nargs="+", default=[1, 2, 3])
     p.add_argument("--policies", nargs="+", choices=["beam", "anchored"], default=["beam", "anchored"])
     p.add_argument("--batches", type=common.positive, nargs="+", default=[1, 16])
@@ -160,7 +171,8 @@ def main(argv=None):
                         calls = [c for o in outs for c in o.stats.target_calls]
                         draft_calls = [c for o in outs for c in o.stats.draft_calls]
                         rounds = [n for o in outs for r in o.stats.accepted_levels for n in r]
-                        rows.append({"K": K, "batch": B, "decoder": "SpecBeamDecoder", "N": N, "gamma": gamma,
+                        rows.append({"K": K, "batch": B, "decoder": "SpecBeamDecoder", "N": width_text(N),
+                                     "gamma": gamma,
                                      "policy": policy, "accepted": sum(rounds) / len(rounds),
                                      "target_calls": sum(calls) / len(calls),
                                      "draft_calls": sum(draft_calls) / len(draft_calls),

@@ -34,6 +34,7 @@ import common  # noqa: E402
 
 import atspeed_ext.spec_decoder as spec_decoder  # noqa: E402
 from atspeed_ext import BeamSearchDecoder, SpecBeamDecoder, prepack_for_cpu  # noqa: E402
+from atspeed_ext.cli import draft_widths  # noqa: E402
 
 PHASES = ("atspeed/draft", "atspeed/target", "atspeed/verify", "atspeed/compact")
 
@@ -121,7 +122,8 @@ def timed_phases_paired(decoders: dict, prompts, reps: int, timer: PhaseTimer) -
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_model_arguments(p)
-    p.add_argument("--draft-beams", type=common.positive, default=40)
+    p.add_argument("--draft-beams", type=draft_widths, default=40,
+                   help="N, or one width per trie depth N1,N2,... (default 40)")
     p.add_argument("--gamma", type=common.positive, default=1)
     p.add_argument("--requests", type=common.positive, default=16, help="test prompts decoded one at a time (default 16)")
     p.add_argument("--device", default="cpu")

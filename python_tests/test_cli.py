@@ -271,6 +271,9 @@ def tiny_run(tmp_path_factory):
     (["teacher", "--checkpoint", "x", "--limit", "-1"], "argument --limit: must be >= 0, got -1"),
     (["train-draft", "--target", "x", "--temperature", "nan"], "argument --temperature: must be in (0, inf), got nan"),
     (["train-draft", "--target", "x", "--alpha", "1.5"], "argument --alpha: must be in [0, 1], got 1.5"),
+    (["eval", "--checkpoint", "x", "--draft-beams", "20,x"],
+     "argument --draft-beams: expected N or N1,N2,... (integers >= 1), got '20,x'"),
+    (["eval", "--checkpoint", "x", "--draft-beams", "20,0"], "argument --draft-beams: every width must be >= 1"),
 ])
 def test_bad_option_values_are_named(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -431,10 +434,21 @@ def test_eval_with_a_draft_gives_the_same_metrics_and_reports_the_speculation(ti
                  "--output", str(same)]) == 0
     per_k = json.loads(same.read_text())["speculative"]["per_k"]["5"]
     assert per_k["target_calls_per_request"] == 1 and per_k["accepted_levels_per_round"] == 3
+    # One width per trie depth (depths 1-3 drafted): the same lists again.
+    by_depth = tmp_path / "by_depth.json"
+    assert main(["eval", *SMALL, "--checkpoint", best, "--ks", "5", "--draft", str(other / "best"),
+                 "--draft-beams", "9,5", "--gamma", "1", "--output", str(by_depth)]) == 0
+    report = json.loads(by_depth.read_text())
+    assert report["metrics"]["recall@5"] == json.loads(plain.read_text())["metrics"]["recall@5"]
+    assert report["speculative"]["per_k"]["5"]["draft_beams"] == [9, 5]
+    assert "| 5 | 9,5 |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--draft", "DRAFT", "--ks", "5", "10", "--draft-beams", "8"], "--draft-beams (N = 8) must be >= every --ks (K = 10)"),
+    (["--draft", "DRAFT", "--ks", "5", "--draft-beams", "12,4"], "--draft-beams (N = 12,4) must be >= every --ks (K = 5)"),
+    (["--draft", "DRAFT", "--ks", "5", "--draft-beams", "9,9,9,9"],
+     "--draft-beams 9,9,9,9 gives 4 widths, but the identifiers' trie drafts 3 depths: give at most 3"),
     (["--draft", "MISSING"], "no config.json"),
 ])
 def test_eval_draft_options_are_checked(tiny_run, tmp_path, extra, message, capsys):

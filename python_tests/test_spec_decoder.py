@@ -301,7 +301,7 @@ def test_sliding_window_models_are_refused_when_the_cache_could_outgrow_the_wind
         BeamSearchDecoder(qwen2(bound), trie, K).generate(prompts)
     assert_identical(BeamSearchDecoder(qwen2(bound + 1), trie, K).generate(prompts), ref)
     for N, gamma in ((4, 3), (8, 2), (8, 1)):
-        bound = spec_cache_slots(6, K, N, gamma, 4)
+        bound = spec_cache_slots(6, K, N, gamma, 4, batch=len(prompts))
         with pytest.raises(ValueError, match=f"target .* window of {bound} tokens"):
             SpecBeamDecoder(qwen2(bound), full, trie, K, N, gamma).generate(prompts)
         with pytest.raises(ValueError, match=f"draft .* window of {bound} tokens"):

@@ -1,0 +1,123 @@
+"""SpecBeamDecoder with one draft width per trie depth (strict verification), and the cache bound of batches
+whose requests sit at different depths."""
+
+import copy
+
+import pytest
+import torch
+
+from atspeed_ext import BeamSearchDecoder, ItemTrie, SpecBeamDecoder
+from atspeed_ext._inputs import spec_cache_slots
+from atspeed_ext.tree_kv import TreeKV
+from conftest import random_identifiers, random_prompts, tiny_model
+from test_spec_decoder import EOS, VOCAB, assert_identical, assert_stats_consistent
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Every TreeKV call: (model, tree slots fed, cache slots after the call)."""
+    log = []
+    prefill, feed = TreeKV.prefill, TreeKV.feed
+
+    def logged_prefill(self, ids, mask, tree_tokens=None, tree_parents=None):
+        out = prefill(self, ids, mask, tree_tokens, tree_parents)
+        log.append((self.model, 0 if tree_tokens is None else tree_tokens.shape[1], self.num_slots))
+        return out
+
+    def logged_feed(self, tokens, parents):
+        out = feed(self, tokens, parents)
+        log.append((self.model, tokens.shape[1], self.num_slots))
+        return out
+
+    monkeypatch.setattr(TreeKV, "prefill", logged_prefill)
+    monkeypatch.setattr(TreeKV, "feed", logged_feed)
+    return log
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("num_beams", [1, 3, 5])
+@pytest.mark.parametrize("gamma", [1, 2, 3])
+def test_per_depth_widths_are_lossless(family, num_beams, gamma):
+    K = num_beams
+    for seed in range(2):
+        target = tiny_model(family, VOCAB, seed=seed)
+        draft = tiny_model(family, VOCAB, seed=seed + 50, layers=1)
+        for eos in (None, EOS):
+            trie = ItemTrie(random_identifiers(150, 4, 5, seed=seed, shared=3), eos_token_id=eos)
+            prompts = random_prompts([7, 3, 12, 1], VOCAB, seed=seed)
+            ref = BeamSearchDecoder(target, trie, K).generate(prompts)
+            for widths in ((2 * K, K), (K, 3 * K), (3 * K, K + 1, 2 * K)):
+                for policy in ("beam", "anchored"):
+                    for skip in (True, False):
+                        out = SpecBeamDecoder(target, draft, trie, K, widths, gamma, draft_policy=policy,
+                                              skip_exhaustive_draft=skip).generate(prompts)
+                        assert_identical(out, ref)
+                        assert_stats_consistent(out, trie.depth, 4)
+
+
+def test_each_drafted_depth_gets_its_width(calls):
+    """A perfect draft (the target's copy), gamma 1, depth 4, widths (5, 9, 4), one request: round one feeds
+    the target the prompt with the 5-node depth-1 level, round two the K pending beams with the 4-node depth-3
+    level (skip_exhaustive_draft off, so the draft drafts it)."""
+    target = tiny_model("llama", VOCAB, seed=3)
+    draft = copy.deepcopy(target)
+    trie = ItemTrie(random_identifiers(200, 4, 5, seed=3))  # depth 4
+    prompt = random_prompts([6], VOCAB, seed=3)
+    K = 3
+    for widths, tree_sizes in (((5, 9, 4), [5, K + 4]), ((6,), [6, K + 6]), (6, [6, K + 6])):
+        calls.clear()
+        out = SpecBeamDecoder(target, draft, trie, K, widths, gamma=1, skip_exhaustive_draft=False).generate(prompt)
+        assert out.stats.accepted_levels == [[1, 1]]
+        assert [fed for model, fed, _ in calls if model is target] == tree_sizes
+        assert_identical(out, BeamSearchDecoder(target, trie, K).generate(prompt))
+
+
+def test_a_width_for_every_depth_can_be_given():
+    """A trie of depth 4 drafts depths 1-3: three widths are the most; fewer repeat the last."""
+    target = tiny_model("qwen2", VOCAB, seed=5)
+    draft = tiny_model("qwen2", VOCAB, seed=55, layers=1)
+    trie = ItemTrie(random_identifiers(120, 4, 5, seed=5))
+    prompts = random_prompts([4, 9], VOCAB, seed=5)
+    ref = BeamSearchDecoder(target, trie, 4).generate(prompts)
+    for widths in ([4], [8, 4], (4, 12, 6), [6, 6, 6]):
+        decoder = SpecBeamDecoder(target, draft, trie, 4, widths, gamma=2)
+        assert decoder.draft_beams == tuple(widths)
+        assert_identical(decoder.generate(prompts), ref)
+
+
+def test_bad_widths_raise_clear_errors():
+    target = tiny_model("llama", VOCAB, seed=0)
+    draft = tiny_model("llama", VOCAB, seed=1, layers=1)
+    trie = ItemTrie(random_identifiers(30, 3, 4, seed=0))  # depth 3: drafted depths 1 and 2
+    with pytest.raises(ValueError, match=r"draft_beams \(N = 2 at depth 2\) must be >= num_beams \(K = 3\)"):
+        SpecBeamDecoder(target, draft, trie, 3, (4, 2))
+    with pytest.raises(ValueError, match=r"gives 3 widths, but a trie of depth 3 drafts levels at depths 1 \.\. 2"):
+        SpecBeamDecoder(target, draft, trie, 3, (4, 4, 4))
+    with pytest.raises(ValueError, match="non-empty sequence"):
+        SpecBeamDecoder(target, draft, trie, 3, [])
+    for bad in ((4, 4.0), (4, True), ("4",), 4.0, "4", None):
+        with pytest.raises(ValueError, match="draft_beams must be an int >= 1 or a sequence of them"):
+            SpecBeamDecoder(target, draft, trie, 3, bad)
+    for verification in ("relaxed", "exact"):
+        with pytest.raises(ValueError, match=f"one width per trie depth needs strict verification; {verification}"):
+            SpecBeamDecoder(target, draft, trie, 3, (4, 3), verification=verification)
+
+
+def test_the_cache_bound_holds_when_requests_of_a_batch_sit_at_different_depths(calls):
+    """Rows of a batch share one cache width: a row deep in the trie (its fed levels) meets a shallow row's
+    drafted levels. The bound for one request is then too small (it was the bound for every batch: a
+    sliding-window cache would have dropped slots the masks still address); the batch bound holds."""
+    trie = ItemTrie(random_identifiers(60, 3, 4, seed=2), eos_token_id=EOS)  # depth 4
+    target = tiny_model("qwen2", VOCAB, seed=0)
+    K, exceeded_single_bound = 4, 0
+    for seed in range(24):
+        draft = tiny_model("qwen2", VOCAB, seed=seed + 1)  # unrelated: requests drift apart in depth
+        for lengths in ([6, 3, 5, 4], [6]):
+            prompts = random_prompts(lengths, VOCAB, seed=seed)
+            for N, gamma in ((4, 3), (8, 2), ((8, 4, 6), 3), ((4, 9), 1)):
+                calls.clear()
+                SpecBeamDecoder(target, draft, trie, K, N, gamma).generate(prompts)
+                used = max(slots for _, _, slots in calls)
+                assert used <= spec_cache_slots(6, K, N, gamma, trie.depth, batch=len(prompts))
+                exceeded_single_bound += used > spec_cache_slots(6, K, N, gamma, trie.depth, batch=1)
+    assert exceeded_single_bound > 0
