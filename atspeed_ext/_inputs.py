@@ -116,18 +116,32 @@ def _rope_settings(config) -> list[dict]:
     return []
 
 
+def learned_position_limit(model: torch.nn.Module) -> int | None:
+    """The number of positions a model with a learned position table (GPT-2's ``wpe``, OPT's
+    ``embed_positions``, GPT-Neo's, ...) can embed; None for models without one (RoPE, ALiBi)."""
+    for module_name, module in model.named_modules():
+        if (isinstance(module, torch.nn.Embedding)
+                and module_name.rsplit(".", 1)[-1] in ("wpe", "embed_positions", "position_embeddings")):
+            return module.num_embeddings - int(getattr(module, "offset", 0))  # OPT's table starts at offset 2
+    return None
+
+
 def check_positions(model: torch.nn.Module, name: str, prompt_lengths: torch.Tensor, depth: int) -> None:
-    """Refuse a decode across the length at which a model's RoPE changes its frequencies. Longrope (Phi-3) takes its
+    """Refuse a decode past a learned position table (an index error inside the model otherwise), or across the
+    length at which a model's RoPE changes its frequencies. Longrope (Phi-3) takes its
     short or long factors per call from the largest position in the call (switching at
     ``original_max_position_embeddings``); dynamic NTK rescales beyond ``max_position_embeddings``. The decoders'
     calls hold other positions than generate's (a tree reaches deeper ones in one call; finished requests leave
     the batch), so unless every call falls on one side, their scores would differ."""
     config = getattr(model, "config", None)
-    settings = _rope_settings(config)
-    if not settings:
-        return
     shortest, longest = int(prompt_lengths.min()), int(prompt_lengths.max())
     last = longest + depth - 1  # the largest sequence length a call can see
+    table = learned_position_limit(model)
+    if table is not None and last > table:
+        raise ValueError(f"{name} ({type(model).__name__}) has learned position embeddings for {table} positions, and "
+                         f"this decode reaches position {last - 1} (longest prompt {longest} tokens, then "
+                         f"{depth - 1} fed levels): use prompts of at most {table - depth + 1} tokens")
+    settings = _rope_settings(config)
     for params in settings:
         kind = params.get("rope_type", params.get("type"))
         if kind == "longrope":

@@ -238,7 +238,7 @@ def run_eval(args) -> int:
     except ValueError as e:
         raise SystemExit(f"error: {e} ({args.data or 'the synthetic data'})") from None
     narrowest = min([args.draft_beams] if isinstance(args.draft_beams, int) else args.draft_beams or [0])
-    if args.draft_beams is not None and narrowest < max(args.ks):
+    if args.draft and args.draft_beams is not None and narrowest < max(args.ks):  # ignored without --draft
         raise SystemExit(f"error: --draft-beams (N = {width_text(args.draft_beams)}) must be >= every --ks "
                          f"(K = {max(args.ks)})")
     default = (f"eval_{args.split}" + (f"_limit{args.limit}" if args.limit > 0 else "")

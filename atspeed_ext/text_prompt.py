@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from ._rng import seeded_rng
-from .tokenizer import code_tokens
+from .tokenizer import checked_item, checked_token_ids, code_tokens
 from .trie import ItemTrie
 
 __all__ = ["TextPromptTokenizer", "INSTRUCTION_TEMPLATE"]
@@ -71,17 +71,20 @@ class TextPromptTokenizer:
         return self._item_ids
 
     def encode_item(self, item: int) -> list[int]:
-        return self._item_ids[item].tolist()
+        """The token ids of item ``item``'s identifier (``0 <= item < number of items``)."""
+        return self._item_ids[checked_item(item, len(self.identifiers))].tolist()
 
     def prompt_text(self, history: Sequence[int]) -> str:
-        return self.template.format(history=", ".join("".join(self.identifiers[i]) for i in history))
+        n = len(self.identifiers)
+        return self.template.format(history=", ".join("".join(self.identifiers[checked_item(i, n)]) for i in history))
 
     def encode_prompt(self, history: Sequence[int]) -> list[int]:
         """The token ids of :meth:`prompt_text` (with the tokenizer's own BOS handling)."""
         return self.hf(self.prompt_text(history))["input_ids"]
 
-    def decode(self, ids: Sequence[int]) -> list[str]:
-        return self.hf.convert_ids_to_tokens(list(ids))
+    def decode(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
+        """The token strings of ``ids`` (a sequence or a 1-D tensor of token ids)."""
+        return self.hf.convert_ids_to_tokens(checked_token_ids(ids, self.vocab_size))
 
     def trie(self, with_eos: bool = False) -> ItemTrie:
         """The item trie over this tokenizer's ids (item ``i`` is trie item ``i``)."""

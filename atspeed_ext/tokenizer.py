@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Sequence
 
@@ -9,7 +10,7 @@ import torch
 
 from .trie import ItemTrie
 
-__all__ = ["CodeTokenizer", "code_tokens"]
+__all__ = ["CodeTokenizer", "code_tokens", "checked_item", "checked_token_ids"]
 
 _CODE = re.compile(r"^<([a-z])_(\d+)>$")
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<sep>")
@@ -28,6 +29,29 @@ def code_tokens(identifiers: Sequence[Sequence[str]]) -> list[str]:
             codes.add(c)
     # The code itself breaks ties ('<a_1>' and '<a_01>' are two codes of one number): set order varies by process.
     return sorted(codes, key=lambda c: (_CODE.match(c).group(1), int(_CODE.match(c).group(2)), c))
+
+
+def checked_item(item, num_items: int) -> int:
+    """``item`` if it is an item id (an int in 0 .. num_items - 1), else a ValueError naming it."""
+    if isinstance(item, bool) or not isinstance(item, numbers.Integral) or not 0 <= item < num_items:
+        raise ValueError(f"item {item!r} is not an item id of this tokenizer (ints 0 .. {num_items - 1})")
+    return int(item)
+
+
+def checked_token_ids(ids, vocab_size: int) -> list[int]:
+    """``ids`` (a sequence or a 1-D tensor) as a list of token ids in 0 .. vocab_size - 1, else a ValueError
+    naming the first bad one."""
+    if isinstance(ids, torch.Tensor):
+        if ids.dim() != 1:
+            raise ValueError(f"expected a 1-D tensor of token ids, got shape {tuple(ids.shape)}")
+        ids = ids.tolist()
+    ids = list(ids)
+    for pos, i in enumerate(ids):
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < vocab_size:
+            hint = " (-1 marks an invalid beam in decoder outputs: see their valid mask)" if i == -1 else ""
+            raise ValueError(f"ids[{pos}] = {i!r} is not a token id of this tokenizer (ints 0 .. {vocab_size - 1})"
+                             f"{hint}")
+    return [int(i) for i in ids]
 
 
 class CodeTokenizer:
@@ -60,7 +84,8 @@ class CodeTokenizer:
         return self._item_ids
 
     def encode_item(self, item: int) -> list[int]:
-        return self._item_ids[item].tolist()
+        """The token ids of item ``item``'s identifier (``0 <= item < number of items``)."""
+        return self._item_ids[checked_item(item, len(self.identifiers))].tolist()
 
     def encode_prompt(self, history: Sequence[int]) -> list[int]:
         """``<bos>`` + the codes of the history items + ``<sep>``."""
@@ -70,8 +95,9 @@ class CodeTokenizer:
         ids.append(self.sep_token_id)
         return ids
 
-    def decode(self, ids: Sequence[int]) -> list[str]:
-        return [self.tokens[i] for i in ids]
+    def decode(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
+        """The token strings of ``ids`` (a sequence or a 1-D tensor of token ids)."""
+        return [self.tokens[i] for i in checked_token_ids(ids, self.vocab_size)]
 
     def trie(self, with_eos: bool = False) -> ItemTrie:
         """The item trie over identifier token ids (item ``i`` is trie item ``i``)."""

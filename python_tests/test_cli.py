@@ -514,6 +514,8 @@ def test_options_at_their_defaults_or_where_they_act_pass_the_check():
 
 def test_an_ignored_option_is_reported_and_the_command_runs(tiny_run, tmp_path, capsys):
     assert main(["eval", *SMALL, "--checkpoint", str(tiny_run / "best"), "--ks", "3", "--limit", "3", "--gamma", "2",
-                 "--output", str(tmp_path / "r.json")]) == 0
-    assert "warning: --gamma is ignored: it only acts with --draft" in capsys.readouterr().err
+                 "--draft-beams", "2", "--output", str(tmp_path / "r.json")]) == 0  # N < K: not checked, not used
+    err = capsys.readouterr().err
+    assert "warning: --gamma is ignored: it only acts with --draft" in err
+    assert "warning: --draft-beams is ignored: it only acts with --draft" in err
     assert "speculative" not in (tmp_path / "r.json").read_text()

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from atspeed_ext.data import DataError, load_lcrec
 from atspeed_ext.metrics import hits_of_ranking, popularity_ranking, recall_ndcg
@@ -101,6 +102,24 @@ def test_tokenizer_and_trie():
     assert tok.trie(with_eos=True).items_of([5, 7, 2]) == [0, 2]
     with pytest.raises(ValueError, match="is not a code"):
         CodeTokenizer([("a1",)])
+    assert tok.decode(torch.tensor([4, 6])) == ["<a_1>", "<b_3>"]  # a row of a decoder's sequences
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda tok: tok.encode_item(-1), r"item -1 is not an item id of this tokenizer \(ints 0 \.\. 2\)"),
+    (lambda tok: tok.encode_item(3), r"item 3 is not an item id"),
+    (lambda tok: tok.encode_item(True), r"item True is not an item id"),
+    (lambda tok: tok.encode_prompt([0, -1]), r"item -1 is not an item id"),
+    (lambda tok: tok.decode([4, -1]), r"ids\[1\] = -1 is not a token id of this tokenizer \(ints 0 \.\. 7\) "
+                                      r"\(-1 marks an invalid beam in decoder outputs"),
+    (lambda tok: tok.decode([8]), r"ids\[0\] = 8 is not a token id"),
+    (lambda tok: tok.decode(torch.zeros(2, 2, dtype=torch.long)), r"expected a 1-D tensor of token ids, got shape"),
+])
+def test_tokenizer_refuses_ids_out_of_range(call, message):
+    # A negative id used to wrap around to the last item or token (-1 marks invalid beams in decoder outputs).
+    tok = CodeTokenizer([("<a_2>", "<b_10>"), ("<a_1>", "<b_3>"), ("<a_2>", "<b_10>")])
+    with pytest.raises(ValueError, match=message):
+        call(tok)
 
 
 def test_code_order_does_not_depend_on_the_process(tmp_path):

@@ -106,6 +106,29 @@ def test_length_dependent_rope_is_refused_across_its_switch(name, lengths, refus
         torch.testing.assert_close(got.scores, want.scores, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["gpt2", "opt"])
+def test_a_decode_past_a_learned_position_table_is_refused(name):
+    # Positions reach longest prompt + depth - 2: with 16 learned positions and a depth-4 trie, 13-token prompts
+    # fit and 14-token ones do not. (They failed with an IndexError inside the embedding; on CUDA a device assert.)
+    torch.manual_seed(0)
+    if name == "gpt2":
+        model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=32, n_layer=1, n_head=4))
+    else:  # OPT's table has 2 extra rows (its positions start at offset 2)
+        model = tf.OPTForCausalLM(tf.OPTConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1,
+                                               num_attention_heads=4, ffn_dim=64, word_embed_proj_dim=32,
+                                               max_position_embeddings=16))
+    model = model.double().eval()
+    fits, too_long = [[5 + i % 50 for i in range(13)], [7, 8]], [[5 + i % 50 for i in range(14)]]
+    beam = BeamSearchDecoder(model, TRIE, 4)
+    spec = SpecBeamDecoder(model, model, TRIE, 4, 8, 2)
+    for decoder in (beam, spec):
+        with pytest.raises(ValueError, match="learned position embeddings for 16 positions, and this decode reaches "
+                                             "position 16 .* use prompts of at most 13 tokens"):
+            decoder.generate(too_long)
+    want, got = beam.generate(fits), spec.generate(fits)
+    assert want.valid.all() and torch.equal(got.sequences, want.sequences)
+
+
 def test_eager_float64_padded_prompts_decode_like_sdpa():
     # Eager attention runs its softmax in float32: a padding row that saw nothing gave NaN, which spread through
     # the row and made BeamSearchDecoder return every beam of a padded prompt invalid (SpecBeamDecoder did not).

@@ -52,6 +52,11 @@ def test_codes_are_single_added_tokens_and_prompts_carry_them(data):
     flat = [i for i in prompt if i >= base]  # the code tokens of the prompt, in order
     assert flat == [t for item in history for t in tok.encode_item(item)]
     assert TextPromptTokenizer(hf, data.identifiers).vocab_size == tok.vocab_size  # adding again reuses the codes
+    for bad, message in ((lambda: tok.encode_item(-1), "item -1 is not an item id"),
+                         (lambda: tok.encode_prompt([3, data.num_items]), f"item {data.num_items} is not an item id"),
+                         (lambda: tok.decode([-1]), "ids\\[0\\] = -1 is not a token id")):
+        with pytest.raises(ValueError, match=message):
+            bad()
 
 
 def test_trie_is_in_the_tokenizer_ids(data):
