@@ -24,6 +24,18 @@ def integer_at_least(low: int):
 
 _positive = integer_at_least(1)
 _non_negative = integer_at_least(0)
+_at_least_two = integer_at_least(2)  # synthetic items: a next item needs another item
+
+
+def _seed(text: str) -> int:
+    """An argparse type: a seed, an integer in [0, 2**63) (torch's generators take no more)."""
+    value = int(text)
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {value}")
+    return value
+
+
+_seed.__name__ = "seed"
 
 
 def draft_widths(text: str) -> int | tuple[int, ...]:
@@ -67,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "DIR) and compare target-only with speculative beam search")
     demo.add_argument("--data", default=None, help="an LC-Rec data directory (default: synthetic data)")
     demo.add_argument("--users", type=_positive, default=2000, help="synthetic users (default 2000)")
-    demo.add_argument("--items", type=_positive, default=500, help="synthetic items (default 500)")
+    demo.add_argument("--items", type=_at_least_two, default=500, help="synthetic items (default 500)")
     demo.add_argument("--target-preset", default="target-4x256", help="target model preset (default target-4x256)")
     demo.add_argument("--draft-preset", default="tiny-1x64", help="draft model preset (default tiny-1x64)")
     demo.add_argument("--epochs", type=_positive, default=3, help="training epochs of each model (default 3)")
@@ -76,15 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-beams", type=_positive, default=10, help="K (default 10)")
     demo.add_argument("--draft-beams", type=_positive, default=20, help="N (default 20)")
     demo.add_argument("--gamma", type=_positive, default=3, help="drafted levels per round (default 3)")
-    demo.add_argument("--draft-policy", choices=["beam", "anchored"], default="anchored")
+    demo.add_argument("--draft-policy", choices=["beam", "anchored"], default="anchored",
+                      help="how a level's N nodes are drafted (default anchored)")
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_seed, default=0)
 
     def data_options(p):
         p.add_argument("--data", default=None, help="an LC-Rec data directory (default: the synthetic data set)")
         p.add_argument("--max-history", type=_positive, default=20, help="history items per prompt (default 20)")
         p.add_argument("--synthetic-users", type=_positive, default=2000)
-        p.add_argument("--synthetic-items", type=_positive, default=500)
+        p.add_argument("--synthetic-items", type=_at_least_two, default=500)
         p.add_argument("--with-eos", action="store_true", help="end identifiers with <eos> (trie depth L + 1)")
         p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
 
@@ -106,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"validation prompts used (default {eval_prompts}; 0: no validation, no early "
                             "stopping, every checkpoint is the best)")
         p.add_argument("--patience", type=_positive, default=3, help="validations without improvement before stopping")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=_seed, default=0)
         p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                        help="bf16: bfloat16 autocast, faster on CPUs with bfloat16 units (AMX, AVX512-BF16) "
                             "and on GPUs (default fp32)")
@@ -196,7 +209,8 @@ def _trains_on_valid(args) -> bool:
     return getattr(args, "train_on_valid", False) or getattr(args, "valid_only", False)
 
 
-def _validates(args) -> bool:
+def validates(args) -> bool:
+    """Whether a training command validates (--eval-prompts > 0 and the validation items are not trained on)."""
     return args.eval_prompts > 0 and not _trains_on_valid(args)
 
 
@@ -218,10 +232,10 @@ _CONDITIONAL_OPTIONS = [
     (("eval",), "--gamma", lambda a: a.draft is not None, "with --draft"),
     (("eval",), "--draft-policy", lambda a: a.draft is not None, "with --draft"),
     (("train-target",), "--eval-prompts", lambda a: not _trains_on_valid(a), _NO_VALIDATION),
-    (("train-target", "train-draft"), "--patience", lambda a: _validates(a), _VALIDATION),
-    (("train-draft",), "--val-beams", lambda a: _validates(a), _VALIDATION),
-    (("train-draft",), "--val-draft-beams", lambda a: _validates(a), _VALIDATION),
-    (("train-draft",), "--val-gamma", lambda a: _validates(a), _VALIDATION),
+    (("train-target", "train-draft"), "--patience", lambda a: validates(a), _VALIDATION),
+    (("train-draft",), "--val-beams", lambda a: validates(a), _VALIDATION),
+    (("train-draft",), "--val-draft-beams", lambda a: validates(a), _VALIDATION),
+    (("train-draft",), "--val-gamma", lambda a: validates(a), _VALIDATION),
     (("train-draft",), "--on-policy-beams", lambda a: a.on_policy, "with --on-policy"),
     (("train-draft",), "--topk", lambda a: a.objective == "atspeed-s", "with --objective atspeed-s"),
     (("train-draft",), "--alpha", lambda a: a.objective != "ce",
@@ -274,11 +288,20 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # its per-file load / save bars would break the training bar into pieces
     from .align.commands import run_teacher, run_train_draft
-    from .commands import run_eval, run_train_target
+    from .commands import forget_created_folders, remove_created_empty_folders, run_eval, run_train_target
     from .demo import run_demo
 
     command = {"demo": run_demo, "train-target": run_train_target, "eval": run_eval, "teacher": run_teacher,
                "train-draft": run_train_draft}[args.command]
+    forget_created_folders()
+    try:
+        return _run(command, args)
+    except BaseException:  # a command that fails leaves no empty output folder of its own behind
+        remove_created_empty_folders()
+        raise
+
+
+def _run(command, args) -> int:
     try:
         return command(args)
     except KeyboardInterrupt:

@@ -81,6 +81,15 @@ def check_history_length(checkpoint: str, data) -> None:
               f"up to {data.max_history} (--max-history {trained} to match)", file=sys.stderr)
 
 
+def warn_eos_mismatch(checkpoint: str, with_eos: bool, role: str, consequence: str) -> None:
+    """Warn when ``checkpoint`` was trained with (or without) ``<eos>`` ending its identifiers and is used the
+    other way (its meta.json records it; checkpoints without the record are not checked)."""
+    trained = checkpoint_meta(checkpoint).get("with_eos")
+    if trained is not None and trained != with_eos:
+        print(f"warning: {role} {checkpoint} was trained {'with' if trained else 'without'} <eos> ending its "
+              f"identifiers, but {'with' if with_eos else 'without'} here: {consequence}", file=sys.stderr)
+
+
 def check_same_prompts(target_tokenizer, draft_tokenizer, num_items: int, draft_name: str, target_name: str) -> None:
     """A draft is trained on, and decodes, the token ids of the target's tokenizer: refuse one whose own tokenizer
     spells prompts or items otherwise (an identifier model against a text-prompt LLM, two LLM families)."""
@@ -107,11 +116,33 @@ def parse_device(name: str | None) -> torch.device:
     return device
 
 
+#: Output folders this process created (:func:`writable_folder`), removed again by the CLI if still empty when its
+#: command fails.
+_created_folders: list[Path] = []
+
+
+def forget_created_folders() -> None:
+    """Start a command: folders created before it are not its own."""
+    _created_folders.clear()
+
+
+def remove_created_empty_folders() -> None:
+    """Remove the output folders this process created that are still empty (a failed command's)."""
+    while _created_folders:
+        folder = _created_folders.pop()
+        try:
+            folder.rmdir()  # only if empty
+        except OSError:
+            pass
+
+
 def writable_folder(out: Path, option: str) -> None:
     """Create ``out`` (and its parents) and check that files can be written in it, before any work whose results
     would go there (a bad --out used to fail at the first save, after an epoch of training)."""
     if out.exists() and not out.is_dir():
         raise SystemExit(f"error: {option} {out} is a file; give a folder")
+    if not out.exists():
+        _created_folders.append(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".atspeed-write-test-{os.getpid()}"
@@ -178,6 +209,8 @@ def run_train_target(args) -> int:
     prepare_output(out, args)
     if args.init:  # one of our checkpoints, or a local HF causal LM + its tokenizer, prompted with text
         model, tokenizer = load_checkpoint(args.init, device, identifiers=data.identifiers)
+        warn_eos_mismatch(args.init, args.with_eos, "--init", f"this run trains it "
+                          f"{'with' if args.with_eos else 'without'} <eos> (--with-eos)")
     else:
         tokenizer = CodeTokenizer(data.identifiers)
         model = build_model(args.preset, tokenizer.vocab_size, seed=args.seed).to(device)
@@ -231,6 +264,9 @@ def width_text(draft_beams) -> str:
 
 
 def run_eval(args) -> int:
+    repeated = sorted({k for k in args.ks if args.ks.count(k) > 1})
+    if repeated:
+        raise SystemExit(f"error: --ks gives K = {repeated[0]} more than once; give each K once")
     data = data_of(args)
     device = device_of(args)
     try:
@@ -262,6 +298,8 @@ def run_eval(args) -> int:
         draft, draft_tokenizer = load_checkpoint(args.draft, device, identifiers=data.identifiers)
         check_same_prompts(tokenizer, draft_tokenizer, data.num_items, f"--draft {args.draft}",
                            f"--checkpoint {args.checkpoint}")
+        warn_eos_mismatch(args.draft, args.with_eos, "--draft", "it drafts this trie's levels worse (the lists stay "
+                          "beam search's; only the speed-up suffers)")
         speculation = Speculation(draft, args.draft_beams, args.gamma, args.draft_policy)
         drafted_depths = tokenizer.trie(args.with_eos).depth - 1
         if isinstance(args.draft_beams, tuple) and len(args.draft_beams) > drafted_depths:

@@ -4,8 +4,9 @@ On a CPU, a bfloat16 ``nn.Linear`` re-lays its weight out for oneDNN on every ca
 step feeds, that is most of the call (a 512 x 1408 linear on this repository's AMX Xeon: ~75 us at 10 tokens, ~37
 us packed once). Packing once makes both decoders about 13-15% faster on the Beauty target-8x512 (README).
 Inference only: no gradient reaches a packed layer or flows through it. The packed copy follows the weight through
-``load_state_dict``, ``.to()`` / ``.float()``, copies and pickles (packed again at the next call); other in-place
-writes to a weight are not seen.
+``load_state_dict``, copies and pickles (packed again at the next call); after ``.to()`` / ``.float()`` to another
+device or dtype the next call refuses with an error that says to load the model again. Other in-place writes to a
+weight are not seen.
 """
 
 from __future__ import annotations

@@ -125,11 +125,27 @@ class RecData:
         return counts
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object's pairs as a dict, refusing a repeated key (plain ``json`` keeps the last silently)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def _read_index(path: Path) -> list[tuple[str, ...]]:
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(), object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON (line {exc.lineno}): {exc.msg}") from exc
+    except _DuplicateKey as exc:
+        raise DataError(f"{path}: item {exc.args[0]!r} is given twice (JSON keeps only the last)") from None
     if not isinstance(raw, dict) or not raw:
         raise DataError(f"{path}: expected a non-empty JSON object {{item id: [codes]}}")
     keys = sorted(raw, key=lambda k: int(k) if _ITEM_KEY.fullmatch(k) else -1)

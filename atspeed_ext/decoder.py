@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from . import _ops
+from ._checks import is_int
 from ._hf_compat import ForwardSignature
 from ._inputs import (beam_cache_slots, check_cache_window, check_model_and_trie, check_positions, model_device,
                       model_vocab_sizes, normalise_prompts)
@@ -36,9 +37,10 @@ class SeededUniforms:
     """
 
     def __init__(self, seed: int | None):
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64):
+        if seed is not None and (not is_int(seed) or not 0 <= seed < 2 ** 64):
             raise ValueError(f"seed must be None or an int in [0, 2**64), got {seed!r}")
-        self.seed = seed
+        self.seed = None if seed is None else int(seed)
+        seed = self.seed
         self.generator = torch.Generator()
         if seed is None:
             self.generator.seed()
@@ -114,8 +116,9 @@ class BeamSearchDecoder:
 
     def __init__(self, model: torch.nn.Module, trie: ItemTrie, num_beams: int, do_sample: bool = False,
                  temperature: float = 1.0, seed: int | None = None):
-        if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
+        if not is_int(num_beams) or num_beams < 1:
             raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}")
+        num_beams = int(num_beams)
         if not isinstance(do_sample, bool):
             raise ValueError(f"do_sample must be a bool, got {do_sample!r}")
         self.temperature = check_temperature(temperature)

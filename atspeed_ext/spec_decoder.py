@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import _ops
+from ._checks import is_int
 from ._nvtx import nvtx_range
 from ._inputs import (check_cache_window, check_model_and_trie, check_positions, model_device, model_vocab_sizes,
                       normalise_prompts, spec_cache_slots)
@@ -107,11 +108,12 @@ def _depth_widths(draft_beams, K: int, trie: ItemTrie, verification: str) -> lis
     else:
         values = [draft_beams]
     for d, v in enumerate(values, 1):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if not is_int(v) or v < 1:
             raise ValueError(f"draft_beams must be an int >= 1 or a sequence of them, got {draft_beams!r}")
         if v < K:
-            where = "" if isinstance(draft_beams, int) else f" at depth {d}"
+            where = "" if is_int(draft_beams) else f" at depth {d}"
             raise ValueError(f"draft_beams (N = {v}{where}) must be >= num_beams (K = {K})")
+    values = [int(v) for v in values]
     return values + [values[-1]] * (levels - len(values))
 
 
@@ -223,8 +225,9 @@ class SpecBeamDecoder:
                  draft_beams: int, gamma: int = 3, verification: str = "strict", draft_policy: str | None = None,
                  temperature: float = 1.0, seed: int | None = None, skip_exhaustive_draft: bool = True):
         for name, value in (("num_beams", num_beams), ("gamma", gamma)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        num_beams, gamma = int(num_beams), int(gamma)
         if verification not in VERIFICATIONS:
             raise ValueError(f"verification must be one of {VERIFICATIONS}, got {verification!r}")
         self.temperature = check_temperature(temperature)
@@ -253,7 +256,7 @@ class SpecBeamDecoder:
             raise ValueError(f"target is on {model_device(target)} but draft is on {model_device(draft)}")
         self.target, self.draft, self.trie = target, draft, trie
         self.num_beams, self.gamma = num_beams, gamma
-        self.draft_beams = draft_beams if isinstance(draft_beams, int) else tuple(draft_beams)
+        self.draft_beams = int(draft_beams) if is_int(draft_beams) else tuple(widths[:len(draft_beams)])
         self._widths = widths  # the drafted level's width at each trie depth 1 .. depth - 1
         self._uniform_width = widths[0] if len(set(widths)) == 1 else None
         self.verification, self.draft_policy = verification, draft_policy
@@ -496,7 +499,7 @@ class SpecBeamDecoder:
         sits in the two caches."""
         rows, K = state.scores.shape
         # Levels of different widths are padded to the widest, with nodes that are not live.
-        N = max([K] + [level.parent.shape[1] for level in levels])
+        N = max([K] + [level.parent.shape[1] for level in levels]) if levels else max(self._widths)
         for level in levels:
             pad = N - level.parent.shape[1]
             if pad:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from . import _C
+from ._checks import is_int
 
 __all__ = ["ItemTrie"]
 
@@ -45,8 +46,9 @@ class ItemTrie:
     ):
         table = _as_identifier_table(sequences)
         if eos_token_id is not None:
-            if isinstance(eos_token_id, bool) or not isinstance(eos_token_id, int) or eos_token_id < 0:
+            if not is_int(eos_token_id) or eos_token_id < 0:
                 raise ValueError(f"eos_token_id must be a non-negative int or None, got {eos_token_id!r}")
+            eos_token_id = int(eos_token_id)
             if bool((table == eos_token_id).any()):
                 raise ValueError(
                     f"eos_token_id={eos_token_id} also occurs inside an identifier; it must only end them"
@@ -54,8 +56,9 @@ class ItemTrie:
             table = torch.cat([table, torch.full((table.shape[0], 1), eos_token_id, dtype=torch.long)], 1)
         max_token = int(table.max())
         if vocab_size is not None:
-            if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+            if not is_int(vocab_size) or vocab_size < 1:
                 raise ValueError(f"vocab_size must be a positive int or None, got {vocab_size!r}")
+            vocab_size = int(vocab_size)
             if max_token >= vocab_size:
                 row = int((table >= vocab_size).any(1).nonzero()[0])
                 raise ValueError(
@@ -233,7 +236,10 @@ def _as_identifier_table(sequences) -> torch.Tensor:
             raise ValueError(f"sequences must contain integer token ids only ({exc})") from exc
         if table.dtype.is_floating_point or table.dtype.is_complex or table.dtype == torch.bool:
             raise ValueError(f"sequences must contain integer token ids only, got values of dtype {table.dtype}")
-        table = table.reshape(len(rows), -1).long()
+        if table.dim() != 2:  # rows of rows: reshaping would flatten them silently
+            raise ValueError(f"sequences must be a 2-D [num_items, L] table of token ids, got nested lists of shape "
+                             f"{tuple(table.shape)}")
+        table = table.long()
     if table.shape[0] == 0 or table.shape[1] == 0:
         raise ValueError(f"sequences must be non-empty [num_items >= 1, L >= 1], got shape {tuple(table.shape)}")
     if bool((table < 0).any()):

@@ -113,6 +113,37 @@ def test_teacher_data_round_trip_deterministic_and_resumable(setup, tmp_path):
         TeacherData(tmp_path, levels)
 
 
+@pytest.mark.parametrize("damage", ["truncate", "header", "empty", "shape"])
+def test_a_damaged_shard_is_refused_by_the_reader_and_computed_again(setup, tmp_path, damage, capsys):
+    # A damaged shard used to count as done ("complete: nothing to compute") and to crash train-draft with a
+    # raw SafetensorError.
+    from safetensors.torch import load_file, save_file
+
+    data, tok, levels = setup
+    model = build_model("tiny-1x64", tok.vocab_size, seed=0).eval()
+    examples = data.train_examples()[:40]
+    run = lambda: generate_teacher_data(model, tok, examples, tmp_path, num_beams=4, batch_size=9,  # noqa: E731
+                                        shard_size=32, progress=False)
+    run()
+    shard = tmp_path / "shard_00001.safetensors"  # 8 prompts
+    whole = shard.read_bytes()
+    if damage == "truncate":
+        shard.write_bytes(whole[:-10])
+    elif damage == "header":
+        shard.write_bytes(b"\xff" * 8 + whole[8:])
+    elif damage == "empty":
+        shard.write_bytes(b"")
+    else:  # a readable file of the wrong shape (another run's shard)
+        tensors = load_file(str(shard))
+        save_file({k: v[:-1] for k, v in tensors.items()}, str(shard))
+    with pytest.raises(ValueError, match="shard_00001.safetensors is damaged .*rerun `atspeed-ext teacher`"):
+        TeacherData(tmp_path, levels)
+    run()
+    assert "shard_00001.safetensors is damaged" in capsys.readouterr().err
+    assert shard.read_bytes() == whole  # computed again, the same bytes
+    TeacherData(tmp_path, levels).get([35])
+
+
 def test_teacher_with_uneven_levels_and_invalid_beams(tmp_path):
     """Levels of 3, 5 and 2 codes (padding slots) and more beams than items (invalid beams): stored and read
     back exactly where the trie allows, -inf elsewhere, and every loss stays finite."""

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from atspeed_ext import BeamSearchDecoder, ItemTrie
+from atspeed_ext import BeamSearchDecoder, ItemTrie, SpecBeamDecoder
 from atspeed_ext.hf import hf_constrained_beam_search
 from conftest import CUDA, left_pad, random_identifiers, random_prompts, requires_cuda, tiny_model
 
@@ -122,6 +122,8 @@ def test_bad_input_raises_clear_errors():
         BeamSearchDecoder(model, trie, 0)
     with pytest.raises(ValueError, match="num_beams"):
         BeamSearchDecoder(model, trie, 2.0)
+    with pytest.raises(ValueError, match="num_beams"):
+        BeamSearchDecoder(model, trie, True)
     with pytest.raises(ValueError, match="vocabulary mismatch"):
         BeamSearchDecoder(model, ItemTrie([[3, 70]]), 2)
     with pytest.raises(ValueError, match="built for a vocabulary of 100 tokens \\(its largest token id is 9\\)"):
@@ -180,3 +182,21 @@ def test_gpu_matches_cpu(family):
     gpu = BeamSearchDecoder(model.cuda(), trie, 10).generate(prompts)
     assert torch.equal(cpu.sequences, gpu.sequences.cpu()) and cpu.item_ids == gpu.item_ids
     torch.testing.assert_close(cpu.scores, gpu.scores.cpu(), atol=1e-5, rtol=0)
+
+
+def test_numpy_integers_are_ints():
+    # K, seeds and widths computed with numpy were refused ("must be an int").
+    np = pytest.importorskip("numpy")
+    model = tiny_model("llama", VOCAB, seed=0)
+    trie = ItemTrie(random_identifiers(30, 3, 4, seed=0))
+    prompts = [[5, 6, 7], [8]]
+    want = BeamSearchDecoder(model, trie, 3).generate(prompts)
+    got = BeamSearchDecoder(model, trie, np.int64(3)).generate(prompts)
+    assert torch.equal(got.sequences, want.sequences)
+    a = BeamSearchDecoder(model, trie, 3, do_sample=True, seed=np.uint64(7)).generate(prompts)
+    b = BeamSearchDecoder(model, trie, 3, do_sample=True, seed=7).generate(prompts)
+    assert torch.equal(a.sequences, b.sequences)
+    draft = tiny_model("llama", VOCAB, seed=1, layers=1)
+    spec = SpecBeamDecoder(model, draft, trie, np.int32(3), [np.int64(6), 4], np.int64(2))
+    assert (spec.num_beams, spec.gamma, spec.draft_beams) == (3, 2, (6, 4))
+    assert torch.equal(spec.generate(prompts).sequences, want.sequences)

@@ -274,6 +274,10 @@ def tiny_run(tmp_path_factory):
     (["eval", "--checkpoint", "x", "--draft-beams", "20,x"],
      "argument --draft-beams: expected N or N1,N2,... (integers >= 1), got '20,x'"),
     (["eval", "--checkpoint", "x", "--draft-beams", "20,0"], "argument --draft-beams: every width must be >= 1"),
+    (["train-target", "--seed", "-1"], "argument --seed: must be in [0, 2**63), got -1"),
+    (["train-target", "--seed", str(2 ** 64)], "argument --seed: must be in [0, 2**63)"),  # was: "Overflow ..."
+    (["train-target", "--synthetic-items", "1"], "argument --synthetic-items: must be >= 2, got 1"),
+    (["demo", "--items", "1"], "argument --items: must be >= 2, got 1"),
 ])
 def test_bad_option_values_are_named(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -519,3 +523,53 @@ def test_an_ignored_option_is_reported_and_the_command_runs(tiny_run, tmp_path, 
     assert "warning: --gamma is ignored: it only acts with --draft" in err
     assert "warning: --draft-beams is ignored: it only acts with --draft" in err
     assert "speculative" not in (tmp_path / "r.json").read_text()
+
+
+def test_a_checkpoint_used_with_the_other_eos_setting_is_pointed_out(tiny_run, tmp_path, capsys):
+    # eval refused a --checkpoint of the other <eos> setting, but drafts, --init and the teacher's and
+    # train-draft's targets were used either way without a word.
+    eos_run = tmp_path / "eos"
+    assert main(["train-target", *SMALL, "--preset", "tiny-1x64", "--max-steps", "1", "--eval-prompts", "0",
+                 "--with-eos", "--out", str(eos_run)]) == 0
+    plain, eos = str(tiny_run / "best"), str(eos_run / "best")
+    capsys.readouterr()
+    for argv, role in (
+            (["eval", *SMALL, "--checkpoint", plain, "--ks", "3", "--limit", "2", "--draft", eos,
+              "--output", str(tmp_path / "r.json")], "--draft"),
+            (["train-target", *SMALL, "--init", eos, "--max-steps", "1", "--eval-prompts", "0",
+              "--out", str(tmp_path / "cont")], "--init"),
+            (["teacher", *SMALL, "--checkpoint", eos, "--num-beams", "3", "--limit", "4",
+              "--out", str(tmp_path / "teacher")], "--checkpoint"),
+            (["train-draft", *SMALL, "--target", eos, "--objective", "ce", "--preset", "tiny-1x64", "--max-steps", "1",
+              "--eval-prompts", "0", "--out", str(tmp_path / "draft")], "--target")):
+        assert main(argv) == 0
+        assert f"warning: {role} {eos} was trained with <eos> ending its identifiers, but without here" \
+            in capsys.readouterr().err
+    assert main(["eval", *SMALL, "--checkpoint", plain, "--ks", "3", "--limit", "2", "--draft", plain,
+                 "--output", str(tmp_path / "same.json")]) == 0
+    assert "<eos>" not in capsys.readouterr().err
+
+
+def test_more_user_errors_are_named_before_any_work(tiny_run, tmp_path, capsys):
+    best = str(tiny_run / "best")
+    with pytest.raises(SystemExit, match="--ks gives K = 5 more than once"):  # was evaluated twice
+        main(["eval", *SMALL, "--checkpoint", best, "--ks", "5", "10", "5", "--output", str(tmp_path / "r.json")])
+    with pytest.raises(SystemExit, match=r"--val-draft-beams \(N = 10\) must be >= --val-beams \(K = 20\)"):
+        main(["train-draft", *SMALL, "--target", best, "--val-beams", "20", "--val-draft-beams", "10",
+              "--out", str(tmp_path / "d")])
+    # Without validation the --val-* options are ignored: a warning, and the run goes ahead.
+    assert main(["train-draft", *SMALL, "--target", best, "--objective", "ce", "--preset", "tiny-1x64",
+                 "--max-steps", "1", "--eval-prompts", "0", "--val-beams", "20", "--val-draft-beams", "10",
+                 "--out", str(tmp_path / "d")]) == 0
+    assert "--val-beams is ignored" in capsys.readouterr().err
+
+
+def test_a_failed_command_leaves_no_empty_output_folder(tmp_path):
+    out = tmp_path / "new" / "run"
+    with pytest.raises(SystemExit, match="missing"):
+        main(["train-target", *SMALL, "--init", str(tmp_path / "missing"), "--out", str(out), "--max-steps", "1"])
+    assert not out.exists()
+    out.mkdir(parents=True)  # a folder that was there before is kept
+    with pytest.raises(SystemExit, match="missing"):
+        main(["train-target", *SMALL, "--init", str(tmp_path / "missing"), "--out", str(out), "--max-steps", "1"])
+    assert out.is_dir()

@@ -17,7 +17,7 @@ BEAUTY = Path(__file__).resolve().parents[2] / "shared" / "data" / "beauty"
 def write_dir(tmp_path, index=None, train="1 1 2 3\n2 2 3\n", valid="1 4\n2\n", test="1 2\n2 4 1\n"):
     index = index if index is not None else {"0": ["<a_1>", "<b_2>"], "1": ["<a_1>", "<b_3>"],
                                              "2": ["<a_2>", "<b_2>"], "3": ["<a_1>", "<b_2>"]}
-    (tmp_path / "toy.LCRec-x.json").write_text(json.dumps(index))
+    (tmp_path / "toy.LCRec-x.json").write_text(index if isinstance(index, str) else json.dumps(index))
     for name, text in (("train", train), ("valid", valid), ("test", test)):
         if text is not None:
             (tmp_path / f"sequential_{name}.txt").write_text(text)
@@ -65,6 +65,7 @@ def test_validation_items_as_training_targets_follow_the_test_history(tmp_path):
     ({"index": {"0": ["<a_1>"], "2": ["<a_1>"]}}, r"0-based integers 0..1; found key '2'"),
     ({"index": {"0": ["a1"]}}, r"item 0: expected a list of codes"),
     ({"index": {}}, r"non-empty JSON object"),
+    ({"index": '{"0": ["<a_1>"], "1": ["<a_2>"], "0": ["<a_3>"]}'}, r"item '0' is given twice"),  # was: the last won
 ])
 def test_malformed_files_name_the_file_and_line(tmp_path, kwargs, match):
     with pytest.raises(DataError, match=match):

@@ -93,6 +93,7 @@ def test_sequences_of_nodes_walks_back_to_the_root():
     (torch.zeros(3, dtype=torch.long), "2-D"),
     (torch.zeros(3, 4), "integer tensor"),
     ([[]], "non-empty"),
+    ([[[1, 2]], [[3, 4]]], r"2-D \[num_items, L\] table of token ids, got nested lists of shape \(2, 1, 2\)"),
 ])
 def test_bad_input_raises_value_error(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -118,6 +119,9 @@ def test_numpy_identifiers_build_and_float_queries_are_refused():
     trie = ItemTrie(np.array(table))
     assert trie.items_of(np.array([5, 12])) == [1] and trie.contains([np.int64(7), np.int64(9)])
     assert ItemTrie([np.array(row) for row in table]).child_tokens.tolist() == trie.child_tokens.tolist()
+    with_numpy_ints = ItemTrie(table, eos_token_id=np.int64(3), vocab_size=np.int64(13))  # were refused
+    assert (with_numpy_ints.eos_token_id, with_numpy_ints.vocab_size) == (3, 13)
+    assert type(with_numpy_ints.eos_token_id) is int and type(with_numpy_ints.vocab_size) is int
     for query in ([5.7, 9.9], torch.tensor([5.0, 9.0]), [5, True]):  # int() would silently answer for [5, 9]
         with pytest.raises(ValueError, match="token ids must be integers"):
             trie.contains(query)

@@ -6,12 +6,18 @@ import os
 from pathlib import Path
 
 from ..commands import (cache_dir, check_beams_fit, check_history_length, check_same_prompts, data_of, device_of,
-                        prepare_output, run_of, train_config, writable_folder)
+                        prepare_output, run_of, train_config, warn_eos_mismatch, writable_folder)
 from ..models import build_model, load_checkpoint
 from ..train import run_summary
 from .levels import LevelView
 from .teacher import TeacherData, delete_teacher_data, generate_teacher_data
 from .trainer import ON_POLICY_OBJECTIVES, AlignConfig, needs_teacher, train_draft
+
+
+#: Why a target trained with <eos> deserves a warning in teacher and train-draft (which refuse --with-eos).
+_EOS_NOT_ALIGNED = ("teacher data and draft alignment cover the identifier tokens only, so the draft will not "
+                    "learn the <eos> level this target decodes with (speculative decoding stays lossless; only "
+                    "the <eos> level's acceptance suffers)")
 
 
 def run_teacher(args) -> int:
@@ -20,6 +26,7 @@ def run_teacher(args) -> int:
         raise ValueError("teacher data covers identifier tokens only; drop --with-eos")
     device = device_of(args)
     target, tokenizer = load_checkpoint(args.checkpoint, device, identifiers=data.identifiers)
+    warn_eos_mismatch(args.checkpoint, False, "--checkpoint", _EOS_NOT_ALIGNED)
     check_beams_fit(data, args.num_beams, "--num-beams")
     check_history_length(args.checkpoint, data)
     examples = data.train_examples()
@@ -45,14 +52,22 @@ def run_teacher(args) -> int:
 
 
 def run_train_draft(args) -> int:
+    from ..cli import validates
+
+    validation = {}  # without validation the --val-* options are ignored (and warned about): the defaults
+    if validates(args):
+        if args.val_draft_beams < args.val_beams:  # before the data and the models load
+            raise SystemExit(f"error: --val-draft-beams (N = {args.val_draft_beams}) must be >= --val-beams "
+                             f"(K = {args.val_beams})")
+        validation = dict(val_beams=args.val_beams, val_draft_beams=args.val_draft_beams, val_gamma=args.val_gamma)
     data = data_of(args)
     device = device_of(args)
     align = AlignConfig(objective=args.objective, alpha=args.alpha, temperature=args.temperature, topk=args.topk,
-                        on_policy=args.on_policy, on_policy_beams=args.on_policy_beams, val_beams=args.val_beams,
-                        val_draft_beams=args.val_draft_beams, val_gamma=args.val_gamma)
+                        on_policy=args.on_policy, on_policy_beams=args.on_policy_beams, **validation)
     cfg = train_config(args)
     target, tokenizer = load_checkpoint(args.target, device, identifiers=data.identifiers)
     target.requires_grad_(False)
+    warn_eos_mismatch(args.target, False, "--target", _EOS_NOT_ALIGNED)
     check_history_length(args.target, data)
     if needs_teacher(align) and not args.teacher:
         on_policy = " or --on-policy" if args.objective in ON_POLICY_OBJECTIVES else ""

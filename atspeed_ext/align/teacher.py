@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -104,6 +105,12 @@ def generate_teacher_data(model, tokenizer, examples: list[tuple[tuple[int, ...]
             raise ValueError(f"{out_dir} holds teacher data of other settings ({', '.join(changed)} differ); "
                              "use another directory, or delete it first (atspeed-ext teacher --overwrite)")
     _write_meta(meta_path, meta)
+    for i, (lo, hi) in enumerate(shards):  # a damaged shard is computed again
+        path = out_dir / meta["shards"][i]
+        problem = path.exists() and shard_problem(path, hi - lo, num_beams, levels.depth)
+        if problem:
+            print(f"warning: {path} is damaged ({problem}): computing it again", file=sys.stderr)
+            path.unlink()
     todo = [i for i, _ in enumerate(shards) if not (out_dir / meta["shards"][i]).exists()]
     started = time.perf_counter()
     bar = tqdm(total=len(examples), initial=len(examples) - sum(shards[i][1] - shards[i][0] for i in todo),
@@ -145,6 +152,31 @@ def hash_examples(tokenizer, examples) -> str:
     for history, target in examples:
         h.update(json.dumps([tokenizer.encode_prompt(history), int(target)]).encode())
     return h.hexdigest()[:16]
+
+
+def shard_problem(path: Path, rows: int, num_beams: int, depth: int) -> str | None:
+    """Why ``path`` cannot be a whole teacher shard of ``rows`` prompts (None: it is one, by its safetensors
+    header: the tensors, their shapes and the file size it describes)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if size > path.stat().st_size:
+                return f"its header length ({size} bytes) is beyond the file"
+            header = json.loads(f.read(size))
+        end = 8 + size + max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:  # JSON errors are ValueErrors
+        return f"unreadable safetensors header: {type(exc).__name__}"
+    missing = sorted({"chains", "beam_scores", "root", "values", "offsets"} - header.keys())
+    if missing:
+        return f"no {missing[0]!r} tensor"
+    for name, shape in (("chains", [rows, num_beams + 1, depth]), ("beam_scores", [rows, num_beams]),
+                        ("offsets", [rows + 1])):
+        if header[name].get("shape") != shape:
+            return f"{name!r} has shape {header[name].get('shape')}, expected {shape}"
+    actual = path.stat().st_size
+    if actual != end:
+        return f"{actual} bytes, its header describes {end}"
+    return None
 
 
 def _write_meta(path: Path, meta: dict) -> None:
@@ -213,6 +245,13 @@ class TeacherData:
         if missing:
             raise ValueError(f"{self.directory}: incomplete teacher data ({len(missing)} shards missing, e.g. "
                              f"{missing[0]}); rerun `atspeed-ext teacher` to finish it")
+        size, total = self.meta["shard_size"], self.meta["num_examples"]
+        for i, name in enumerate(self.meta["shards"]):
+            problem = shard_problem(self.directory / name, min(size, total - i * size), self.meta["num_beams"],
+                                    self.meta["depth"])
+            if problem:
+                raise ValueError(f"{self.directory / name} is damaged ({problem}); rerun `atspeed-ext teacher` with "
+                                 "the same settings to compute it again")
         if identifiers is not None and hash_identifiers(identifiers) != self.meta["identifiers_hash"]:
             raise ValueError(f"{self.directory}: teacher data of other item identifiers")
         if levels.level_tokens.tolist() != self.meta["level_tokens"]:
