@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
+import weakref
 
 import torch
 
@@ -116,14 +117,22 @@ def _rope_settings(config) -> list[dict]:
     return []
 
 
+#: learned_position_limit's answer per model (walking the modules costs ~80 us, at every generate call).
+_position_limits: "weakref.WeakKeyDictionary[torch.nn.Module, int | None]" = weakref.WeakKeyDictionary()
+
+
 def learned_position_limit(model: torch.nn.Module) -> int | None:
     """The number of positions a model with a learned position table (GPT-2's ``wpe``, OPT's
     ``embed_positions``, GPT-Neo's, ...) can embed; None for models without one (RoPE, ALiBi)."""
-    for module_name, module in model.named_modules():
-        if (isinstance(module, torch.nn.Embedding)
-                and module_name.rsplit(".", 1)[-1] in ("wpe", "embed_positions", "position_embeddings")):
-            return module.num_embeddings - int(getattr(module, "offset", 0))  # OPT's table starts at offset 2
-    return None
+    if model not in _position_limits:
+        limit = None
+        for module_name, module in model.named_modules():
+            if (isinstance(module, torch.nn.Embedding)
+                    and module_name.rsplit(".", 1)[-1] in ("wpe", "embed_positions", "position_embeddings")):
+                limit = module.num_embeddings - int(getattr(module, "offset", 0))  # OPT's starts at offset 2
+                break
+        _position_limits[model] = limit
+    return _position_limits[model]
 
 
 def check_positions(model: torch.nn.Module, name: str, prompt_lengths: torch.Tensor, depth: int) -> None:
