@@ -28,7 +28,8 @@ _at_least_two = integer_at_least(2)  # synthetic items: a next item needs anothe
 
 
 def _seed(text: str) -> int:
-    """An argparse type: a seed, an integer in [0, 2**63) (torch's generators take no more)."""
+    """An argparse type: a seed, an integer in [0, 2**63) (training derives seed + epoch from it, which torch's
+    generators take below 2**64)."""
     value = int(text)
     if not 0 <= value < 2 ** 63:
         raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {value}")
@@ -294,11 +295,13 @@ def main(argv: list[str] | None = None) -> int:
     command = {"demo": run_demo, "train-target": run_train_target, "eval": run_eval, "teacher": run_teacher,
                "train-draft": run_train_draft}[args.command]
     forget_created_folders()
+    status = 1
     try:
-        return _run(command, args)
-    except BaseException:  # a command that fails leaves no empty output folder of its own behind
-        remove_created_empty_folders()
-        raise
+        status = _run(command, args)
+        return status
+    finally:  # a command that fails (or is interrupted) leaves no empty output folder of its own behind
+        if status != 0:
+            remove_created_empty_folders()
 
 
 def _run(command, args) -> int:

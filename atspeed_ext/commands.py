@@ -128,7 +128,7 @@ def forget_created_folders() -> None:
 
 def remove_created_empty_folders() -> None:
     """Remove the output folders this process created that are still empty (a failed command's)."""
-    while _created_folders:
+    while _created_folders:  # deepest first
         folder = _created_folders.pop()
         try:
             folder.rmdir()  # only if empty
@@ -141,8 +141,10 @@ def writable_folder(out: Path, option: str) -> None:
     would go there (a bad --out used to fail at the first save, after an epoch of training)."""
     if out.exists() and not out.is_dir():
         raise SystemExit(f"error: {option} {out} is a file; give a folder")
-    if not out.exists():
-        _created_folders.append(out)
+    missing = [out]  # out and each missing parent, deepest first
+    while not missing[-1].exists():
+        missing.append(missing[-1].parent)
+    _created_folders.extend(reversed(missing[:-1]))  # removed deepest first
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".atspeed-write-test-{os.getpid()}"

@@ -25,6 +25,7 @@ paper's rule (lossy), ``"exact"`` recursive rejection sampling, whose K-sets hav
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -91,11 +92,14 @@ class _Level:
     parent_scores: torch.Tensor | None = None
 
 
-def _depth_widths(draft_beams, K: int, trie: ItemTrie, verification: str) -> list[int]:
-    """``draft_beams`` (an int, or one width per trie depth) as the width of the drafted level at each trie
-    depth 1 .. depth - 1 (at least one entry), checked."""
+def _depth_widths(draft_beams, K: int, trie: ItemTrie, verification: str) -> tuple[list[int], int | tuple]:
+    """``draft_beams`` (an int, or one width per trie depth: a list, tuple, 1-D array or tensor) checked, as the
+    width of the drafted level at each trie depth 1 .. depth - 1 (at least one entry) and as given (an int or a
+    tuple of ints)."""
     levels = max(1, trie.depth - 1)
-    if isinstance(draft_beams, (list, tuple)):
+    if not is_int(draft_beams) and hasattr(draft_beams, "tolist"):  # numpy arrays, tensors
+        draft_beams = draft_beams.tolist()
+    if isinstance(draft_beams, (list, tuple, range)):
         if verification != "strict":
             raise ValueError(f"draft_beams as one width per trie depth needs strict verification; {verification} "
                              f"verification takes one int N, got {draft_beams!r}")
@@ -114,7 +118,7 @@ def _depth_widths(draft_beams, K: int, trie: ItemTrie, verification: str) -> lis
             where = "" if is_int(draft_beams) else f" at depth {d}"
             raise ValueError(f"draft_beams (N = {v}{where}) must be >= num_beams (K = {K})")
     values = [int(v) for v in values]
-    return values + [values[-1]] * (levels - len(values))
+    return values + [values[-1]] * (levels - len(values)), values[0] if is_int(draft_beams) else tuple(values)
 
 
 def _truncate(level: tuple, row_widths: list[int] | None) -> tuple:
@@ -222,8 +226,8 @@ class SpecBeamDecoder:
     """
 
     def __init__(self, target: torch.nn.Module, draft: torch.nn.Module, trie: ItemTrie, num_beams: int,
-                 draft_beams: int, gamma: int = 3, verification: str = "strict", draft_policy: str | None = None,
-                 temperature: float = 1.0, seed: int | None = None, skip_exhaustive_draft: bool = True):
+                 draft_beams: int | Sequence[int], gamma: int = 3, verification: str = "strict",
+                 draft_policy: str | None = None, temperature: float = 1.0, seed: int | None = None, skip_exhaustive_draft: bool = True):
         for name, value in (("num_beams", num_beams), ("gamma", gamma)):
             if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -242,7 +246,7 @@ class SpecBeamDecoder:
             raise ValueError(f"draft_policy must be one of {POLICIES}, got {draft_policy!r}")
         check_model_and_trie(target, trie, "target")
         check_model_and_trie(draft, trie, "draft")
-        widths = _depth_widths(draft_beams, num_beams, trie, verification)
+        widths, draft_beams = _depth_widths(draft_beams, num_beams, trie, verification)
         t_in, t_out = model_vocab_sizes(target)
         d_in, d_out = model_vocab_sizes(draft)
         # Both models read and score every trie token (checked above); their embedding tables may be padded to
@@ -256,7 +260,7 @@ class SpecBeamDecoder:
             raise ValueError(f"target is on {model_device(target)} but draft is on {model_device(draft)}")
         self.target, self.draft, self.trie = target, draft, trie
         self.num_beams, self.gamma = num_beams, gamma
-        self.draft_beams = int(draft_beams) if is_int(draft_beams) else tuple(widths[:len(draft_beams)])
+        self.draft_beams = draft_beams  # an int, or a tuple of widths by depth
         self._widths = widths  # the drafted level's width at each trie depth 1 .. depth - 1
         self._uniform_width = widths[0] if len(set(widths)) == 1 else None
         self.verification, self.draft_policy = verification, draft_policy
@@ -369,11 +373,7 @@ class SpecBeamDecoder:
                 break
             if skipped:  # an exhaustive level is always accepted, so that round ended every request
                 raise RuntimeError("internal error: a round drafted from the trie alone left a request unfinished")
-            with nvtx_range("atspeed/compact", device):
-                # Keep the prompt and the ancestors of the surviving beams (the draft's: before its next call).
-                state.tgt_anchor = _remap(tgt.compact(state.live_slots(state.tgt_anchor)), state.tgt_anchor)
-                draft_stale = dft.cache is not None
-            if finished:  # finished requests leave the batch
+            if finished:  # finished requests leave the batch (first: their slots must not set the cache width)
                 keep = [r for r in range(rows) if t[r] < depth]
                 sel = torch.tensor(keep, device=device)
                 active, t = [active[r] for r in keep], [t[r] for r in keep]
@@ -381,6 +381,10 @@ class SpecBeamDecoder:
                 tgt.select(sel)
                 if dft.cache is not None:
                     dft.select(sel)
+            with nvtx_range("atspeed/compact", device):
+                # Keep the prompt and the ancestors of the surviving beams (the draft's: before its next call).
+                state.tgt_anchor = _remap(tgt.compact(state.live_slots(state.tgt_anchor)), state.tgt_anchor)
+                draft_stale = dft.cache is not None
 
         if self._sampling:  # best score first, like BeamSearchDecoder(do_sample=True)
             out_scores, out_nodes = best_first(out_scores, out_nodes)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import numbers
+import operator
 import re
 from collections.abc import Sequence
 
@@ -31,11 +31,25 @@ def code_tokens(identifiers: Sequence[Sequence[str]]) -> list[str]:
     return sorted(codes, key=lambda c: (_CODE.match(c).group(1), int(_CODE.match(c).group(2)), c))
 
 
+def _as_int(value):
+    """``value`` as a Python int if it is an integer (Python, numpy or a 0-d integer tensor; not a bool), else
+    None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def checked_item(item, num_items: int) -> int:
-    """``item`` if it is an item id (an int in 0 .. num_items - 1), else a ValueError naming it."""
-    if isinstance(item, bool) or not isinstance(item, numbers.Integral) or not 0 <= item < num_items:
-        raise ValueError(f"item {item!r} is not an item id of this tokenizer (ints 0 .. {num_items - 1})")
-    return int(item)
+    """``item`` as an int if it is an item id (an integer in 0 .. num_items - 1), else a ValueError naming it."""
+    value = _as_int(item)
+    if value is None:
+        raise ValueError(f"item {item!r} is not an integer item id")
+    if not 0 <= value < num_items:
+        raise ValueError(f"item {value} is not an item id of this tokenizer (ints 0 .. {num_items - 1})")
+    return value
 
 
 def checked_token_ids(ids, vocab_size: int) -> list[int]:
@@ -45,13 +59,15 @@ def checked_token_ids(ids, vocab_size: int) -> list[int]:
         if ids.dim() != 1:
             raise ValueError(f"expected a 1-D tensor of token ids, got shape {tuple(ids.shape)}")
         ids = ids.tolist()
-    ids = list(ids)
+    out = []
     for pos, i in enumerate(ids):
-        if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < vocab_size:
-            hint = " (-1 marks an invalid beam in decoder outputs: see their valid mask)" if i == -1 else ""
+        value = _as_int(i)
+        if value is None or not 0 <= value < vocab_size:
+            hint = " (-1 marks an invalid beam in decoder outputs: see their valid mask)" if value == -1 else ""
             raise ValueError(f"ids[{pos}] = {i!r} is not a token id of this tokenizer (ints 0 .. {vocab_size - 1})"
                              f"{hint}")
-    return [int(i) for i in ids]
+        out.append(value)
+    return out
 
 
 class CodeTokenizer:

@@ -200,3 +200,6 @@ def test_numpy_integers_are_ints():
     spec = SpecBeamDecoder(model, draft, trie, np.int32(3), [np.int64(6), 4], np.int64(2))
     assert (spec.num_beams, spec.gamma, spec.draft_beams) == (3, 2, (6, 4))
     assert torch.equal(spec.generate(prompts).sequences, want.sequences)
+    for widths in (np.array([6, 4]), torch.tensor([6, 4]), range(6, 3, -2)):  # array-likes of widths by depth
+        assert SpecBeamDecoder(model, draft, trie, 3, widths, 2).draft_beams == (6, 4)
+    assert SpecBeamDecoder(model, draft, trie, 3, torch.tensor(6), 2).draft_beams == 6

@@ -568,7 +568,7 @@ def test_a_failed_command_leaves_no_empty_output_folder(tmp_path):
     out = tmp_path / "new" / "run"
     with pytest.raises(SystemExit, match="missing"):
         main(["train-target", *SMALL, "--init", str(tmp_path / "missing"), "--out", str(out), "--max-steps", "1"])
-    assert not out.exists()
+    assert not (tmp_path / "new").exists()  # nor the parent it created
     out.mkdir(parents=True)  # a folder that was there before is kept
     with pytest.raises(SystemExit, match="missing"):
         main(["train-target", *SMALL, "--init", str(tmp_path / "missing"), "--out", str(out), "--max-steps", "1"])

@@ -104,12 +104,15 @@ def test_tokenizer_and_trie():
     with pytest.raises(ValueError, match="is not a code"):
         CodeTokenizer([("a1",)])
     assert tok.decode(torch.tensor([4, 6])) == ["<a_1>", "<b_3>"]  # a row of a decoder's sequences
+    assert tok.encode_prompt(torch.tensor([1, 0])) == tok.encode_prompt([1, 0])  # a history from a tensor
+    with pytest.raises(ValueError, match="item 1.5 is not an integer item id"):
+        tok.encode_item(1.5)
 
 
 @pytest.mark.parametrize("call, message", [
     (lambda tok: tok.encode_item(-1), r"item -1 is not an item id of this tokenizer \(ints 0 \.\. 2\)"),
     (lambda tok: tok.encode_item(3), r"item 3 is not an item id"),
-    (lambda tok: tok.encode_item(True), r"item True is not an item id"),
+    (lambda tok: tok.encode_item(True), r"item True is not an integer item id"),
     (lambda tok: tok.encode_prompt([0, -1]), r"item -1 is not an item id"),
     (lambda tok: tok.decode([4, -1]), r"ids\[1\] = -1 is not a token id of this tokenizer \(ints 0 \.\. 7\) "
                                       r"\(-1 marks an invalid beam in decoder outputs"),

@@ -106,18 +106,43 @@ def test_bad_widths_raise_clear_errors():
 def test_the_cache_bound_holds_when_requests_of_a_batch_sit_at_different_depths(calls):
     """Rows of a batch share one cache width: a row deep in the trie (its fed levels) meets a shallow row's
     drafted levels. The bound for one request is then too small (it was the bound for every batch: a
-    sliding-window cache would have dropped slots the masks still address); the batch bound holds."""
-    trie = ItemTrie(random_identifiers(60, 3, 4, seed=2), eos_token_id=EOS)  # depth 4
+    sliding-window cache would have dropped slots the masks still address); the batch bound holds. (It held only
+    once finished requests leave the batch before the cache is compacted: their K x (depth - 1) kept slots used
+    to set the width of the next round.)"""
     target = tiny_model("qwen2", VOCAB, seed=0)
-    K, exceeded_single_bound = 4, 0
-    for seed in range(24):
-        draft = tiny_model("qwen2", VOCAB, seed=seed + 1)  # unrelated: requests drift apart in depth
-        for lengths in ([6, 3, 5, 4], [6]):
-            prompts = random_prompts(lengths, VOCAB, seed=seed)
-            for N, gamma in ((4, 3), (8, 2), ((8, 4, 6), 3), ((4, 9), 1)):
-                calls.clear()
-                SpecBeamDecoder(target, draft, trie, K, N, gamma).generate(prompts)
-                used = max(slots for _, _, slots in calls)
-                assert used <= spec_cache_slots(6, K, N, gamma, trie.depth, batch=len(prompts))
-                exceeded_single_bound += used > spec_cache_slots(6, K, N, gamma, trie.depth, batch=1)
+    exceeded_single_bound = 0
+    for trie in (ItemTrie(random_identifiers(60, 3, 4, seed=2), eos_token_id=EOS),  # depth 4, narrow last level
+                 ItemTrie(random_identifiers(150, 4, 6, seed=4)),                   # depth 4, no <eos>
+                 ItemTrie(random_identifiers(200, 5, 5, seed=5))):                  # depth 5
+        for seed in range(12):
+            draft = tiny_model("qwen2", VOCAB, seed=seed + 1, layers=1)  # unrelated: requests drift apart in depth
+            for lengths in ([6, 3, 5, 4, 2, 6], [6]):
+                prompts = random_prompts(lengths, VOCAB, seed=seed)
+                for K, N, gamma in ((4, 4, 3), (2, 5, 1), (4, (8, 4, 6), 3), (4, (4, 9), 1), (2, (2, 7), 1)):
+                    calls.clear()
+                    SpecBeamDecoder(target, draft, trie, K, N, gamma).generate(prompts)
+                    used = max(slots for _, _, slots in calls)
+                    assert used <= spec_cache_slots(6, K, N, gamma, trie.depth, batch=len(prompts))
+                    exceeded_single_bound += used > spec_cache_slots(6, K, N, gamma, trie.depth, batch=1)
     assert exceeded_single_bound > 0
+
+
+def test_a_sliding_window_just_above_the_batch_bound_decodes_exactly():
+    """The decode the bound admits is exact: a Qwen2 target whose window is the bound + 1 gives full attention's
+    beams and scores (a window the old bounds admitted dropped slots: scores off by 0.12)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    full = tiny_model("qwen2", VOCAB, seed=0, layers=1)
+    trie = ItemTrie(random_identifiers(200, 5, 5, seed=5))  # depth 5
+    K, N, gamma = 2, 4, 1
+    for seed in (11, 19):
+        prompts = random_prompts([6, 3, 5, 4, 2, 6, 1, 2], VOCAB, seed=seed)
+        bound = spec_cache_slots(6, K, N, gamma, trie.depth, batch=len(prompts))
+        windowed = Qwen2ForCausalLM(Qwen2Config(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, use_sliding_window=True, sliding_window=bound + 1,
+            max_window_layers=0)).double().eval()
+        windowed.load_state_dict(full.state_dict())
+        out = SpecBeamDecoder(windowed, tiny_model("qwen2", VOCAB, seed=seed + 1, layers=1), trie, K, N,
+                              gamma).generate(prompts)
+        assert_identical(out, BeamSearchDecoder(full, trie, K).generate(prompts))

@@ -54,12 +54,12 @@ def run_teacher(args) -> int:
 def run_train_draft(args) -> int:
     from ..cli import validates
 
-    validation = {}  # without validation the --val-* options are ignored (and warned about): the defaults
-    if validates(args):
-        if args.val_draft_beams < args.val_beams:  # before the data and the models load
+    validation = dict(val_beams=args.val_beams, val_draft_beams=args.val_draft_beams, val_gamma=args.val_gamma)
+    if args.val_draft_beams < args.val_beams:
+        if validates(args):  # before the data and the models load
             raise SystemExit(f"error: --val-draft-beams (N = {args.val_draft_beams}) must be >= --val-beams "
                              f"(K = {args.val_beams})")
-        validation = dict(val_beams=args.val_beams, val_draft_beams=args.val_draft_beams, val_gamma=args.val_gamma)
+        validation = {}  # ignored without validation (and warned about): the defaults, which AlignConfig accepts
     data = data_of(args)
     device = device_of(args)
     align = AlignConfig(objective=args.objective, alpha=args.alpha, temperature=args.temperature, topk=args.topk,
