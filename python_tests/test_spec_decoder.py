@@ -29,6 +29,13 @@ def assert_stats_consistent(out, depth, num_requests):
 @pytest.mark.parametrize("num_beams", [1, 3, 5, 10, 20])
 @pytest.mark.parametrize("gamma", [1, 2, 3])
 def test_lossless_against_beam_search(family, num_beams, gamma):
+    assert_lossless_sweep(family, num_beams, gamma, sorted({num_beams, 2 * num_beams, 40}))
+
+
+def assert_lossless_sweep(family, num_beams, gamma, widths):
+    """Random targets and drafts (2 seeds), tries with and without EOS, a batch of mixed prompt lengths: every
+    draft width (int N or widths by depth), both policies, with and without the exhaustive skip, decode exactly
+    as BeamSearchDecoder."""
     for seed in range(2):
         target = tiny_model(family, VOCAB, seed=seed)
         draft = tiny_model(family, VOCAB, seed=seed + 50, layers=1)
@@ -36,7 +43,7 @@ def test_lossless_against_beam_search(family, num_beams, gamma):
             trie = ItemTrie(random_identifiers(150, 4, 5, seed=seed, shared=3), eos_token_id=eos)
             prompts = random_prompts([7, 3, 12, 1], VOCAB, seed=seed)
             ref = BeamSearchDecoder(target, trie, num_beams).generate(prompts)
-            for N in sorted({num_beams, 2 * num_beams, 40}):
+            for N in widths:
                 for policy in ("beam", "anchored"):
                     for skip in (True, False):  # False: the draft also drafts the exhaustive last rounds
                         out = SpecBeamDecoder(target, draft, trie, num_beams, N, gamma, draft_policy=policy,

@@ -10,7 +10,7 @@ from atspeed_ext import BeamSearchDecoder, ItemTrie, SpecBeamDecoder
 from atspeed_ext._inputs import spec_cache_slots
 from atspeed_ext.tree_kv import TreeKV
 from conftest import random_identifiers, random_prompts, tiny_model
-from test_spec_decoder import EOS, VOCAB, assert_identical, assert_stats_consistent
+from test_spec_decoder import EOS, VOCAB, assert_identical, assert_lossless_sweep
 
 
 @pytest.fixture
@@ -39,20 +39,7 @@ def calls(monkeypatch):
 @pytest.mark.parametrize("gamma", [1, 2, 3])
 def test_per_depth_widths_are_lossless(family, num_beams, gamma):
     K = num_beams
-    for seed in range(2):
-        target = tiny_model(family, VOCAB, seed=seed)
-        draft = tiny_model(family, VOCAB, seed=seed + 50, layers=1)
-        for eos in (None, EOS):
-            trie = ItemTrie(random_identifiers(150, 4, 5, seed=seed, shared=3), eos_token_id=eos)
-            prompts = random_prompts([7, 3, 12, 1], VOCAB, seed=seed)
-            ref = BeamSearchDecoder(target, trie, K).generate(prompts)
-            for widths in ((2 * K, K), (K, 3 * K), (3 * K, K + 1, 2 * K)):
-                for policy in ("beam", "anchored"):
-                    for skip in (True, False):
-                        out = SpecBeamDecoder(target, draft, trie, K, widths, gamma, draft_policy=policy,
-                                              skip_exhaustive_draft=skip).generate(prompts)
-                        assert_identical(out, ref)
-                        assert_stats_consistent(out, trie.depth, 4)
+    assert_lossless_sweep(family, K, gamma, [(2 * K, K), (K, 3 * K), (3 * K, K + 1, 2 * K)])
 
 
 def test_each_drafted_depth_gets_its_width(calls):
