@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 
 
 def is_int(value) -> bool:
     """An integer, Python's or numpy's (``np.int64(3)``), but not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_field_types(config) -> None:
+    """Refuse a dataclass field whose value is not of its default's kind (bool, int, float or str), naming it:
+    a wrong type was silently reinterpreted (``on_policy="no"`` is true) or failed deep inside training. numpy
+    numbers become Python ones (they would not serialise to JSON)."""
+    for f in dataclasses.fields(config):
+        default, value = f.default, getattr(config, f.name)
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "a bool"
+        elif isinstance(default, int):
+            ok, kind = is_int(value), "an int"
+            value = int(value) if ok else value
+        elif isinstance(default, float):
+            ok, kind = isinstance(value, numbers.Real) and not isinstance(value, bool), "a number"
+            value = float(value) if ok else value
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a str"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{type(config).__name__}.{f.name} must be {kind}, got {value!r}")
+        object.__setattr__(config, f.name, value)  # (frozen dataclasses too)

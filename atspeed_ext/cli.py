@@ -28,8 +28,8 @@ _at_least_two = integer_at_least(2)  # synthetic items: a next item needs anothe
 
 
 def _seed(text: str) -> int:
-    """An argparse type: a seed, an integer in [0, 2**63) (training derives seed + epoch from it, which torch's
-    generators take below 2**64)."""
+    """An argparse type: a seed, an integer in [0, 2**63) (the synthetic data's generators take seed + 1 below
+    2**64; training itself takes any int)."""
     value = int(text)
     if not 0 <= value < 2 ** 63:
         raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {value}")

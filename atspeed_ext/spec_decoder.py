@@ -94,8 +94,8 @@ class _Level:
 
 def _depth_widths(draft_beams, K: int, trie: ItemTrie, verification: str) -> tuple[list[int], int | tuple]:
     """``draft_beams`` (an int, or one width per trie depth: a list, tuple, 1-D array or tensor) checked, as the
-    width of the drafted level at each trie depth 1 .. depth - 1 (at least one entry) and as given (an int or a
-    tuple of ints)."""
+    width of the drafted level at each trie depth 1 .. depth - 1 (at least one entry; under strict verification
+    at most the trie's node count at that depth, or K) and as given (an int or a tuple of ints)."""
     levels = max(1, trie.depth - 1)
     if not is_int(draft_beams) and hasattr(draft_beams, "tolist"):  # numpy arrays, tensors
         draft_beams = draft_beams.tolist()
@@ -118,7 +118,11 @@ def _depth_widths(draft_beams, K: int, trie: ItemTrie, verification: str) -> tup
             where = "" if is_int(draft_beams) else f" at depth {d}"
             raise ValueError(f"draft_beams (N = {v}{where}) must be >= num_beams (K = {K})")
     values = [int(v) for v in values]
-    return values + [values[-1]] * (levels - len(values)), values[0] if is_int(draft_beams) else tuple(values)
+    widths = values + [values[-1]] * (levels - len(values))
+    if verification == "strict":  # a level holds at most the trie's nodes of its depth: no padding beyond them
+        sizes = trie.level_offsets.tolist()
+        widths = [min(w, max(K, sizes[d + 1] - sizes[d])) for d, w in enumerate(widths, 1)]
+    return widths, values[0] if is_int(draft_beams) else tuple(values)
 
 
 def _truncate(level: tuple, row_widths: list[int] | None) -> tuple:
@@ -321,7 +325,7 @@ class SpecBeamDecoder:
         ids, mask = normalise_prompts(input_ids, attention_mask, device, self._vocab_in, self._pad_token_id)
         trie = self.trie.to(device)
         B, K, depth = ids.shape[0], self.num_beams, trie.depth
-        slots = spec_cache_slots(ids.shape[1], K, self.draft_beams, self.gamma, depth, B)
+        slots = spec_cache_slots(ids.shape[1], K, self._widths, self.gamma, depth, B)
         check_cache_window(self.target, "target", slots)
         check_cache_window(self.draft, "draft", slots)
         check_positions(self.target, "target", mask.sum(1), depth)

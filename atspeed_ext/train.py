@@ -17,6 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ._checks import check_field_types
+from ._inputs import model_vocab_sizes
 from ._rng import mixed_seed, seeded_rng
 from .data import RecData
 from .evaluate import evaluate_model
@@ -68,6 +70,7 @@ class TrainConfig:
     history: list = field(default_factory=list)
 
     def __post_init__(self):
+        check_field_types(self)
         for name in ("epochs", "batch_size", "eval_batch_size", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -135,7 +138,7 @@ def collate(batch: list[tuple[list[int], int]], pad_token_id: int = 0):
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, rank: int = 0, world: int = 1) -> list[list[int]]:
     """This rank's batches of one epoch: a seeded shuffle, cut into pools of 50 batches whose examples are
     sorted by length (little padding), then the batches themselves shuffled. Deterministic given the seed."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed % 2 ** 64)  # torch's own wrap of negative seeds, for any int
     order = torch.randperm(len(lengths), generator=g).tolist()
     pool = 50 * batch_size * world
     batches = []
@@ -322,6 +325,14 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
     device = next(model.parameters()).device
     rank, world = _dist(device)
     out_dir = Path(out_dir)
+    held = [name for name in ("best", "last") if (out_dir / name).exists()]
+    if held and not resume:  # (the CLI's --overwrite deletes them first)
+        raise ValueError(f"{out_dir} already holds a run ({' and '.join(held)}/): pass resume=True to continue it, "
+                         "delete them to start again, or train into another folder")
+    n_in, n_out = model_vocab_sizes(model)
+    if min(n_in, n_out) < tokenizer.vocab_size:
+        raise ValueError(f"the model embeds {n_in} and scores {n_out} tokens, but the tokenizer has "
+                         f"{tokenizer.vocab_size}: build the model with vocab_size >= {tokenizer.vocab_size}")
     epoch_steps = steps_per_epoch(len(lengths), cfg.batch_size, world)
     total = cfg.epochs * epoch_steps if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * epoch_steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

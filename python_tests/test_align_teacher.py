@@ -293,7 +293,17 @@ def test_train_draft_bad_inputs(setup, tmp_path):
         AlignConfig(val_beams=10, val_draft_beams=5)
     with pytest.raises(ValueError, match="on-policy data applies"):
         AlignConfig(objective="wordkd", on_policy=True)
+    # These were accepted and failed at the first validation, after an epoch of training (or trained on-policy).
+    for kwargs, message in (({"val_beams": 0}, "val_beams must be >= 1, got 0"),
+                            ({"val_gamma": 0}, "val_gamma must be >= 1, got 0"),
+                            ({"on_policy": "no"}, "AlignConfig.on_policy must be a bool, got 'no'"),
+                            ({"topk": 2.5}, "AlignConfig.topk must be an int, got 2.5")):
+        with pytest.raises(ValueError, match=message):
+            AlignConfig(**kwargs)
     model = build_model("tiny-1x64", tok.vocab_size)
+    with pytest.raises(ValueError, match="the model embeds 10 and scores 10 tokens"):
+        train_draft(build_model("tiny-1x64", 10), model, tok, data, tmp_path / "small", TrainConfig(epochs=1),
+                    AlignConfig(objective="ce"))
     generate_teacher_data(model, tok, data.train_examples()[:20], tmp_path / "t", num_beams=2, progress=False)
     data.max_history = 1  # other prompts than the teacher's
     try:

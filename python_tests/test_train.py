@@ -388,7 +388,7 @@ def test_any_python_int_seed_trains(small_data, tmp_path):
     from atspeed_ext._rng import mixed_seed, seeded_rng
 
     data, tok = small_data
-    for seed in (2 ** 40, -3):  # step seeds stay in torch's range (a seed of 2^40 overflowed it)
+    for seed in (2 ** 40, -3, 2 ** 64 + 5):  # step seeds stay in torch's range (a seed of 2^40 overflowed it)
         cfg = TrainConfig(epochs=1, batch_size=64, max_steps=1, eval_prompts=0, seed=seed, dropout=0.1)
         assert train_next_item(build_model("tiny-1x64", tok.vocab_size, seed=seed), tok, data, tmp_path / str(seed),
                                cfg, progress=False)["step"] == 1
@@ -401,3 +401,36 @@ def test_any_python_int_seed_trains(small_data, tmp_path):
     with seeded_rng(2 ** 70):
         assert torch.equal(torch.rand(3), a)  # the same seed, the same numbers
     assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"epochs": 1.5}, "TrainConfig.epochs must be an int, got 1.5"),       # trained 1.5 epochs
+    ({"with_eos": "no"}, "TrainConfig.with_eos must be a bool, got 'no'"),  # trained with <eos>
+    ({"lr": "1e-3"}, "TrainConfig.lr must be a number, got '1e-3'"),       # a raw TypeError
+    ({"batch_size": 2.5}, "TrainConfig.batch_size must be an int"),        # failed inside training
+])
+def test_train_config_fields_are_type_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_train_config_takes_numpy_numbers_as_python_ones():
+    np = pytest.importorskip("numpy")
+    cfg = TrainConfig(epochs=np.int64(2), lr=np.float32(0.5))
+    assert (cfg.epochs, cfg.lr) == (2, 0.5) and type(cfg.epochs) is int and type(cfg.lr) is float
+    json.dumps(vars(cfg))  # stored in every checkpoint's meta.json
+
+
+def test_training_refuses_an_existing_run_and_a_too_small_vocabulary(small_data, tmp_path):
+    data, tok = small_data
+    cfg = TrainConfig(epochs=1, batch_size=64, max_steps=1, eval_prompts=0)
+    train_next_item(build_model("tiny-1x64", tok.vocab_size), tok, data, tmp_path / "run", cfg, progress=False)
+    # A second run into the same folder replaced the first one silently (the CLI refused it).
+    with pytest.raises(ValueError, match="already holds a run \\(best and last/\\): pass resume=True"):
+        train_next_item(build_model("tiny-1x64", tok.vocab_size), tok, data, tmp_path / "run", cfg, progress=False)
+    assert train_next_item(build_model("tiny-1x64", tok.vocab_size), tok, data, tmp_path / "run", cfg, resume=True,
+                           progress=False)["step"] == 1  # resuming it is allowed (here: nothing left to do)
+    # A model that cannot embed every token failed with an IndexError inside the embedding.
+    with pytest.raises(ValueError, match=f"the model embeds 10 and scores 10 tokens, but the tokenizer has "
+                                         f"{tok.vocab_size}"):
+        train_next_item(build_model("tiny-1x64", 10), tok, data, tmp_path / "small", cfg, progress=False)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .._checks import check_field_types
 from ..data import RecData
 from ..decoder import BeamSearchDecoder
 from ..models import hash_model
@@ -33,6 +34,10 @@ class AlignConfig:
     val_gamma: int = 3
 
     def __post_init__(self):
+        check_field_types(self)
+        for name in ("topk", "on_policy_beams", "val_beams", "val_draft_beams", "val_gamma"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if not 0.0 <= self.alpha <= 1.0:
