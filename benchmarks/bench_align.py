@@ -22,14 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from atspeed_ext import BeamSearchDecoder, SpecBeamDecoder  # noqa: E402
-from atspeed_ext.data import load_lcrec  # noqa: E402
 from atspeed_ext.models import load_checkpoint  # noqa: E402
 from atspeed_ext.tokenizer import CodeTokenizer  # noqa: E402
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="../shared/data/beauty")
+    p.add_argument("--data", type=common.data_dir, default=common.DEFAULT_DATA,
+                   help="LC-Rec data (default ../shared/data/beauty)")
     p.add_argument("--target", required=True, help="target checkpoint directory")
     p.add_argument("--draft", action="append", required=True, metavar="[NAME=]DIR",
                    help="a draft checkpoint and its label (repeat; a bare DIR is named after its run folder)")
@@ -41,11 +41,11 @@ def main(argv=None):
     p.add_argument("--reps", type=common.positive, default=3,
                    help="timed passes per row, each paired with a BeamSearchDecoder pass (default 3)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--name", default=None, help="results file name (default align_beauty_<device>)")
+    p.add_argument("--name", type=common.results_name, default=None, help="results file name (default align_beauty_<device>)")
     args = p.parse_args(argv)
 
-    device = torch.device(args.device)
-    data = load_lcrec(args.data)
+    device = common.device(args.device)
+    data = common.load_data(args.data)
     tok = CodeTokenizer(data.identifiers)
     target, _ = load_checkpoint(args.target, device, identifiers=data.identifiers)
     draft_dirs = common.parse_drafts(args.draft)

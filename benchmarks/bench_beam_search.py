@@ -34,9 +34,11 @@ def main(argv=None):
     p.add_argument("--prompt-length", type=common.positive, default=80)
     p.add_argument("--items", type=common.positive, default=12000)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--name", type=common.results_name, default=None,
+                   help="results file name (default beam_search_<device>)")
     args = p.parse_args(argv)
 
-    device = torch.device(args.device)
+    device = common.device(args.device)
     dtype = getattr(torch, args.dtype)
     model = common.llama(args.layers, args.hidden, dtype=dtype).to(device)
     trie = ItemTrie(common.catalogue(args.items))
@@ -62,7 +64,7 @@ def main(argv=None):
               "model": f"LLaMA {args.layers} layers, hidden {args.hidden}, vocab {vocab}, {args.dtype}, random weights",
               "trie": f"{args.items} items, L=4, 256 codes per level", "prompt_length": args.prompt_length,
               "reps": args.reps, "hf_reps_batch_gt_1": args.hf_reps_large}
-    md = common.write_results(f"beam_search_{device.type}", header, rows,
+    md = common.write_results(args.name or f"beam_search_{device.type}", header, rows,
                               ["batch", "K", "hf_ms", "ours_ms", "speedup", "same_beams"])
     print(f"\nwrote {md}")
 

@@ -28,8 +28,10 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--reps", type=common.positive, default=50)
     p.add_argument("--reference-reps", type=common.positive, default=3)
+    p.add_argument("--name", type=common.results_name, default=None,
+                   help="results file name (default beam_step_<device>)")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
+    device = common.device(args.device)
     trie = ItemTrie(common.catalogue(12000)).to(device)
     g = torch.Generator().manual_seed(0)
     rows = []
@@ -45,7 +47,7 @@ def main(argv=None):
                      "op_vs_reference": ref_us / op_us})
         print(f"B {B:3d} W {W:3d} V {V:6d} W_out {num_out:3d}: op {op_us:9.1f} us  reference {ref_us:10.1f} us  "
               f"({ref_us / op_us:.0f}x)", flush=True)
-    md = common.write_results(f"beam_step_{device.type}", {"command": "python benchmarks/bench_beam_step.py " + " ".join(
+    md = common.write_results(args.name or f"beam_step_{device.type}", {"command": "python benchmarks/bench_beam_step.py " + " ".join(
         sys.argv[1:] if argv is None else argv)}, rows, ["B", "W", "V", "W_out", "op_us", "reference_us", "op_vs_reference"])
     print(f"wrote {md}")
 

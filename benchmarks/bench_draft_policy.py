@@ -39,6 +39,7 @@ def main(argv=None):
     p.add_argument("--draft-beams", type=common.positive, nargs="+", default=[10, 20, 40])
     p.add_argument("--gamma", type=common.positive, default=3)
     p.add_argument("--requests", type=common.positive, default=16)
+    p.add_argument("--name", type=common.results_name, default="draft_policy", help="results file name")
     args = p.parse_args(argv)
     target = common.llama(layers=4, hidden=256)
     with torch.no_grad():
@@ -59,7 +60,7 @@ def main(argv=None):
                 rows.append(row)
                 print(f"sigma {sigma:5.2f}  N {N:3d}  {policy:8s}  accepted/round {row['accepted_levels']:.2f}  "
                       f"target calls/request {row['target_calls']:.2f}  identical {same}", flush=True)
-    md = common.write_results("draft_policy", {
+    md = common.write_results(args.name, {
         "command": "python benchmarks/bench_draft_policy.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "setting": f"random LLaMA 4x256 target, noisy-copy drafts, 12k-item L=4 trie, {args.requests} prompts of "
                    f"40 tokens, K={args.num_beams}, gamma={args.gamma}"},

@@ -18,13 +18,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from atspeed_ext import BeamSearchDecoder, SpecBeamDecoder  # noqa: E402
-from atspeed_ext.data import load_lcrec  # noqa: E402
 from atspeed_ext.models import load_checkpoint  # noqa: E402
 from atspeed_ext.tokenizer import CodeTokenizer  # noqa: E402
 
@@ -53,7 +50,8 @@ def run(decoder, batches, prompts, K, row: dict, base, reps: int):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="../shared/data/beauty")
+    p.add_argument("--data", type=common.data_dir, default=common.DEFAULT_DATA,
+                   help="LC-Rec data (default ../shared/data/beauty)")
     p.add_argument("--target", required=True, help="target checkpoint directory")
     p.add_argument("--draft", action="append", required=True, metavar="[NAME=]DIR",
                    help="a draft checkpoint, optionally labelled (repeat for several drafts)")
@@ -62,18 +60,18 @@ def main(argv=None):
     p.add_argument("--gamma", type=common.positive, default=3)
     p.add_argument("--rules", nargs="+", default=["relaxed", "exact"], choices=["relaxed", "exact"])
     p.add_argument("--requests", type=common.positive, default=100, help="test prompts decoded per point (default 100)")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=common.positive_float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=common.positive, default=1)
     p.add_argument("--reps", type=common.positive, default=3,
                    help="timed passes per row, each paired with a pass of target-only beam sampling (default 3)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--name", default=None, help="results file name (default sampling_beauty_<device>)")
+    p.add_argument("--name", type=common.results_name, default=None, help="results file name (default sampling_beauty_<device>)")
     p.add_argument("--no-save", action="store_true", help="print only (smoke runs)")
     args = p.parse_args(argv)
 
-    device = torch.device(args.device)
-    data = load_lcrec(args.data)
+    device = common.device(args.device)
+    data = common.load_data(args.data)
     tok = CodeTokenizer(data.identifiers)
     target, _ = load_checkpoint(args.target, device, identifiers=data.identifiers)
     draft_dirs = common.parse_drafts(args.draft)

@@ -41,7 +41,6 @@ import common  # noqa: E402
 from atspeed_ext import BeamSearchDecoder, SpecBeamDecoder, prepack_for_cpu  # noqa: E402
 from atspeed_ext.cli import draft_widths  # noqa: E402
 from atspeed_ext.commands import trained_recipe, width_text  # noqa: E402
-from atspeed_ext.data import load_lcrec  # noqa: E402
 from atspeed_ext.hf import hf_constrained_beam_search  # noqa: E402
 from atspeed_ext.models import load_checkpoint  # noqa: E402
 from atspeed_ext.tokenizer import CodeTokenizer  # noqa: E402
@@ -73,14 +72,16 @@ def draft_grid(K: int, widths: list) -> list:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="../shared/data/beauty")
+    p.add_argument("--data", type=common.data_dir, default=common.DEFAULT_DATA,
+                   help="LC-Rec data (default ../shared/data/beauty)")
     p.add_argument("--target", default=None,
                    help="target checkpoint directory (default: train target-8x512 by TARGET_RECIPE)")
     p.add_argument("--draft", default=None,
                    help="draft checkpoint directory (default: train draft-1x128 by DRAFT_RECIPE: CE)")
     p.add_argument("--beams", type=common.positive, nargs="+", default=[1, 5, 10, 20])
     p.add_argument("--draft-beams", type=draft_width, nargs="+", default=[-1, -2, 40],
-                   help="N values; -m means m*K; N1,N2,... gives one width per trie depth (default: K, 2K, 40)")
+                   help="N values; -m means m*K; N1,N2,... gives one width per trie depth; widths below a K are "
+                        "skipped at that K, with a note (default: K, 2K, 40)")
     p.add_argument("--gammas", type=common.positive, nargs="+", default=[1, 2, 3])
     p.add_argument("--policies", nargs="+", choices=["beam", "anchored"], default=["beam", "anchored"])
     p.add_argument("--batches", type=common.positive, nargs="+", default=[1, 16])
@@ -98,13 +99,13 @@ def main(argv=None):
                    help="weights and compute of the draft (default: --dtype)")
     p.add_argument("--prepack", action="store_true",
                    help="pack the bfloat16 models' linear layers once for oneDNN (prepack_for_cpu; CPU only)")
-    p.add_argument("--name", default=None, help="results file name (default spec_beauty_<device>)")
+    p.add_argument("--name", type=common.results_name, default=None, help="results file name (default spec_beauty_<device>)")
     args = p.parse_args(argv)
     if args.prepack and args.dtype != "bfloat16":  # checked before any model loads (or trains)
         p.error("--prepack packs bfloat16 layers: use it with --dtype bfloat16")
 
-    device = torch.device(args.device)
-    data = load_lcrec(args.data)
+    device = common.device(args.device)
+    data = common.load_data(args.data)
     tokenizer = CodeTokenizer(data.identifiers)
     if args.target:
         target, _ = load_checkpoint(args.target, device, identifiers=data.identifiers)
@@ -123,6 +124,9 @@ def main(argv=None):
         except ValueError as exc:
             p.error(f"--prepack: {exc}")
     trie = tokenizer.trie().to(device)
+    too_long = [w for w in args.draft_beams if isinstance(w, tuple) and len(w) > trie.depth - 1]
+    if too_long:  # before any decoding (widths below a K are skipped at that K, with a note)
+        p.error(common.widths_error(too_long[0], 1, trie.depth))
     queries = data.test_prompts()[:args.requests]
     prompts = [tokenizer.encode_prompt(q.history) for q in queries]
     print(f"{len(prompts)} Beauty test prompts (mean {sum(map(len, prompts)) / len(prompts):.1f} tokens) on "
@@ -159,7 +163,12 @@ def main(argv=None):
                 row0["vs_hf"] = hf_ms / base_ms
             rows.append(row0)
             _print(rows[-2:] if hf_ms else rows[-1:])
-            for N in draft_grid(K, args.draft_beams):
+            grid = draft_grid(K, args.draft_beams)
+            if B == args.batches[0]:
+                for w in args.draft_beams:
+                    if (w if isinstance(w, tuple) else w if w > 0 else -w * K) not in grid:
+                        print(f"note: {common.widths_error(w, K, trie.depth)}: skipped at K = {K}", file=sys.stderr)
+            for N in grid:
                 for gamma in args.gammas:
                     for policy in args.policies:
                         spec = SpecBeamDecoder(target, draft, trie, K, N, gamma, draft_policy=policy,

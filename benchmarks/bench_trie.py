@@ -21,6 +21,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=common.positive, nargs="+", default=[12000, 100000, 1000000])
     p.add_argument("--reps", type=common.positive, default=3)
+    p.add_argument("--name", type=common.results_name, default="trie_build", help="results file name")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
@@ -30,7 +31,7 @@ def main(argv=None):
         trie = ItemTrie(ids)
         rows.append({"items": n, "build_ms": ms, "nodes": trie.num_nodes})
         print(f"{n:>9d} items  {ms:8.1f} ms  {trie.num_nodes} nodes", flush=True)
-    md = common.write_results("trie_build", {"command": "python benchmarks/bench_trie.py " + " ".join(
+    md = common.write_results(args.name, {"command": "python benchmarks/bench_trie.py " + " ".join(
         sys.argv[1:] if argv is None else argv), "threads": 1}, rows, ["items", "build_ms", "nodes"])
     print(f"wrote {md}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import statistics
@@ -70,7 +71,7 @@ positive = integer_at_least(1)
 
 def add_model_arguments(p) -> None:
     """The options every trained-model benchmark shares: the data, the target and draft checkpoints, K."""
-    p.add_argument("--data", default="../shared/data/beauty")
+    p.add_argument("--data", type=data_dir, default=DEFAULT_DATA, help="LC-Rec data (default ../shared/data/beauty)")
     p.add_argument("--target", required=True, help="target checkpoint directory")
     p.add_argument("--draft", required=True, help="draft checkpoint directory")
     p.add_argument("--beams", type=positive, default=10)
@@ -79,11 +80,10 @@ def add_model_arguments(p) -> None:
 def load_models_and_prompts(args, device, dtype: torch.dtype):
     """``(target, draft, trie, prompts)`` from :func:`add_model_arguments`' options: both models in ``dtype``
     in eval mode, the trie on ``device`` and the first ``args.requests`` test prompts, encoded."""
-    from atspeed_ext.data import load_lcrec
     from atspeed_ext.models import load_checkpoint
     from atspeed_ext.tokenizer import CodeTokenizer
 
-    data = load_lcrec(args.data)
+    data = load_data(args.data)
     tokenizer = CodeTokenizer(data.identifiers)
     target, draft = (load_checkpoint(path, device, identifiers=data.identifiers)[0].to(dtype).eval()
                      for path in (args.target, args.draft))
@@ -185,6 +185,61 @@ def code_version(repo: Path) -> str:
     if changes:
         return f"{commit}-dirty (uncommitted changes {hashlib.sha256(changes.encode()).hexdigest()[:10]})"
     return commit
+
+
+#: The Beauty data next to this repository (../shared/data/beauty from its root), wherever a script runs from.
+DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "beauty")
+
+
+def data_dir(text: str) -> str:
+    """An argparse type for ``--data``: an existing folder (an LC-Rec data set)."""
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder (an LC-Rec data set, e.g. ../shared/data/beauty)")
+    return text
+
+
+def load_data(path: str):
+    """``load_lcrec(path)``, a malformed data set ending the script with its ``error: ...`` line."""
+    from atspeed_ext.data import DataError, load_lcrec
+
+    try:
+        return load_lcrec(path)
+    except DataError as exc:
+        raise SystemExit(f"error: --data: {exc}") from None
+
+
+def device(name: str) -> torch.device:
+    """``--device`` checked as the atspeed-ext commands check it (no GPU, unknown names: one error line)."""
+    from atspeed_ext.commands import parse_device
+
+    return parse_device(name)
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def widths_error(widths, K: int, depth: int) -> str | None:
+    """Why a SpecBeamDecoder width (N, or a tuple of widths by depth) cannot serve beam size K on a trie of
+    ``depth`` (None if it can)."""
+    values = [widths] if isinstance(widths, int) else list(widths)
+    text = ",".join(map(str, values))
+    if min(values) < K:
+        return f"--draft-beams {text}: every width must be >= K ({K})"
+    if len(values) > max(1, depth - 1):
+        return f"--draft-beams {text}: a trie of depth {depth} drafts {depth - 1} depths; give at most {depth - 1} widths"
+    return None
+
+
+def results_name(text: str) -> str:
+    """An argparse type for ``--name``: a plain file name (checked before the run, not after it)."""
+    if not text or Path(text).name != text or text in (".", ".."):
+        raise argparse.ArgumentTypeError(f"must be a plain file name (results go to benchmarks/results/), got {text!r}")
+    return text
 
 
 def write_results(name: str, header: dict, rows: list[dict], columns: list[str]) -> Path:

@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from atspeed_ext.commands import device_of  # noqa: E402
-from atspeed_ext.data import load_lcrec  # noqa: E402
 from atspeed_ext.evaluate import mean_and_se, model_scores, popularity_scores  # noqa: E402
 from atspeed_ext.machine import machine_name  # noqa: E402
 from atspeed_ext.models import load_checkpoint, trained_on_valid  # noqa: E402
@@ -43,11 +42,11 @@ def main(argv=None):
     p.add_argument("--split", choices=["test", "valid"], default="test")
     p.add_argument("--batch-size", type=common.positive, default=32)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--name", default="recall_compare", help="results file name in benchmarks/results/")
+    p.add_argument("--name", type=common.results_name, default="recall_compare", help="results file name in benchmarks/results/")
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
     device = device_of(args)
-    data = load_lcrec(args.data)
+    data = common.load_data(args.data)
     prompts = data.test_prompts() if args.split == "test" else data.valid_prompts()
     scores = {}
     for path in args.checkpoint:

@@ -131,15 +131,17 @@ def main(argv=None):
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
     p.add_argument("--prepack", action="store_true",
                    help="pack the bfloat16 models' linear layers once for oneDNN (prepack_for_cpu; CPU only)")
-    p.add_argument("--name", default=None, help="results file name (default host_ops_<device>_k<K>)")
+    p.add_argument("--name", type=common.results_name, default=None, help="results file name (default host_ops_<device>_k<K>)")
     args = p.parse_args(argv)
     if args.requests < 1 or args.reps < 1:
         p.error(f"--requests and --reps must be >= 1, got {args.requests} and {args.reps}")
     if args.prepack and (args.device != "cpu" or args.dtype != "bfloat16"):
         p.error("--prepack packs bfloat16 layers for the CPU: use it with --device cpu --dtype bfloat16")
 
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    device, dtype = common.device(args.device), getattr(torch, args.dtype)
     target, draft, trie, prompts = common.load_models_and_prompts(args, device, dtype)
+    if common.widths_error(args.draft_beams, args.beams, trie.depth):
+        p.error(common.widths_error(args.draft_beams, args.beams, trie.depth))
     if args.prepack:
         prepack_for_cpu(target)
         prepack_for_cpu(draft)

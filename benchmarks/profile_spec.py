@@ -39,7 +39,7 @@ def main(argv=None):
     if args.requests < 1:
         p.error(f"--requests must be >= 1, got {args.requests}")
 
-    device = torch.device(args.device)
+    device = common.device(args.device)
     dtype = getattr(torch, args.dtype)
     target, draft, trie, prompts = common.load_models_and_prompts(args, device, dtype)
     decoders = {"BeamSearchDecoder": BeamSearchDecoder(target, trie, args.beams),

@@ -95,7 +95,7 @@ def main(argv=None):
     p.add_argument("--timing-prompts", type=common.positive, default=8, help="test prompts timed (default 8)")
     p.add_argument("--reps", type=common.positive, default=5)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
-    p.add_argument("--name", default="spec_cost_model_cpu")
+    p.add_argument("--name", type=common.results_name, default="spec_cost_model_cpu")
     args = p.parse_args(argv)
     if min(args.widths) < args.beams:
         p.error(f"every width must be >= --beams ({args.beams})")
