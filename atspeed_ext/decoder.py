@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -22,8 +23,8 @@ __all__ = ["BeamSearchDecoder", "BeamSearchOutput"]
 
 def check_temperature(temperature) -> float:
     """A sampling temperature: a finite real number > 0 (ValueError otherwise)."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
-            or temperature <= 0:
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) \
+            or temperature <= 0:  # (numbers.Real: numpy floats too)
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     return float(temperature)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from ._checks import is_int
+from ._inputs import check_model_and_trie, model_device, model_vocab_sizes, normalise_prompts
 from .decoder import BeamSearchOutput, plain_output_of_inference
 from .trie import ItemTrie
 
@@ -26,7 +28,7 @@ def prefix_allowed_tokens_fn(trie: ItemTrie, prompt_length: int):
 
 
 @plain_output_of_inference
-def hf_constrained_beam_search(model, trie: ItemTrie, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+def hf_constrained_beam_search(model, trie: ItemTrie, input_ids, attention_mask: torch.Tensor | None,
                                num_beams: int) -> BeamSearchOutput:
     """Run ``model.generate(num_beams=K, num_return_sequences=K, do_sample=False, prefix_allowed_tokens_fn)``
     with Hugging Face's defaults otherwise (the model's own ``generation_config`` is set aside for the call), and
@@ -35,12 +37,19 @@ def hf_constrained_beam_search(model, trie: ItemTrie, input_ids: torch.Tensor, a
     Scores are summed log-probabilities like BeamSearchDecoder's: for K > 1 Hugging Face reports them
     divided by the generated length (``length_penalty=1``), which is the same for every identifier; for
     K = 1 (greedy) they are summed from the raw logits. Missing beams (scored -inf or -1e9 by Hugging
-    Face) are marked invalid.
+    Face) are marked invalid. Inputs are checked as :meth:`BeamSearchDecoder.generate` checks them (a left-padded
+    tensor with an optional mask, or a list of token lists).
     """
     from transformers import GenerationConfig
 
+    if not is_int(num_beams) or num_beams < 1:
+        raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}")
+    check_model_and_trie(model, trie)
+    pad = getattr(getattr(model, "config", None), "pad_token_id", None)
+    input_ids, attention_mask = normalise_prompts(input_ids, attention_mask, model_device(model),
+                                                  model_vocab_sizes(model)[0], pad if isinstance(pad, int) else 0)
     B, T = input_ids.shape
-    K = num_beams
+    K = int(num_beams)
     # The model's own generation settings (repetition_penalty, no_repeat_ngram_size, length_penalty,
     # min_new_tokens, ... as instruct checkpoints ship them) would change the beams or their scores, and
     # generate() fills the fields of a config passed to it from the model's: swap in the defaults for the call.

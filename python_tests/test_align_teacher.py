@@ -301,6 +301,9 @@ def test_train_draft_bad_inputs(setup, tmp_path):
         with pytest.raises(ValueError, match=message):
             AlignConfig(**kwargs)
     model = build_model("tiny-1x64", tok.vocab_size)
+    with pytest.raises(ValueError, match="item 999 is not an item id"):  # was an IndexError
+        generate_teacher_data(model, tok, [((1, 2), 999)], tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match="the model embeds 10 and scores 10 tokens"):
         train_draft(build_model("tiny-1x64", 10), model, tok, data, tmp_path / "small", TrainConfig(epochs=1),
                     AlignConfig(objective="ce"))

@@ -193,7 +193,8 @@ def test_numpy_integers_are_ints():
     want = BeamSearchDecoder(model, trie, 3).generate(prompts)
     got = BeamSearchDecoder(model, trie, np.int64(3)).generate(prompts)
     assert torch.equal(got.sequences, want.sequences)
-    a = BeamSearchDecoder(model, trie, 3, do_sample=True, seed=np.uint64(7)).generate(prompts)
+    a = BeamSearchDecoder(model, trie, 3, do_sample=True, seed=np.uint64(7),
+                          temperature=np.float32(1)).generate(prompts)
     b = BeamSearchDecoder(model, trie, 3, do_sample=True, seed=7).generate(prompts)
     assert torch.equal(a.sequences, b.sequences)
     draft = tiny_model("llama", VOCAB, seed=1, layers=1)
@@ -203,3 +204,17 @@ def test_numpy_integers_are_ints():
     for widths in (np.array([6, 4]), torch.tensor([6, 4]), range(6, 3, -2)):  # array-likes of widths by depth
         assert SpecBeamDecoder(model, draft, trie, 3, widths, 2).draft_beams == (6, 4)
     assert SpecBeamDecoder(model, draft, trie, 3, torch.tensor(6), 2).draft_beams == 6
+
+
+def test_the_hf_baseline_checks_its_inputs_like_the_decoder():
+    # num_beams=0 raised ZeroDivisionError, list prompts AttributeError, out-of-vocabulary tokens IndexError.
+    model = tiny_model("llama", VOCAB, seed=0)
+    trie = ItemTrie(random_identifiers(30, 3, 4, seed=0))
+    ids, mask = left_pad([[5, 6, 7], [8]])
+    for bad, message in ((lambda: hf_constrained_beam_search(model, trie, ids, mask, 0), "num_beams must be an int"),
+                         (lambda: hf_constrained_beam_search(model, trie, [[5, VOCAB + 3]], None, 2), "vocabulary"),
+                         (lambda: hf_constrained_beam_search(model, [[3, 4]], ids, mask, 2), "ItemTrie")):
+        with pytest.raises((ValueError, TypeError), match=message):
+            bad()
+    from_lists = hf_constrained_beam_search(model, trie, [[5, 6, 7], [8]], None, 3)  # as the decoder takes them
+    assert torch.equal(from_lists.sequences, hf_constrained_beam_search(model, trie, ids, mask, 3).sequences)

@@ -434,3 +434,9 @@ def test_training_refuses_an_existing_run_and_a_too_small_vocabulary(small_data,
     with pytest.raises(ValueError, match=f"the model embeds 10 and scores 10 tokens, but the tokenizer has "
                                          f"{tok.vocab_size}"):
         train_next_item(build_model("tiny-1x64", 10), tok, data, tmp_path / "small", cfg, progress=False)
+
+
+def test_evaluation_names_a_bad_batch_size(small_data):
+    data, tok = small_data
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):  # was "range() arg 3 ..."
+        evaluate_model(build_model("tiny-1x64", tok.vocab_size), tok, data.test_prompts()[:3], ks=(5,), batch_size=0)

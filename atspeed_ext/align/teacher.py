@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..decoder import BeamSearchDecoder
 from ..models import hash_model
+from ..tokenizer import checked_item
 from .forcing import forced_level_log_probs
 from .levels import LevelView
 
@@ -82,6 +83,8 @@ def generate_teacher_data(model, tokenizer, examples: list[tuple[tuple[int, ...]
         raise ValueError("num_beams, batch_size and shard_size must be >= 1")
     if not examples:
         raise ValueError("no examples to teach")
+    for _, item in examples:  # (histories are checked as prompts are encoded)
+        checked_item(item, len(tokenizer.identifiers))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     was_training = model.training
