@@ -48,7 +48,7 @@ def trained_recipe(preset: str, data, tokenizer: CodeTokenizer, stages, device, 
                      else load_checkpoint(previous, device)[0])
             print(f"{preset}: training stage {i}/{len(stages)} on {data.name} ({cfg.epochs} epochs"
                   f"{', validation items only' if cfg.valid_only else ''}) -> {out}")
-            train_next_item(model, tokenizer, data, out, cfg, resume=(out / "last").exists())
+            train_next_item(model, tokenizer, data, out, cfg, resume=True)  # an interrupted stage goes on
             (out / "recipe.json").write_text(json.dumps(settings[:i + 1], indent=2) + "\n")
         previous = out / "best"
     return load_checkpoint(previous, device)[0]

@@ -246,7 +246,8 @@ def train_next_item(model, tokenizer: CodeTokenizer, data: RecData, out_dir: str
     so there is no validation: every checkpoint is saved as the best one and nothing stops early; with
     ``cfg.valid_only`` they are the only ones (:meth:`RecData.valid_examples`: a recency fine-tune of a model
     trained on the train items, the validation period being the latest data before the test period).
-    Returns the trainer state (history of losses and validations, best metric, steps)."""
+    A folder that already holds a run is refused unless ``resume`` (continue it; with nothing to continue,
+    a new run starts). Returns the trainer state (history of losses and validations, best metric, steps)."""
     raw_examples = training_examples(data, cfg)
     examples = encode_examples(tokenizer, raw_examples, cfg.with_eos)
     if not examples:

@@ -70,7 +70,8 @@ def train_draft(draft, target, tokenizer, data: RecData, out_dir: str | Path, cf
     accepted levels per round of strict speculative beam search with ``target``.
 
     Training examples are ``data.train_examples()``, the first ``len(teacher)`` of them when teacher data is
-    given (also for ``ce`` and on-policy runs, so that objectives compare on the same examples). ``target`` is needed for validation and for on-policy data."""
+    given (also for ``ce`` and on-policy runs, so that objectives compare on the same examples). ``target`` is
+    needed for validation and for on-policy data. A folder that already holds a run is refused unless ``resume``."""
     if cfg.with_eos:
         raise ValueError("draft alignment works on identifier tokens only (with_eos=False)")
     if cfg.history_dropout:
