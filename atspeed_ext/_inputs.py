@@ -24,7 +24,10 @@ def model_vocab_sizes(model: torch.nn.Module) -> tuple[int, int]:
     return int(n_in), int(n_out)
 
 
-def check_model_and_trie(model: torch.nn.Module, trie: ItemTrie, name: str = "model") -> None:
+def check_model_and_trie(model: torch.nn.Module, trie: ItemTrie, name: str = "model",
+                         tree_attention: bool = True) -> None:
+    """Refuse a trie that is not an ItemTrie, a model that is not a loaded causal LM or does not embed and score
+    every trie token, and (``tree_attention``) a model whose attention the decoders cannot share across beams."""
     if not isinstance(trie, ItemTrie):
         raise TypeError(f"trie must be an atspeed_ext.ItemTrie, got {type(trie).__name__}")
     if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
@@ -32,7 +35,8 @@ def check_model_and_trie(model: torch.nn.Module, trie: ItemTrie, name: str = "mo
     on_meta = next((n for n, p in model.named_parameters() if p.device.type == "meta"), None)
     if on_meta is not None:
         raise ValueError(f"{name} has parameters on the 'meta' device ({on_meta}): its weights were never loaded")
-    check_tree_attention(model, name)
+    if tree_attention:
+        check_tree_attention(model, name)
     n_in, n_out = model_vocab_sizes(model)
     for size, what in ((n_in, "embeds"), (n_out, "scores")):  # tree tokens are fed back, and scored
         if trie.vocab_size > size:

@@ -38,13 +38,14 @@ def hf_constrained_beam_search(model, trie: ItemTrie, input_ids, attention_mask:
     divided by the generated length (``length_penalty=1``), which is the same for every identifier; for
     K = 1 (greedy) they are summed from the raw logits. Missing beams (scored -inf or -1e9 by Hugging
     Face) are marked invalid. Inputs are checked as :meth:`BeamSearchDecoder.generate` checks them (a left-padded
-    tensor with an optional mask, or a list of token lists).
+    tensor with an optional mask, or a list of token lists); as there, a tensor without a mask is all prompt
+    tokens (Hugging Face would take its pad token for padding).
     """
     from transformers import GenerationConfig
 
     if not is_int(num_beams) or num_beams < 1:
         raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}")
-    check_model_and_trie(model, trie)
+    check_model_and_trie(model, trie, tree_attention=False)  # generate() itself runs any causal LM
     pad = getattr(getattr(model, "config", None), "pad_token_id", None)
     input_ids, attention_mask = normalise_prompts(input_ids, attention_mask, model_device(model),
                                                   model_vocab_sizes(model)[0], pad if isinstance(pad, int) else 0)

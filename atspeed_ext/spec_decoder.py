@@ -206,9 +206,12 @@ class SpecBeamDecoder:
         draft_beams: N >= K, the width of each drafted level. A wider tree accepts more levels but feeds more
             tokens to the target: on a GPU, where small models are bound by launches, tokens are nearly free
             (K = 10 on Beauty, H200: N = 64 best, 1.28x); on a CPU they are compute (N = 30-40 best there).
-            Strict verification also takes one width per trie depth, a sequence ``(N_1, N_2, ...)``: the
-            drafted level at depth d has ``N_d`` nodes (the last width repeats deeper down), for tries whose
-            levels the draft finds unequally hard (on Beauty the first code needs N = 30, the third 20).
+            Strict verification also takes one width per trie depth, a sequence ``(N_1, N_2, ...)`` (a list,
+            tuple, range, 1-D array or tensor): the drafted level at depth d has ``N_d`` nodes (the last width
+            repeats deeper down), for tries whose levels the draft finds unequally hard (on Beauty the first
+            code needs N = 30, the third 20). Under strict verification a level holds at most the trie's node
+            count at its depth (or K): wider settings only padded the target's call. ``self.draft_beams`` is
+            the setting as given (an int, or a tuple).
         gamma: drafted levels per round (>= 1).
         verification: ``"strict"`` (lossless top-K verification of beam search), ``"relaxed"`` (the paper's
             sampling verification: independent acceptance with min(1, p/q), K kept uniformly among the

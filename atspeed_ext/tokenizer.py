@@ -34,8 +34,9 @@ def code_tokens(identifiers: Sequence[Sequence[str]]) -> list[str]:
 def _as_int(value):
     """``value`` as a Python int if it is an integer (Python, numpy or a 0-d integer tensor; not a bool), else
     None."""
-    if isinstance(value, bool):
-        return None
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor)
+                                   and (value.dim() != 0 or value.dtype == torch.bool)):
+        return None  # (a tensor's __index__ also takes bools and one-element tensors of any shape)
     try:
         return operator.index(value)
     except TypeError:

@@ -303,7 +303,8 @@ def training_examples(data: RecData, cfg: TrainConfig) -> list[tuple[tuple[int, 
 
 def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths: list[int], batch_loss, validate,
                metric: str, resume: bool = False, progress: bool = True, extra_config: dict | None = None,
-               data_fingerprint: str | None = None, checkpoint_facts: dict | None = None) -> dict:
+               data_fingerprint: str | None = None, checkpoint_facts: dict | None = None,
+               resume_view=None) -> dict:
     """The training loop shared by the target and draft trainers: AdamW, warm-up + cosine, clipping,
     (bfloat16 autocast), validation every ``cfg.eval_every`` steps or epoch, early stopping on ``metric``
     (higher is better), ``best/`` and ``last/`` checkpoints, exact resume, DDP under torchrun. Each validation
@@ -320,6 +321,8 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
             in ``best/meta.json``; a resume with different ones is refused.
         checkpoint_facts: more facts every checkpoint's ``meta.json`` records (e.g. the history length), not
             compared on resume (the data fingerprint covers them).
+        resume_view: ``extra_config -> what a resume compares`` (default: all of it), applied to the saved and the
+            current settings alike: settings the run ignores must not block a resume.
         data_fingerprint: :meth:`RecData.fingerprint` of the training data, kept in the trainer state; a resume
             on other data is refused (runs saved without one are checked on their example count only).
     """
@@ -327,7 +330,7 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
     rank, world = _dist(device)
     out_dir = Path(out_dir)
     held = [name for name in ("best", "last") if (out_dir / name).exists()]
-    if held and not resume:  # (the CLI's --overwrite deletes them first)
+    if held and not resume and rank == 0:  # (the CLI's --overwrite deletes them first, on rank 0: no race there)
         raise ValueError(f"{out_dir} already holds a run ({' and '.join(held)}/): pass resume=True to continue it, "
                          "delete them to start again, or train into another folder")
     n_in, n_out = model_vocab_sizes(model)
@@ -349,7 +352,8 @@ def train_loop(model, tokenizer, out_dir: str | Path, cfg: TrainConfig, lengths:
         except json.JSONDecodeError as e:
             raise ValueError(f"{last / 'trainer_state.json'} is not valid JSON ({e}): a damaged run; resume another "
                              "or start again with --overwrite") from None
-        saved_extra, extra = state.get("extra_config", {}), json.loads(json.dumps(extra_config))
+        view = resume_view or (lambda settings: settings)
+        saved_extra, extra = view(state.get("extra_config", {})), view(json.loads(json.dumps(extra_config)))
         if saved_extra != extra:
             changed = ", ".join(f"{k} {saved_extra.get(k)!r} -> {extra.get(k)!r}" for k in sorted({*saved_extra, *extra})
                                 if saved_extra.get(k) != extra.get(k))

@@ -36,7 +36,8 @@ def label(path: str) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="an LC-Rec format directory, e.g. ../shared/data/beauty")
+    p.add_argument("--data", type=common.data_dir, required=True,
+                   help="an LC-Rec format directory, e.g. ../shared/data/beauty")
     p.add_argument("--checkpoint", action="append", required=True, help="a checkpoint directory (repeat)")
     p.add_argument("--k", type=common.positive, default=10)
     p.add_argument("--split", choices=["test", "valid"], default="test")

@@ -38,7 +38,8 @@ def copy_checkpoint(src: Path, dst: Path, dtype: torch.dtype | None) -> None:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder to fill (carry it to the GPU machine)")
-    p.add_argument("--data", default="../shared/data/beauty")
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "beauty"),
+                   help="LC-Rec data to copy (default ../shared/data/beauty next to the repository)")
     p.add_argument("--target", required=True, help="the target checkpoint folder (e.g. RUN/best)")
     p.add_argument("--draft", required=True, help="the cross-entropy draft checkpoint folder")
     p.add_argument("--aligned-draft", default=None, help="an aligned draft checkpoint folder, packed too (optional)")

@@ -281,6 +281,17 @@ def test_train_draft_resumes_exactly_and_refuses_other_settings(setup, tmp_path,
                     teacher=teacher, resume=True, progress=False)
     meta = json.loads((tmp_path / "whole" / "best" / "meta.json").read_text())
     assert meta["align"]["objective"] == "atspeed-s"         # the checkpoint says how it was trained
+    # Without validation the val_* settings do nothing, so they cannot block a resume (CLI runs of different
+    # versions stored the given values or the defaults); with validation they do.
+    quiet = TrainConfig(epochs=2, batch_size=32, lr=5e-3, eval_prompts=0, max_steps=1)
+    train_draft(build_model("tiny-1x64", tok.vocab_size, seed=5), target, tok, data, tmp_path / "quiet", quiet, ce,
+                teacher=teacher, progress=False)
+    other_val = AlignConfig(objective="ce", val_beams=4, val_draft_beams=20, val_gamma=1)
+    assert train_draft(build_model("tiny-1x64", tok.vocab_size, seed=5), target, tok, data, tmp_path / "quiet",
+                       quiet, other_val, teacher=teacher, resume=True, progress=False)["step"] == 1  # accepted
+    with pytest.raises(ValueError, match="other settings .*'val_beams': 3"):
+        train_draft(build_model("tiny-1x64", tok.vocab_size, seed=5), target, tok, data, tmp_path / "ce", cfg,
+                    other_val, teacher=teacher, resume=True, progress=False)
 
 
 def test_train_draft_bad_inputs(setup, tmp_path):

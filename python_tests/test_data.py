@@ -107,6 +107,9 @@ def test_tokenizer_and_trie():
     assert tok.encode_prompt(torch.tensor([1, 0])) == tok.encode_prompt([1, 0])  # a history from a tensor
     with pytest.raises(ValueError, match="item 1.5 is not an integer item id"):
         tok.encode_item(1.5)
+    for odd in (torch.tensor(True), torch.tensor([1]), torch.tensor([[1]])):  # a tensor's __index__ takes them
+        with pytest.raises(ValueError, match="is not an integer item id"):
+            tok.encode_item(odd)
 
 
 @pytest.mark.parametrize("call, message", [

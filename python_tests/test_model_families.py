@@ -66,6 +66,14 @@ def test_models_whose_attention_beams_cannot_share_are_refused(name, message):
         SpecBeamDecoder(model, tiny_model("llama", VOCAB, seed=1, dtype=torch.float32), TRIE, 3, 6)
 
 
+def test_the_hf_baseline_runs_models_the_decoders_refuse():
+    # Its input checks refused them too for a while: generate() needs no tree attention.
+    from atspeed_ext.hf import hf_constrained_beam_search
+
+    out = hf_constrained_beam_search(family("bloom").eval(), TRIE, [[5, 6, 7], [8]], None, 3)
+    assert out.valid.all() and out.sequences.shape == (2, 3, TRIE.depth)
+
+
 def test_attention_only_families_pass_the_check():
     for model in (tiny_model("llama", VOCAB), tiny_model("qwen2", VOCAB),
                   tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=4)),

@@ -416,8 +416,9 @@ def test_train_config_fields_are_type_checked(kwargs, message):
 
 def test_train_config_takes_numpy_numbers_as_python_ones():
     np = pytest.importorskip("numpy")
-    cfg = TrainConfig(epochs=np.int64(2), lr=np.float32(0.5))
-    assert (cfg.epochs, cfg.lr) == (2, 0.5) and type(cfg.epochs) is int and type(cfg.lr) is float
+    cfg = TrainConfig(epochs=np.int64(2), lr=np.float32(0.5), with_eos=np.True_, max_steps=1e4)
+    assert (cfg.epochs, cfg.lr, cfg.with_eos, cfg.max_steps) == (2, 0.5, True, 10000)
+    assert [type(v) for v in (cfg.epochs, cfg.lr, cfg.with_eos, cfg.max_steps)] == [int, float, bool, int]
     json.dumps(vars(cfg))  # stored in every checkpoint's meta.json
 
 

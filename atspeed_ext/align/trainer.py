@@ -140,9 +140,15 @@ def train_draft(draft, target, tokenizer, data: RecData, out_dir: str | Path, cf
     # A resume must see the same target and teacher data: their contents, not the paths they were given by.
     teacher_id = None if teacher is None else {k: teacher.meta[k] for k in ("examples_hash", "model_hash", "num_beams")}
     extra = {"align": asdict(align), "target": target_hash, "teacher": teacher_id}
+
+    def without_validation_settings(settings: dict) -> dict:  # a run that does not validate ignores them
+        align_settings = {k: v for k, v in settings.get("align", {}).items() if not k.startswith("val_")}
+        return {**settings, "align": align_settings}
+
     return train_loop(draft, tokenizer, out_dir, cfg, lengths, batch_loss, validate if val_prompts else None,
                       "accepted_levels", resume=resume, progress=progress, extra_config=extra,
-                      data_fingerprint=data.fingerprint(), checkpoint_facts={"max_history": data.max_history})
+                      data_fingerprint=data.fingerprint(), checkpoint_facts={"max_history": data.max_history},
+                      resume_view=None if val_prompts else without_validation_settings)
 
 
 @torch.no_grad()
