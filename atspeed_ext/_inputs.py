@@ -24,6 +24,12 @@ def model_vocab_sizes(model: torch.nn.Module) -> tuple[int, int]:
     return int(n_in), int(n_out)
 
 
+def model_pad_token_id(model: torch.nn.Module) -> int:
+    """The token a model's config pads prompts with (0 when it names none)."""
+    pad = getattr(getattr(model, "config", None), "pad_token_id", None)
+    return pad if isinstance(pad, int) else 0
+
+
 def check_model_and_trie(model: torch.nn.Module, trie: ItemTrie, name: str = "model",
                          tree_attention: bool = True) -> None:
     """Refuse a trie that is not an ItemTrie, a model that is not a loaded causal LM or does not embed and score

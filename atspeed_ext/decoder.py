@@ -14,7 +14,7 @@ from . import _ops
 from ._checks import is_int
 from ._hf_compat import ForwardSignature
 from ._inputs import (beam_cache_slots, check_cache_window, check_model_and_trie, check_positions, model_device,
-                      model_vocab_sizes, normalise_prompts)
+                      model_pad_token_id, model_vocab_sizes, normalise_prompts)
 from .tree_kv import additive_mask, prompt_attention
 from .trie import ItemTrie
 
@@ -133,8 +133,7 @@ class BeamSearchDecoder:
         self._uniforms = SeededUniforms(seed) if do_sample else None
         self._vocab_in, _ = model_vocab_sizes(model)
         self._forward = ForwardSignature(model)
-        pad = getattr(getattr(model, "config", None), "pad_token_id", None)
-        self._pad_token_id = pad if isinstance(pad, int) else 0
+        self._pad_token_id = model_pad_token_id(model)
 
     @plain_output_of_inference
     def generate(self, input_ids, attention_mask: torch.Tensor | None = None) -> BeamSearchOutput:

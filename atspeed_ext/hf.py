@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import is_int
-from ._inputs import check_model_and_trie, model_device, model_vocab_sizes, normalise_prompts
+from ._inputs import check_model_and_trie, model_device, model_pad_token_id, model_vocab_sizes, normalise_prompts
 from .decoder import BeamSearchOutput, plain_output_of_inference
 from .trie import ItemTrie
 
@@ -46,9 +46,8 @@ def hf_constrained_beam_search(model, trie: ItemTrie, input_ids, attention_mask:
     if not is_int(num_beams) or num_beams < 1:
         raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}")
     check_model_and_trie(model, trie, tree_attention=False)  # generate() itself runs any causal LM
-    pad = getattr(getattr(model, "config", None), "pad_token_id", None)
     input_ids, attention_mask = normalise_prompts(input_ids, attention_mask, model_device(model),
-                                                  model_vocab_sizes(model)[0], pad if isinstance(pad, int) else 0)
+                                                  model_vocab_sizes(model)[0], model_pad_token_id(model))
     B, T = input_ids.shape
     K = int(num_beams)
     # The model's own generation settings (repetition_penalty, no_repeat_ngram_size, length_penalty,

@@ -33,8 +33,8 @@ import torch
 from . import _ops
 from ._checks import is_int
 from ._nvtx import nvtx_range
-from ._inputs import (check_cache_window, check_model_and_trie, check_positions, model_device, model_vocab_sizes,
-                      normalise_prompts, spec_cache_slots)
+from ._inputs import (check_cache_window, check_model_and_trie, check_positions, model_device, model_pad_token_id,
+                      model_vocab_sizes, normalise_prompts, spec_cache_slots)
 from .decoder import BeamSearchOutput, SeededUniforms, best_first, check_temperature, plain_output_of_inference
 from .tree_kv import NOT_TREE, ROOT, TreeKV
 from .trie import ItemTrie
@@ -234,7 +234,8 @@ class SpecBeamDecoder:
 
     def __init__(self, target: torch.nn.Module, draft: torch.nn.Module, trie: ItemTrie, num_beams: int,
                  draft_beams: int | Sequence[int], gamma: int = 3, verification: str = "strict",
-                 draft_policy: str | None = None, temperature: float = 1.0, seed: int | None = None, skip_exhaustive_draft: bool = True):
+                 draft_policy: str | None = None, temperature: float = 1.0, seed: int | None = None,
+                 skip_exhaustive_draft: bool = True):
         for name, value in (("num_beams", num_beams), ("gamma", gamma)):
             if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -275,8 +276,7 @@ class SpecBeamDecoder:
         self.skip_exhaustive_draft = skip_exhaustive_draft and not self._sampling
         self._uniforms = SeededUniforms(seed) if self._sampling else None
         self._vocab_in = min(t_in, d_in)  # prompts go to both models
-        pad = getattr(getattr(target, "config", None), "pad_token_id", None)
-        self._pad_token_id = pad if isinstance(pad, int) else 0
+        self._pad_token_id = model_pad_token_id(target)
 
     # ------------------------------------------------------------------ drafting
     def _level_widths(self, t: list[int], g: list[int], j: int) -> tuple[int, list[int] | None]:
@@ -288,12 +288,9 @@ class SpecBeamDecoder:
         width = max(per_row)
         return width, None if min(w for w, g_r in zip(per_row, g) if g_r >= j) == width else per_row
 
-    def _draft_level(self, logits, scores, nodes, live, trie, anchored_width, N, row_widths):
+    def _draft_level(self, logits, scores, nodes, live, trie, anchored_width, N):
         """One drafted level of width N from the previous level's nodes (``anchored_width`` = how many lead
-        the level); rows with a narrower width (``row_widths``) keep their first nodes only."""
-        return _truncate(self._draft_level_of_width(logits, scores, nodes, live, trie, anchored_width, N), row_widths)
-
-    def _draft_level_of_width(self, logits, scores, nodes, live, trie, anchored_width, N):
+        the level)."""
         K = self.num_beams
         co, ct = trie.child_offsets, trie.child_tokens
         best = _ops.trie_beam_step(logits, scores, nodes, live, co, ct, N)
@@ -431,8 +428,9 @@ class SpecBeamDecoder:
                                parent_scores=torch.nn.functional.pad(prev_scores[:, :width], (0, pad),
                                                                      value=float("-inf")))
             else:
-                lvl_scores, parent, token, node = self._draft_level(prev_logits, prev_scores, prev_nodes, live_j,
-                                                                    trie, width, N, row_widths)
+                # rows with a narrower width (row_widths) keep their first, best nodes only
+                lvl_scores, parent, token, node = _truncate(self._draft_level(
+                    prev_logits, prev_scores, prev_nodes, live_j, trie, width, N), row_widths)
                 level = _Level(parent=parent, token=token, node=node, live=parent >= 0)
             if j < G:  # feed this level to the draft for the next one
                 first = dft.num_slots
