@@ -15,7 +15,8 @@ class ForwardSignature:
     """
 
     def __init__(self, model: torch.nn.Module):
-        params = inspect.signature(model.forward).parameters
+        module = getattr(model, "_orig_mod", model)  # torch.compile's wrapper takes *args: read the model's own
+        params = inspect.signature(module.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
         self.has_logits_to_keep = "logits_to_keep" in params
 

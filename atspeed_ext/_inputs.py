@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
+import warnings
 import weakref
 
 import torch
@@ -52,6 +53,32 @@ def check_model_and_trie(model: torch.nn.Module, trie: ItemTrie, name: str = "mo
             )
 
 
+def active_dropout(model: torch.nn.Module) -> str | None:
+    """What makes a model in training mode random: a ``torch.nn.Dropout`` module or a ``*dropout`` / ``*_pdrop``
+    config probability above 0 (Hugging Face attention applies its dropout functionally, when ``training``);
+    None when the model is in eval mode or has no dropout."""
+    if not model.training:
+        return None
+    for module_name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0 and module.training:
+            return f"{type(module).__name__}(p={module.p}) at {module_name or 'the model'}"
+    config = getattr(model, "config", None)
+    for key, value in (vars(config).items() if config is not None else ()):
+        if (key.endswith("dropout") or key.endswith("_pdrop")) and isinstance(value, float) and value > 0:
+            return f"config.{key} = {value}"
+    return None
+
+
+def warn_if_dropout_active(model: torch.nn.Module, name: str = "model") -> None:
+    """Warn when a model decodes in training mode with dropout active: its beams are random then, and
+    speculative decoding no longer matches target-only decoding."""
+    cause = active_dropout(model)
+    if cause is not None:
+        warnings.warn(f"{name} is in training mode with dropout active ({cause}): its scores are random and a "
+                      f"speculative decode no longer matches a target-only one; call {name}.eval() before "
+                      "decoding", stacklevel=4)
+
+
 def check_tree_attention(model: torch.nn.Module, name: str = "model") -> None:
     """Refuse a model whose attention the decoders cannot share between beams: they feed the K beams (or a tree)
     of a request as tokens of one cache row, told apart only by a 4-D attention mask and ``position_ids``. That is
@@ -66,6 +93,10 @@ def check_tree_attention(model: torch.nn.Module, name: str = "model") -> None:
         raise ValueError(f"{name} ({kind}) takes no position_ids (ALiBi or recurrent): the decoders' tree attention "
                          "needs rotary or learned positions")
     config = getattr(module, "config", None)
+    if getattr(config, "_attn_implementation", None) == "flex_attention" and model_device(module).type == "cpu":
+        raise ValueError(f"{name} ({kind}) uses attn_implementation='flex_attention', which crashes the process on "
+                         "the CPU when given the 4-D attention masks of tree attention (transformers 5.24, torch "
+                         "2.14); load it with attn_implementation='sdpa' or 'eager'")
     if getattr(config, "alibi", False) or getattr(getattr(config, "attn_config", None), "alibi", False):
         raise ValueError(f"{name} ({kind}) uses ALiBi, whose biases come from cache-slot distances: the decoders' tree "
                          "attention needs rotary or learned positions")

@@ -14,7 +14,7 @@ from . import _ops
 from ._checks import is_int
 from ._hf_compat import ForwardSignature
 from ._inputs import (beam_cache_slots, check_cache_window, check_model_and_trie, check_positions, model_device,
-                      model_pad_token_id, model_vocab_sizes, normalise_prompts)
+                      model_pad_token_id, model_vocab_sizes, normalise_prompts, warn_if_dropout_active)
 from .tree_kv import additive_mask, prompt_attention
 from .trie import ItemTrie
 
@@ -61,14 +61,15 @@ def best_first(scores: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tenso
 
 def plain_output_of_inference(generate):
     """Run a decoder's ``generate`` under ``torch.inference_mode()`` and return its output with ordinary tensors
-    (clones made outside that mode, a few small tensors), which callers may edit in place, as they may Hugging
-    Face generate's."""
+    (clones made outside that mode, a few small tensors, even when the caller runs under inference mode), which
+    callers may edit in place, as they may Hugging Face generate's."""
     @functools.wraps(generate)
     def run(*args, **kwargs):
         with torch.inference_mode():
             out = generate(*args, **kwargs)
-        return dataclasses.replace(out, sequences=out.sequences.clone(), scores=out.scores.clone(),
-                                   valid=out.valid.clone())
+        with torch.inference_mode(False):
+            return dataclasses.replace(out, sequences=out.sequences.clone(), scores=out.scores.clone(),
+                                       valid=out.valid.clone())
     return run
 
 
@@ -94,10 +95,12 @@ class BeamSearchDecoder:
     """Trie-constrained beam search over a Hugging Face causal LM (the target-only baseline).
 
     Returns exactly what ``model.generate(num_beams=K, num_return_sequences=K, do_sample=False,
-    prefix_allowed_tokens_fn=<trie>)`` returns (same sequences in the same order), but prefills each
-    prompt once and lets its K beams share that KV cache: the beams of a step are fed as K tokens of the
-    request's own row with a tree attention mask (each token sees its prompt and its ancestors) and
-    depth-based position ids.
+    prefix_allowed_tokens_fn=<trie>)`` returns (same sequences in the same order; candidates with exactly
+    equal scores are ordered by lower parent beam, then lower token, where ``generate`` may order them
+    otherwise), but prefills each prompt once and lets its K beams share that KV cache: the beams of a step are
+    fed as K tokens of the request's own row with a tree attention mask (each token sees its prompt and its
+    ancestors) and depth-based position ids. The model should be in eval mode (a warning says when dropout is
+    active).
 
     With ``do_sample=True`` it does target-only *beam sampling* instead: at each step K distinct candidates
     are drawn without replacement from all trie-allowed (beam, child token) candidates with probabilities
@@ -131,7 +134,6 @@ class BeamSearchDecoder:
         self.num_beams = num_beams
         self.do_sample = do_sample
         self._uniforms = SeededUniforms(seed) if do_sample else None
-        self._vocab_in, _ = model_vocab_sizes(model)
         self._forward = ForwardSignature(model)
         self._pad_token_id = model_pad_token_id(model)
 
@@ -145,7 +147,10 @@ class BeamSearchDecoder:
             attention_mask: ``[B, T]`` 0/1 mask for a tensor ``input_ids`` (default: no padding).
         """
         device = model_device(self.model)
-        ids, mask = normalise_prompts(input_ids, attention_mask, device, self._vocab_in, self._pad_token_id)
+        warn_if_dropout_active(self.model, "model")
+        # the model's vocabulary now (embeddings may have been resized since this decoder was built)
+        ids, mask = normalise_prompts(input_ids, attention_mask, device, model_vocab_sizes(self.model)[0],
+                                      self._pad_token_id)
         trie = self.trie.to(device)
         B, K, depth = ids.shape[0], self.num_beams, trie.depth
         check_cache_window(self.model, "model", beam_cache_slots(ids.shape[1], K, depth))

@@ -34,7 +34,8 @@ from . import _ops
 from ._checks import is_int
 from ._nvtx import nvtx_range
 from ._inputs import (check_cache_window, check_model_and_trie, check_positions, model_device, model_pad_token_id,
-                      model_vocab_sizes, normalise_prompts, spec_cache_slots)
+                      model_vocab_sizes, normalise_prompts, spec_cache_slots,
+                      warn_if_dropout_active)
 from .decoder import BeamSearchOutput, SeededUniforms, best_first, check_temperature, plain_output_of_inference
 from .tree_kv import NOT_TREE, ROOT, TreeKV
 from .trie import ItemTrie
@@ -119,9 +120,14 @@ def _depth_widths(draft_beams, K: int, trie: ItemTrie, verification: str) -> tup
             raise ValueError(f"draft_beams (N = {v}{where}) must be >= num_beams (K = {K})")
     values = [int(v) for v in values]
     widths = values + [values[-1]] * (levels - len(values))
-    if verification == "strict":  # a level holds at most the trie's nodes of its depth: no padding beyond them
-        sizes = trie.level_offsets.tolist()
-        widths = [min(w, max(K, sizes[d + 1] - sizes[d])) for d, w in enumerate(widths, 1)]
+    # A level holds at most the trie's nodes of its depth: no padding beyond them. Sampling keeps one width for
+    # every level, capped at the widest drafted depth (a level then still draws every candidate it has).
+    sizes = trie.level_offsets.tolist()
+    nodes = [sizes[d + 1] - sizes[d] for d in range(1, levels + 1)]
+    if verification == "strict":
+        widths = [min(w, max(K, n)) for w, n in zip(widths, nodes)]
+    else:
+        widths = [min(w, max(K, *nodes)) for w in widths]
     return widths, values[0] if is_int(draft_beams) else tuple(values)
 
 
@@ -198,6 +204,11 @@ class SpecBeamDecoder:
     (relaxed: lossy, the paper's; exact: the distribution of ``BeamSearchDecoder(do_sample=True)``), with
     fewer target calls.
 
+    "Same output" is exact arithmetic's: the target scores a tree of tokens per call where beam search scores
+    K, so its logits round differently. With a float32 (or float64) target the lists are identical and the
+    scores agree within 1e-5; with a bfloat16 or float16 target near-ties can rank differently (on Beauty,
+    bfloat16: a few lists in a hundred). The draft's precision does not matter.
+
     Args:
         target, draft: Hugging Face causal LMs on the same device sharing the trie's tokens (their embedding
             tables may be padded to different sizes under strict verification; sampling needs equal sizes).
@@ -210,8 +221,10 @@ class SpecBeamDecoder:
             tuple, range, 1-D array or tensor): the drafted level at depth d has ``N_d`` nodes (the last width
             repeats deeper down), for tries whose levels the draft finds unequally hard (on Beauty the first
             code needs N = 30, the third 20). Under strict verification a level holds at most the trie's node
-            count at its depth (or K): wider settings only padded the target's call. ``self.draft_beams`` is
-            the setting as given (an int, or a tuple).
+            count at its depth (or K): wider settings only padded the target's call; sampling caps N at the
+            largest node count of the drafted depths (the law is unchanged: a level still draws every candidate
+            it has, but the seeded stream differs from an uncapped N). ``self.draft_beams`` is the setting as
+            given (an int, or a tuple).
         gamma: drafted levels per round (>= 1).
         verification: ``"strict"`` (lossless top-K verification of beam search), ``"relaxed"`` (the paper's
             sampling verification: independent acceptance with min(1, p/q), K kept uniformly among the
@@ -255,8 +268,7 @@ class SpecBeamDecoder:
         check_model_and_trie(target, trie, "target")
         check_model_and_trie(draft, trie, "draft")
         widths, draft_beams = _depth_widths(draft_beams, num_beams, trie, verification)
-        t_in, t_out = model_vocab_sizes(target)
-        d_in, d_out = model_vocab_sizes(draft)
+        t_out, d_out = model_vocab_sizes(target)[1], model_vocab_sizes(draft)[1]
         # Both models read and score every trie token (checked above); their embedding tables may be padded to
         # different sizes (as a small and a large Qwen2.5 are), except where sampling verification compares the
         # two distributions token by token.
@@ -275,7 +287,6 @@ class SpecBeamDecoder:
         self._sampling = verification != "strict"
         self.skip_exhaustive_draft = skip_exhaustive_draft and not self._sampling
         self._uniforms = SeededUniforms(seed) if self._sampling else None
-        self._vocab_in = min(t_in, d_in)  # prompts go to both models
         self._pad_token_id = model_pad_token_id(target)
 
     # ------------------------------------------------------------------ drafting
@@ -314,7 +325,7 @@ class SpecBeamDecoder:
         u = self._uniforms((logits.shape[0], width, trie.max_children), logits.device)
         return _ops.trie_beam_sample(logits[:, :width].contiguous(), scores[:, :width].contiguous(),
                                      nodes[:, :width].contiguous(), live[:, :width].contiguous(), trie.child_offsets,
-                                     trie.child_tokens, u, self.temperature, self.draft_beams)
+                                     trie.child_tokens, u, self.temperature, self._uniform_width)
 
     # ------------------------------------------------------------------ decode
     @plain_output_of_inference
@@ -322,7 +333,11 @@ class SpecBeamDecoder:
         """Decode the top-K (or K sampled) identifiers of each prompt (inputs as
         :meth:`BeamSearchDecoder.generate`)."""
         device = model_device(self.target)
-        ids, mask = normalise_prompts(input_ids, attention_mask, device, self._vocab_in, self._pad_token_id)
+        warn_if_dropout_active(self.target, "target")
+        warn_if_dropout_active(self.draft, "draft")
+        # prompts go to both models, as their vocabularies are now (embeddings may have been resized since)
+        vocab_in = min(model_vocab_sizes(self.target)[0], model_vocab_sizes(self.draft)[0])
+        ids, mask = normalise_prompts(input_ids, attention_mask, device, vocab_in, self._pad_token_id)
         trie = self.trie.to(device)
         B, K, depth = ids.shape[0], self.num_beams, trie.depth
         slots = spec_cache_slots(ids.shape[1], K, self._widths, self.gamma, depth, B)
@@ -552,7 +567,7 @@ class SpecBeamDecoder:
                        beam_rows: torch.Tensor, lvl: dict[str, torch.Tensor], g_dev: torch.Tensor, trie: ItemTrie):
         """Relaxed or exact sampling verification of every level of every request (one op call)."""
         rows, K = state.scores.shape
-        N, V = self.draft_beams, logits.shape[-1]
+        N, V = self._uniform_width, logits.shape[-1]
         W = N if self.draft_policy == "beam" else K
         if levels:
             d_logits = torch.stack([level.parent_logits for level in levels], 1)
