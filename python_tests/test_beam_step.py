@@ -186,3 +186,14 @@ def test_cuda_opcheck():
     t = trie.to("cuda")
     torch.library.opcheck(torch.ops.atspeed_ext.trie_beam_step.default,
                           (logits.cuda(), scores.cuda(), nodes.cuda(), live.cuda(), t.child_offsets, t.child_tokens, 7))
+
+
+def test_no_beams_or_no_tokens_raise_in_both_twins():
+    """W = 0 or V = 0: the kernel and the reference refuse alike (the reference used to return empty outputs)."""
+    trie = ItemTrie([[3, 5]])
+    for W, V in ((0, 8), (1, 0)):
+        args = (torch.zeros(2, W, V), torch.zeros(2, W), torch.zeros(2, W, dtype=torch.long),
+                torch.ones(2, W, dtype=torch.bool), trie.child_offsets, trie.child_tokens, 2)
+        for op in (_ops.trie_beam_step, reference.trie_beam_step):
+            with pytest.raises(RuntimeError, match=r"with W >= 1 and V >= 1"):
+                op(*args)

@@ -189,3 +189,11 @@ def test_plan_cuda_opcheck():
     parents, _ = random_tree_cache(3, 5, 20, seed=1)
     torch.library.opcheck(torch.ops.atspeed_ext.compaction_plan.default,
                           (parents.cuda(), random_anchors(parents, 4, 1).cuda(), 5))
+
+
+def test_an_empty_cache_compacts_to_padding_in_both_twins():
+    """S = 0 with every kept slot padding (-1): zeros from both twins (the reference used to raise from gather)."""
+    cache, keep = torch.zeros(2, 3, 0, 4), torch.full((2, 5), -1)
+    for op in (_ops.compact_kv, reference.compact_kv):
+        out, = op([cache], keep)
+        assert out.shape == (2, 3, 5, 4) and not out.any()

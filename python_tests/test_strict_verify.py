@@ -171,3 +171,16 @@ def test_cuda_matches_cpu(B, K, N, G, dtype):
         case = make_case(B, K, N, G, V=300, seed=seed, dtype=dtype)
         got = _ops.strict_verify(*[x.cuda() for x in case])
         assert_same([x.cpu() for x in got], _ops.strict_verify(*case))
+
+
+def test_dead_beams_rows_are_never_read():
+    """A dead beam's logits row may be anything (here out of range): neither twin reads it (the reference used to
+    gather it and raise an IndexError)."""
+    trie = ItemTrie([[3, 5], [3, 6], [4, 7]])
+    logits = torch.randn(1, 3, 8, generator=torch.Generator().manual_seed(0))
+    args = (logits, torch.tensor([[0, 10 ** 9]]), torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.long),
+            torch.tensor([[True, False]]), torch.tensor([[[0, 0]]]), torch.tensor([[[3, 4]]]),
+            torch.tensor([[[1, 2]]]), torch.tensor([1]), trie.child_offsets, trie.child_tokens)
+    got, want = _ops.strict_verify(*args), reference.strict_verify(*args)
+    assert_same(got, want)
+    assert got[0].tolist() == [1]

@@ -9,8 +9,11 @@ def row_logsumexp(logits: torch.Tensor) -> torch.Tensor:
     """log-sum-exp over the last dim, as every twin computes it.
 
     ``max + log(sum(exp(x - max)))`` with the logits first rounded to float32, the exponentials, sum and
-    log in float64, and the result rounded to float32 once: implementations whose float64 exp or summation
-    order differ still agree on the float32 result. A NaN logit makes the row NaN.
+    log in float64, and the result rounded to float32 once. Twins whose float64 exp or summation order differ
+    (the CPU kernel: libm exp, a sequential sum; this: torch.exp, torch.sum; CUDA: a tree-shaped sum) agree on
+    the float32 result unless the float64 value lies within a few ulps of a float32 rounding midpoint: a
+    one-ulp difference on rows built for it (a fuzzer found such rows), about 1e-15 per random row. A NaN logit
+    makes the row NaN.
     """
     x = logits.float()
     m = x.amax(-1)
@@ -52,6 +55,8 @@ def candidates(logits: torch.Tensor, beam_scores: torch.Tensor, beam_nodes: torc
     beam's node and the score is above -inf; NaN is not) and its trie edge (-1 for non-children). A live beam
     must sit on a trie node (a RuntimeError otherwise, as from the kernels)."""
     B, W, V = logits.shape
+    if W < 1 or V < 1:  # as the kernels: a beam op needs at least one beam and one token
+        raise RuntimeError(f"logits must be [B, W, V] with W >= 1 and V >= 1, got shape {list(logits.shape)}")
     device = logits.device
     scores = beam_scores.float().unsqueeze(-1) + (logits.float() - row_logsumexp(logits).unsqueeze(-1))
     allowed = torch.zeros(B, W, V, dtype=torch.bool, device=device)

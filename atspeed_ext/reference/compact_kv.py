@@ -22,6 +22,9 @@ def compact_kv(caches: list[torch.Tensor], keep: torch.Tensor) -> list[torch.Ten
     valid = (keep >= 0)[:, None, :, None]
     for cache in caches:
         B, H, S, D = cache.shape
+        if S == 0:  # nothing to gather from: every kept slot is padding
+            out.append(cache.new_zeros(B, H, keep.shape[1], D))
+            continue
         index = keep.clamp(min=0)[:, None, :, None].expand(B, H, keep.shape[1], D)
         out.append(torch.where(valid, cache.gather(2, index), torch.zeros((), dtype=cache.dtype, device=cache.device)))
     return out

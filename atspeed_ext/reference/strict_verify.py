@@ -42,7 +42,7 @@ def strict_verify(logits, beam_rows, beam_scores, beam_nodes, beam_live, level_p
         index = torch.arange(K, device=device)  # index of each current beam in its level
         for j in range(int(num_levels[b]) + 1):
             y_scores, y_parent, y_token, y_node = (x[0] for x in trie_beam_step(
-                logits[b, rows.clamp(min=0)].unsqueeze(0), scores.unsqueeze(0), nodes.unsqueeze(0),
+                logits[b, torch.where(live, rows, 0)].unsqueeze(0), scores.unsqueeze(0), nodes.unsqueeze(0),
                 live.unsqueeze(0), child_offsets, child_tokens, K))
             y_valid = y_parent >= 0
             parent_index = torch.where(y_valid, index[y_parent.clamp(min=0)], -1)
