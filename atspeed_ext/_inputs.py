@@ -54,7 +54,7 @@ def check_model_and_trie(model: torch.nn.Module, trie: ItemTrie, name: str = "mo
 
 
 def active_dropout(model: torch.nn.Module) -> str | None:
-    """What makes a model in training mode random: a ``torch.nn.Dropout`` module or a ``*dropout`` / ``*_pdrop``
+    """What makes a model in training mode random: a ``torch.nn.Dropout`` module or a ``*dropout*`` / ``*_pdrop``
     config probability above 0 (Hugging Face attention applies its dropout functionally, when ``training``);
     None when the model is in eval mode or has no dropout."""
     if not model.training:
@@ -64,7 +64,7 @@ def active_dropout(model: torch.nn.Module) -> str | None:
             return f"{type(module).__name__}(p={module.p}) at {module_name or 'the model'}"
     config = getattr(model, "config", None)
     for key, value in (vars(config).items() if config is not None else ()):
-        if (key.endswith("dropout") or key.endswith("_pdrop")) and isinstance(value, float) and value > 0:
+        if ("dropout" in key or key.endswith("_pdrop")) and isinstance(value, float) and value > 0:
             return f"config.{key} = {value}"
     return None
 
