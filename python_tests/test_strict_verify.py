@@ -184,3 +184,15 @@ def test_dead_beams_rows_are_never_read():
     got, want = _ops.strict_verify(*args), reference.strict_verify(*args)
     assert_same(got, want)
     assert got[0].tolist() == [1]
+
+
+def test_rows_of_levels_a_request_did_not_draft_are_never_read():
+    """Slots of levels at or beyond num_levels[b] may hold anything (here an out-of-range row): both twins ignore
+    them, as the sampling verifications do (the CPU kernel used to refuse them)."""
+    trie = ItemTrie([[3, 5, 7], [3, 6, 7], [4, 5, 8]])
+    logits = torch.randn(1, 8, 10, generator=torch.Generator().manual_seed(0))
+    args = (logits, torch.tensor([[0, 1]]), torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.long),
+            torch.tensor([[True, False]]), torch.tensor([[[0, 0, -1], [0, 1, -1]]]),
+            torch.tensor([[[3, 4, -1], [5, 5, -1]]]), torch.tensor([[[2, 3, -1], [4, 10 ** 9, -1]]]),
+            torch.tensor([1]), trie.child_offsets, trie.child_tokens)
+    assert_same(_ops.strict_verify(*args), reference.strict_verify(*args))

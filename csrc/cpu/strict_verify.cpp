@@ -94,7 +94,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> strict_ve
       TORCH_CHECK(!bl.data_ptr<bool>()[b * K + k] || (r >= 0 && r < R), "beam_rows[", b, ", ", k, "] = ", r,
                   " is not a logits row in [0, ", R, ")");
     }
-    for (int64_t i = 0; i < G * N; ++i) {
+    for (int64_t i = 0; i < g * N; ++i) {  // the levels this request drafted (the others are never read)
       const int64_t r = lr.data_ptr<int64_t>()[b * G * N + i], p = lp.data_ptr<int64_t>()[b * G * N + i];
       TORCH_CHECK(p < 0 || (r >= 0 && r < R), "level_row[", b, ", ", i / N, ", ", i % N, "] = ", r,
                   " is not a logits row in [0, ", R, ")");
