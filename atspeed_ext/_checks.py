@@ -13,6 +13,13 @@ def is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def positive_int(name: str, value) -> int:
+    """``value`` as a Python int if it is an integer >= 1 (numpy's too); a ValueError naming ``name`` otherwise."""
+    if not is_int(value) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
 def check_field_types(config) -> None:
     """Refuse a dataclass field whose value is not of its default's kind (bool, int, float or str), naming it:
     a wrong type was silently reinterpreted (``on_policy="no"`` is true) or failed deep inside training. numpy

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from . import _ops
-from ._checks import is_int
+from ._checks import is_int, positive_int
 from ._hf_compat import ForwardSignature
 from ._inputs import (beam_cache_slots, check_cache_window, check_model_and_trie, check_positions, model_device,
                       model_pad_token_id, model_vocab_sizes, normalise_prompts, warn_if_dropout_active)
@@ -120,9 +120,7 @@ class BeamSearchDecoder:
 
     def __init__(self, model: torch.nn.Module, trie: ItemTrie, num_beams: int, do_sample: bool = False,
                  temperature: float = 1.0, seed: int | None = None):
-        if not is_int(num_beams) or num_beams < 1:
-            raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}")
-        num_beams = int(num_beams)
+        num_beams = positive_int("num_beams", num_beams)
         if not isinstance(do_sample, bool):
             raise ValueError(f"do_sample must be a bool, got {do_sample!r}")
         self.temperature = check_temperature(temperature)

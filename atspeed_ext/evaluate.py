@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ._checks import is_int
+from ._checks import positive_int
 from .data import Prompt, RecData
 from .decoder import BeamSearchDecoder
 from .metrics import hits_of_ranking, popularity_ranking, recall_ndcg
@@ -71,8 +71,7 @@ def model_scores(model, tokenizer: CodeTokenizer, prompts: Sequence[Prompt], k: 
         raise ValueError("no prompts to evaluate")
     trie = tokenizer.trie(with_eos)
     decoder = BeamSearchDecoder(model, trie, num_beams=k) if speculation is None else speculation.decoder(model, trie, k)
-    if not is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    batch_size = positive_int("batch_size", batch_size)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].history))  # similar lengths batch together
     recalls, ndcgs = [0.0] * len(prompts), [0.0] * len(prompts)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import is_int
+from ._checks import positive_int
 from ._inputs import check_model_and_trie, model_device, model_pad_token_id, model_vocab_sizes, normalise_prompts
 from .decoder import BeamSearchOutput, plain_output_of_inference
 from .trie import ItemTrie
@@ -43,13 +43,11 @@ def hf_constrained_beam_search(model, trie: ItemTrie, input_ids, attention_mask:
     """
     from transformers import GenerationConfig
 
-    if not is_int(num_beams) or num_beams < 1:
-        raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}")
+    K = positive_int("num_beams", num_beams)
     check_model_and_trie(model, trie, tree_attention=False)  # generate() itself runs any causal LM
     input_ids, attention_mask = normalise_prompts(input_ids, attention_mask, model_device(model),
                                                   model_vocab_sizes(model)[0], model_pad_token_id(model))
     B, T = input_ids.shape
-    K = int(num_beams)
     # The model's own generation settings (repetition_penalty, no_repeat_ngram_size, length_penalty,
     # min_new_tokens, ... as instruct checkpoints ship them) would change the beams or their scores, and
     # generate() fills the fields of a config passed to it from the model's: swap in the defaults for the call.

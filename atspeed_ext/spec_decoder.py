@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import _ops
-from ._checks import is_int
+from ._checks import is_int, positive_int
 from ._nvtx import nvtx_range
 from ._inputs import (check_cache_window, check_model_and_trie, check_positions, model_device, model_pad_token_id,
                       model_vocab_sizes, normalise_prompts, spec_cache_slots,
@@ -249,10 +249,7 @@ class SpecBeamDecoder:
                  draft_beams: int | Sequence[int], gamma: int = 3, verification: str = "strict",
                  draft_policy: str | None = None, temperature: float = 1.0, seed: int | None = None,
                  skip_exhaustive_draft: bool = True):
-        for name, value in (("num_beams", num_beams), ("gamma", gamma)):
-            if not is_int(value) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        num_beams, gamma = int(num_beams), int(gamma)
+        num_beams, gamma = positive_int("num_beams", num_beams), positive_int("gamma", gamma)
         if verification not in VERIFICATIONS:
             raise ValueError(f"verification must be one of {VERIFICATIONS}, got {verification!r}")
         self.temperature = check_temperature(temperature)
