@@ -13,6 +13,7 @@ import torch
 from . import _ops
 from ._checks import is_int, positive_int
 from ._hf_compat import ForwardSignature
+from ._logit_watch import LogitWatch
 from ._inputs import (beam_cache_slots, check_cache_window, check_model_and_trie, check_positions, model_device,
                       model_pad_token_id, model_vocab_sizes, normalise_prompts, warn_if_dropout_active)
 from .tree_kv import additive_mask, prompt_attention
@@ -100,7 +101,7 @@ class BeamSearchDecoder:
     otherwise), but prefills each prompt once and lets its K beams share that KV cache: the beams of a step are
     fed as K tokens of the request's own row with a tree attention mask (each token sees its prompt and its
     ancestors) and depth-based position ids. The model should be in eval mode (a warning says when dropout is
-    active).
+    active). NaN or +inf logits for a live beam raise a RuntimeError at the end of ``generate`` (-inf are fine).
 
     With ``do_sample=True`` it does target-only *beam sampling* instead: at each step K distinct candidates
     are drawn without replacement from all trie-allowed (beam, child token) candidates with probabilities
@@ -170,7 +171,9 @@ class BeamSearchDecoder:
         nodes = torch.zeros(B, 1, dtype=torch.long, device=device)
         live = torch.ones(B, 1, dtype=torch.bool, device=device)
         own_slot = torch.eye(K, dtype=torch.bool, device=device).expand(B, K, K)
+        watch = LogitWatch()
         for step in range(depth):
+            watch.check("the model", logits, live)
             if self.do_sample:
                 u = self._uniforms((B, scores.shape[1], trie.max_children), device)
                 scores, parents, tokens, nodes = _ops.trie_beam_sample(
@@ -193,6 +196,7 @@ class BeamSearchDecoder:
             )
             logits = out.logits
 
+        watch.raise_if_seen()
         if self.do_sample:
             scores, nodes, live = best_first(scores, nodes, live)
         sequences = trie.sequences_of_nodes(nodes)

@@ -33,6 +33,7 @@ import torch
 from . import _ops
 from ._checks import is_int, positive_int
 from ._nvtx import nvtx_range
+from ._logit_watch import LogitWatch
 from ._inputs import (check_cache_window, check_model_and_trie, check_positions, model_device, model_pad_token_id,
                       model_vocab_sizes, normalise_prompts, spec_cache_slots,
                       warn_if_dropout_active)
@@ -207,7 +208,8 @@ class SpecBeamDecoder:
     "Same output" is exact arithmetic's: the target scores a tree of tokens per call where beam search scores
     K, so its logits round differently. With a float32 (or float64) target the lists are identical and the
     scores agree within 1e-5; with a bfloat16 or float16 target near-ties can rank differently (on Beauty,
-    bfloat16: a few lists in a hundred). The draft's precision does not matter.
+    bfloat16: a few lists in a hundred). The draft's precision does not matter. NaN or +inf logits (target
+    or draft) in a row being ranked raise a RuntimeError at the end of ``generate``, naming the model.
 
     Args:
         target, draft: Hugging Face causal LMs on the same device sharing the trie's tokens (their embedding
@@ -354,6 +356,7 @@ class SpecBeamDecoder:
         tgt, dft = TreeKV(self.target), TreeKV(self.draft)
         first_round = True
         draft_stale = False  # the draft cache still holds the last round's dropped tree slots
+        watch = LogitWatch()
         while active:
             rows = len(active)
             g = [min(self.gamma, depth - t[r] - 1) for r in range(rows)]
@@ -367,9 +370,11 @@ class SpecBeamDecoder:
                     if draft_stale:  # compacted only now: a round without the draft never needs it
                         state.dft_anchor = _remap(dft.compact(state.live_slots(state.dft_anchor)), state.dft_anchor)
                         draft_stale = False
-                    levels = self._draft(state, dft, t, g, g_dev, first_round, ids, mask, trie)
+                    levels = self._draft(state, dft, t, g, g_dev, first_round, ids, mask, trie, watch)
             with nvtx_range("atspeed/target", device):
                 logits, beam_rows = self._score_tree(state, tgt, levels, first_round, ids, mask)
+                watch.check("the target model", logits, torch.cat([state.live] + [lvl.live for lvl in levels], 1),
+                            rows=torch.cat([beam_rows] + [lvl.target_row for lvl in levels], 1))
             with nvtx_range("atspeed/verify", device):
                 accepted, new = self._verify(state, levels, logits, beam_rows, g_dev, trie)
                 n_accepted = accepted.tolist()                    # the one host sync of the round
@@ -402,6 +407,7 @@ class SpecBeamDecoder:
                 state.tgt_anchor = _remap(tgt.compact(state.live_slots(state.tgt_anchor)), state.tgt_anchor)
                 draft_stale = dft.cache is not None
 
+        watch.raise_if_seen()
         if self._sampling:  # best score first, like BeamSearchDecoder(do_sample=True)
             out_scores, out_nodes = best_first(out_scores, out_nodes)
         sequences = trie.sequences_of_nodes(out_nodes)
@@ -410,9 +416,10 @@ class SpecBeamDecoder:
                               stats=stats)
 
     def _draft(self, state: "_BeamState", dft: TreeKV, t: list[int], g: list[int], g_dev: torch.Tensor,
-               first_round: bool, ids: torch.Tensor, mask: torch.Tensor, trie: ItemTrie) -> list[_Level]:
+               first_round: bool, ids: torch.Tensor, mask: torch.Tensor, trie: ItemTrie,
+               watch: LogitWatch) -> list[_Level]:
         """Draft G = max(g) levels from the current beams (rows at depths t): one batched draft call per level
-        (level G is not fed)."""
+        (level G is not fed). ``watch`` records NaN / +inf draft logits in the rows each level reads."""
         G = max(g)
         if G < 1:
             return []
@@ -429,6 +436,7 @@ class SpecBeamDecoder:
             N, row_widths = self._level_widths(t, g, j)
             W = N if self.draft_policy == "beam" else K  # the draft parents of a level, padded (sampling)
             live_j = prev_live & (g_dev >= j).unsqueeze(1)
+            watch.check("the draft model", prev_logits, live_j)
             if self._sampling:
                 # beam: all nodes of the previous level (level 1: the K beams); anchored: its first K
                 width = prev_logits.shape[1] if self.draft_policy == "beam" else K
