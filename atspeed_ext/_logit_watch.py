@@ -28,13 +28,13 @@ class LogitWatch:
         self._seen[label] = self._seen[label] | hit if label in self._seen else hit
 
     def raise_if_seen(self) -> None:
-        """A RuntimeError naming each model that gave such logits (one host sync for all of them)."""
+        """A FloatingPointError naming each model that gave such logits (one host sync for all of them)."""
         if not self._seen:
             return
         labels = list(self._seen)
         flags = torch.stack([self._seen[label] for label in labels]).tolist()
         bad = [label for label, flag in zip(labels, flags) if flag]
         if bad:
-            raise RuntimeError(
+            raise FloatingPointError(
                 f"{' and '.join(bad)} produced NaN or +inf logits in a row being ranked, so the candidates there "
                 "have no scores. Check the weights, and the dtype: float16 activations can overflow.")

@@ -101,7 +101,7 @@ class BeamSearchDecoder:
     otherwise), but prefills each prompt once and lets its K beams share that KV cache: the beams of a step are
     fed as K tokens of the request's own row with a tree attention mask (each token sees its prompt and its
     ancestors) and depth-based position ids. The model should be in eval mode (a warning says when dropout is
-    active). NaN or +inf logits for a live beam raise a RuntimeError at the end of ``generate`` (-inf are fine).
+    active). NaN or +inf logits for a live beam raise a FloatingPointError at the end of ``generate`` (-inf are fine).
 
     With ``do_sample=True`` it does target-only *beam sampling* instead: at each step K distinct candidates
     are drawn without replacement from all trie-allowed (beam, child token) candidates with probabilities

@@ -209,7 +209,7 @@ class SpecBeamDecoder:
     K, so its logits round differently. With a float32 (or float64) target the lists are identical and the
     scores agree within 1e-5; with a bfloat16 or float16 target near-ties can rank differently (on Beauty,
     bfloat16: a few lists in a hundred). The draft's precision does not matter. NaN or +inf logits (target
-    or draft) in a row being ranked raise a RuntimeError at the end of ``generate``, naming the model.
+    or draft) in a row being ranked raise a FloatingPointError at the end of ``generate``, naming the model.
 
     Args:
         target, draft: Hugging Face causal LMs on the same device sharing the trie's tokens (their embedding
