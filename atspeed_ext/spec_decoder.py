@@ -208,7 +208,7 @@ class SpecBeamDecoder:
     "Same output" is exact arithmetic's: the target scores a tree of tokens per call where beam search scores
     K, so its logits round differently. With a float32 (or float64) target the lists are identical and the
     scores agree within 1e-5; with a bfloat16 or float16 target near-ties can rank differently (on Beauty,
-    bfloat16: a few lists in a hundred). The draft's precision does not matter. NaN or +inf logits (target
+    bfloat16, K = 10: about a quarter of the lists, as for beam search itself between batch sizes). The draft's precision does not matter. NaN or +inf logits (target
     or draft) in a row being ranked raise a FloatingPointError at the end of ``generate``, naming the model.
 
     Args:
