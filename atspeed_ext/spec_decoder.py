@@ -89,7 +89,7 @@ class _Level:
     target_slot: torch.Tensor | None = None  # its slot in the target cache
     draft_slot: torch.Tensor | None = None   # its slot in the draft cache, or NOT_FED
     # Sampling only: the draft's logits [B, W, V] and cumulative scores [B, W] at the W parents the level was
-    # sampled from (padded to the policy's width), for the verification's q.
+    # sampled from (the verification pads them to the round's width), for the verification's q.
     parent_logits: torch.Tensor | None = None
     parent_scores: torch.Tensor | None = None
 
@@ -102,9 +102,6 @@ def _depth_widths(draft_beams, K: int, trie: ItemTrie, verification: str) -> tup
     if not is_int(draft_beams) and hasattr(draft_beams, "tolist"):  # numpy arrays, tensors
         draft_beams = draft_beams.tolist()
     if isinstance(draft_beams, (list, tuple, range)):
-        if verification != "strict":
-            raise ValueError(f"draft_beams as one width per trie depth needs strict verification; {verification} "
-                             f"verification takes one int N, got {draft_beams!r}")
         if not draft_beams:
             raise ValueError("draft_beams must be an int or a non-empty sequence of ints, got an empty sequence")
         if len(draft_beams) > levels:
@@ -121,8 +118,9 @@ def _depth_widths(draft_beams, K: int, trie: ItemTrie, verification: str) -> tup
             raise ValueError(f"draft_beams (N = {v}{where}) must be >= num_beams (K = {K})")
     values = [int(v) for v in values]
     widths = values + [values[-1]] * (levels - len(values))
-    # A level holds at most the trie's nodes of its depth: no padding beyond them. Sampling keeps one width for
-    # every level, capped at the widest drafted depth (a level then still draws every candidate it has).
+    # A level holds at most the trie's nodes of its depth: no padding beyond them. Sampling caps each width at
+    # the widest drafted depth's node count instead (a level then still draws every candidate it has), so that
+    # one N stays one N and its seeded stream is unchanged.
     sizes = trie.level_offsets.tolist()
     nodes = [sizes[d + 1] - sizes[d] for d in range(1, levels + 1)]
     if verification == "strict":
@@ -219,11 +217,11 @@ class SpecBeamDecoder:
         draft_beams: N >= K, the width of each drafted level. A wider tree accepts more levels but feeds more
             tokens to the target: on a GPU, where small models are bound by launches, tokens are nearly free
             (K = 10 on Beauty, H200: N = 64 best, 1.28x); on a CPU they are compute (N = 30-40 best there).
-            Strict verification also takes one width per trie depth, a sequence ``(N_1, N_2, ...)`` (a list,
+            It also takes one width per trie depth, a sequence ``(N_1, N_2, ...)`` (a list,
             tuple, range, 1-D array or tensor): the drafted level at depth d has ``N_d`` nodes (the last width
             repeats deeper down), for tries whose levels the draft finds unequally hard (on Beauty the first
             code needs N = 30, the third 20). Under strict verification a level holds at most the trie's node
-            count at its depth (or K): wider settings only padded the target's call; sampling caps N at the
+            count at its depth (or K): wider settings only padded the target's call; sampling caps each width at the
             largest node count of the drafted depths (the law is unchanged: a level still draws every candidate
             it has, but the seeded stream differs from an uncapped N). ``self.draft_beams`` is the setting as
             given (an int, or a tuple).
@@ -318,13 +316,13 @@ class SpecBeamDecoder:
         return (torch.cat([anchor[0], rest_scores], 1), torch.cat([anchor[1], rest[1]], 1),
                 torch.cat([anchor[2], rest[2]], 1), torch.cat([anchor[3], rest[3]], 1))
 
-    def _sample_level(self, logits, scores, nodes, live, trie, width):
+    def _sample_level(self, logits, scores, nodes, live, trie, width, N):
         """One drafted level sampled from the children of the first ``width`` nodes of the previous level:
-        N draws without replacement (Gumbel-top-N), in draw order."""
+        N draws without replacement (Gumbel-top-N), in draw order (so a row's first n draws are n such draws)."""
         u = self._uniforms((logits.shape[0], width, trie.max_children), logits.device)
         return _ops.trie_beam_sample(logits[:, :width].contiguous(), scores[:, :width].contiguous(),
                                      nodes[:, :width].contiguous(), live[:, :width].contiguous(), trie.child_offsets,
-                                     trie.child_tokens, u, self.temperature, self._uniform_width)
+                                     trie.child_tokens, u, self.temperature, N)
 
     # ------------------------------------------------------------------ decode
     @plain_output_of_inference
@@ -434,19 +432,16 @@ class SpecBeamDecoder:
         levels = []
         for j in range(1, G + 1):
             N, row_widths = self._level_widths(t, g, j)
-            W = N if self.draft_policy == "beam" else K  # the draft parents of a level, padded (sampling)
             live_j = prev_live & (g_dev >= j).unsqueeze(1)
             watch.check("the draft model", prev_logits, live_j)
             if self._sampling:
                 # beam: all nodes of the previous level (level 1: the K beams); anchored: its first K
+                # rows with a narrower width (row_widths) keep their first draws only
                 width = prev_logits.shape[1] if self.draft_policy == "beam" else K
-                lvl_scores, parent, token, node = self._sample_level(prev_logits, prev_scores, prev_nodes, live_j,
-                                                                     trie, width)
-                pad = W - width
+                lvl_scores, parent, token, node = _truncate(self._sample_level(
+                    prev_logits, prev_scores, prev_nodes, live_j, trie, width, N), row_widths)
                 level = _Level(parent=parent, token=token, node=node, live=parent >= 0,
-                               parent_logits=torch.nn.functional.pad(prev_logits[:, :width], (0, 0, 0, pad)),
-                               parent_scores=torch.nn.functional.pad(prev_scores[:, :width], (0, pad),
-                                                                     value=float("-inf")))
+                               parent_logits=prev_logits[:, :width], parent_scores=prev_scores[:, :width])
             else:
                 # rows with a narrower width (row_widths) keep their first, best nodes only
                 lvl_scores, parent, token, node = _truncate(self._draft_level(
@@ -572,11 +567,14 @@ class SpecBeamDecoder:
                        beam_rows: torch.Tensor, lvl: dict[str, torch.Tensor], g_dev: torch.Tensor, trie: ItemTrie):
         """Relaxed or exact sampling verification of every level of every request (one op call)."""
         rows, K = state.scores.shape
-        N, V = self._uniform_width, logits.shape[-1]
-        W = N if self.draft_policy == "beam" else K
+        N, V = lvl["parent"].shape[2], logits.shape[-1]   # the round's widest level
+        W = N if self.draft_policy == "beam" else K       # each level's draft parents, padded to W
         if levels:
-            d_logits = torch.stack([level.parent_logits for level in levels], 1)
-            d_scores = torch.stack([level.parent_scores for level in levels], 1).contiguous()
+            pads = [W - level.parent_logits.shape[1] for level in levels]
+            d_logits = torch.stack([torch.nn.functional.pad(level.parent_logits, (0, 0, 0, pad))
+                                    for level, pad in zip(levels, pads)], 1)
+            d_scores = torch.stack([torch.nn.functional.pad(level.parent_scores, (0, pad), value=float("-inf"))
+                                    for level, pad in zip(levels, pads)], 1).contiguous()
         else:
             d_logits = logits.new_zeros(rows, 0, W, V)
             d_scores = state.scores.new_zeros(rows, 0, W)

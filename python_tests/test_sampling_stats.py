@@ -202,6 +202,19 @@ def test_exact_verification_has_the_exact_law_with_an_unrelated_draft(depth, pol
     assert accepted[0] > 1000 and sum(v for k, v in accepted.items() if k >= 1) > 1000
 
 
+@pytest.mark.parametrize("policy", ["anchored", "beam"])
+def test_exact_verification_has_the_exact_law_with_widths_by_depth(policy):
+    """One width per trie depth, (K, K + 1): drafted levels hold 2 of the 3 first codes at depth 1 and 3 nodes at
+    depth 2. (Rows of a batch drafting one level at different depths need a deeper trie: test_spec_depth_widths.)"""
+    trie, K, T, target, draft, law = setup(3)
+    dec = SpecBeamDecoder(target, draft, trie, K, (K, K + 1), gamma=2, verification="exact", draft_policy=policy,
+                          temperature=T, seed=8)
+    counts, stats = sample_sets(dec, N_SAMPLES)
+    assert_matches(counts, law)
+    accepted = Counter(n for s in stats for r in s.accepted_levels for n in r)
+    assert accepted[0] > 1000 and sum(v for k, v in accepted.items() if k >= 1) > 1000
+
+
 def test_relaxed_verification_deviates_from_the_law():
     # The paper's rule with N = 2K > 1 is not distribution-preserving, even with the target as its own draft:
     # every drafted node passes and K of the N are kept uniformly, a flatter law than sequential sampling.

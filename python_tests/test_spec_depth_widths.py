@@ -1,5 +1,5 @@
-"""SpecBeamDecoder with one draft width per trie depth (strict verification), and the cache bound of batches
-whose requests sit at different depths."""
+"""SpecBeamDecoder with one draft width per trie depth (strict and sampling verification), and the cache bound of
+batches whose requests sit at different depths."""
 
 import copy
 
@@ -85,9 +85,6 @@ def test_bad_widths_raise_clear_errors():
     for bad in ((4, 4.0), (4, True), ("4",), 4.0, "4", None):
         with pytest.raises(ValueError, match="draft_beams must be an int >= 1 or a sequence of them"):
             SpecBeamDecoder(target, draft, trie, 3, bad)
-    for verification in ("relaxed", "exact"):
-        with pytest.raises(ValueError, match=f"one width per trie depth needs strict verification; {verification}"):
-            SpecBeamDecoder(target, draft, trie, 3, (4, 3), verification=verification)
 
 
 def test_the_cache_bound_holds_when_requests_of_a_batch_sit_at_different_depths(calls):
@@ -148,3 +145,46 @@ def test_levels_are_no_wider_than_the_trie(calls):
                               skip_exhaustive_draft=False).generate(prompt)
         assert [n for model, n, _ in calls if model is target and n] == fed  # K = 3 pads the 2-node levels to 3
         assert_identical(out, ref)
+
+
+@pytest.mark.parametrize("verification", ["relaxed", "exact"])
+@pytest.mark.parametrize("policy", ["beam", "anchored"])
+def test_sampling_with_widths_by_depth(verification, policy):
+    """Sampling verification takes widths by depth too: each request's drafted level at depth d holds at most N_d
+    nodes (rows of one batch sit at different depths, so one level mixes widths: the narrower rows keep their
+    first draws), and the results are valid, distinct identifiers. (The exact rule's law with widths by depth is
+    tested in test_sampling_stats.py.)"""
+    trie = ItemTrie(random_identifiers(80, 4, 5, seed=4))
+    target = tiny_model("llama", VOCAB, seed=3)
+    draft = copy.deepcopy(target)   # a noisy copy: levels are accepted in some rounds and rejected in others
+    with torch.no_grad():
+        draft.lm_head.weight.add_(torch.randn(draft.lm_head.weight.shape, generator=torch.Generator().manual_seed(0),
+                                              dtype=draft.lm_head.weight.dtype))
+    prompts = random_prompts([5, 3, 7, 4, 6, 2], VOCAB, seed=5)
+    K, widths = 3, (4, 6, 3)   # 5 first codes: level 1 is sometimes rejected, so rows part depths
+    dec = SpecBeamDecoder(target, draft, trie, K, widths, gamma=2, verification=verification, draft_policy=policy,
+                          temperature=1.5, seed=11)
+    assert dec.draft_beams == widths
+    drafts, draft_levels = [], dec._draft
+
+    def logged(state, dft, t, g, *args):
+        levels = draft_levels(state, dft, t, g, *args)
+        drafts.append((list(t), list(g), [level.live.sum(1).tolist() for level in levels]))
+        return levels
+
+    dec._draft = logged
+    for _ in range(4):
+        out = dec.generate(prompts)
+        assert out.valid.all()
+        for row in out.sequences.tolist():
+            assert len({tuple(x) for x in row}) == K and all(trie.node_of(x) >= 0 for x in row)
+    mixed = cut = 0
+    for t, g, counts in drafts:
+        for j, count in enumerate(counts, 1):
+            limits = [widths[min(t_r + j, len(widths)) - 1] for t_r in t]
+            drafting = [r for r in range(len(t)) if g[r] >= j]
+            assert all(count[r] == 0 for r in range(len(t)) if r not in drafting)
+            assert all(count[r] <= limits[r] for r in drafting)
+            mixed += len({limits[r] for r in drafting}) > 1
+            cut += sum(count[r] == limits[r] < max(limits[q] for q in drafting) for r in drafting)
+    assert mixed > 0 and cut > 0   # levels mixing widths, and rows held to a narrower width than their level's
