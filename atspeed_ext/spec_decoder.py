@@ -133,7 +133,7 @@ def _depth_widths(draft_beams, K: int, trie: ItemTrie, verification: str) -> tup
 def _truncate(level: tuple, row_widths: list[int] | None) -> tuple:
     """A beam step's ``(scores, parent, token, node)`` with row b cut to its first ``row_widths[b]`` entries
     (the rest become missing candidates: score -inf, -1 elsewhere); None keeps every entry. The entries are
-    best first, so this is the narrower beam step."""
+    best first (beam step) or in draw order (beam sampling), so this is the narrower step."""
     if row_widths is None:
         return level
     scores, parent, token, node = level
@@ -206,8 +206,9 @@ class SpecBeamDecoder:
     "Same output" is exact arithmetic's: the target scores a tree of tokens per call where beam search scores
     K, so its logits round differently. With a float32 (or float64) target the lists are identical and the
     scores agree within 1e-5; with a bfloat16 or float16 target near-ties can rank differently (on Beauty,
-    bfloat16, K = 10: about a quarter of the lists, as for beam search itself between batch sizes). The draft's precision does not matter. NaN or +inf logits (target
-    or draft) in a row being ranked raise a FloatingPointError at the end of ``generate``, naming the model.
+    bfloat16, K = 10: about a quarter of the lists, as for beam search itself between batch sizes). The draft's
+    precision does not matter. NaN or +inf logits (target or draft) in a row being ranked raise a
+    FloatingPointError at the end of ``generate``, naming the model.
 
     Args:
         target, draft: Hugging Face causal LMs on the same device sharing the trie's tokens (their embedding
@@ -217,13 +218,13 @@ class SpecBeamDecoder:
         draft_beams: N >= K, the width of each drafted level. A wider tree accepts more levels but feeds more
             tokens to the target: on a GPU, where small models are bound by launches, tokens are nearly free
             (K = 10 on Beauty, H200: N = 64 best, 1.28x); on a CPU they are compute (N = 30-40 best there).
-            It also takes one width per trie depth, a sequence ``(N_1, N_2, ...)`` (a list,
-            tuple, range, 1-D array or tensor): the drafted level at depth d has ``N_d`` nodes (the last width
-            repeats deeper down), for tries whose levels the draft finds unequally hard (on Beauty the first
-            code needs N = 30, the third 20). Under strict verification a level holds at most the trie's node
-            count at its depth (or K): wider settings only padded the target's call; sampling caps each width at the
-            largest node count of the drafted depths (the law is unchanged: a level still draws every candidate
-            it has, but the seeded stream differs from an uncapped N). ``self.draft_beams`` is the setting as
+            It also takes one width per trie depth, a sequence ``(N_1, N_2, ...)`` (a list, tuple, range, 1-D
+            array or tensor): the drafted level at depth d has ``N_d`` nodes (the last width repeats deeper
+            down), for tries whose levels the draft finds unequally hard (on Beauty the first code needs N = 30,
+            the third 20). Under strict verification a level holds at most the trie's node count at its depth
+            (or K): wider settings only padded the target's call; sampling caps each width at the largest node
+            count of the drafted depths (the law is unchanged: a level still draws every candidate it has, but
+            the seeded stream differs from an uncapped N). ``self.draft_beams`` is the setting as
             given (an int, or a tuple).
         gamma: drafted levels per round (>= 1).
         verification: ``"strict"`` (lossless top-K verification of beam search), ``"relaxed"`` (the paper's
