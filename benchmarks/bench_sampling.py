@@ -8,7 +8,7 @@ same run, and Recall@K / NDCG@K of the K sampled items (one sample per prompt; t
 first). Every sampling decoder gets the same temperature and seed.
 
     python benchmarks/bench_sampling.py --target DIR --draft [NAME=]DIR [--draft ...]
-        [--data ../shared/data/beauty] [--beams 5 10 20] [--draft-beams 40] [--gamma 3] [--requests 100]
+        [--data ../shared/data/beauty] [--beams 5 10 20] [--draft-beams 40 30,30,15] [--gamma 3] [--requests 100]
         [--temperature 1.0] [--seed 0] [--batch 1] [--device cpu] [--name NAME] [--no-save]
 """
 
@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from atspeed_ext import BeamSearchDecoder, SpecBeamDecoder  # noqa: E402
+from atspeed_ext.cli import draft_widths  # noqa: E402
+from atspeed_ext.commands import width_text  # noqa: E402
 from atspeed_ext.models import load_checkpoint  # noqa: E402
 from atspeed_ext.tokenizer import CodeTokenizer  # noqa: E402
 
@@ -56,7 +58,8 @@ def main(argv=None):
     p.add_argument("--draft", action="append", required=True, metavar="[NAME=]DIR",
                    help="a draft checkpoint, optionally labelled (repeat for several drafts)")
     p.add_argument("--beams", type=common.positive, nargs="+", default=[5, 10, 20])
-    p.add_argument("--draft-beams", type=common.positive, nargs="+", default=[40], help="N values (those below K are skipped)")
+    p.add_argument("--draft-beams", type=draft_widths, nargs="+", default=[40],
+                   help="N values, or one width per trie depth N1,N2,... (those with a width below K are skipped)")
     p.add_argument("--gamma", type=common.positive, default=3)
     p.add_argument("--rules", nargs="+", default=["relaxed", "exact"], choices=["relaxed", "exact"])
     p.add_argument("--requests", type=common.positive, default=100, help="test prompts decoded per point (default 100)")
@@ -93,14 +96,15 @@ def main(argv=None):
                      args.reps)
         rows += [sampled, greedy]
         for N in args.draft_beams:
-            if N < K:
+            if min(N if isinstance(N, tuple) else (N,)) < K:
                 continue
             for name, draft in drafts.items():
                 for rule in args.rules:
                     spec = SpecBeamDecoder(target, draft, trie, K, N, args.gamma, verification=rule, temperature=T,
                                            seed=seed)
                     row = run(spec, batches, test, K, {"K": K, "decoder": f"spec {rule} ({spec.draft_policy})",
-                                                       "draft": name, "N": N}, base, args.reps)
+                                                       "draft": name, "N": N if isinstance(N, int) else width_text(N)},
+                              base, args.reps)
                     rows.append(row)
     if args.no_save:
         return
