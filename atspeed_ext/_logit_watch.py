@@ -4,7 +4,9 @@ One such value makes the row's full-vocabulary log-softmax NaN, so the beam ops 
 request would come back as invalid beams (-1 tokens, -inf scores), indistinguishable from a trie with fewer than
 K items. The decoders record it on the device, with no host sync per step, and raise once at the end of
 ``generate``. Rows the decoders never rank (padding slots, dead beams) are not looked at: a fully masked padding
-row may legitimately be NaN."""
+row may legitimately be NaN. SpecBeamDecoder looks at every live node of its tree, not only those its verification
+reaches (the op does not report which it read), so it can refuse a model whose NaN row BeamSearchDecoder never
+reaches: that model is broken at a prefix the draft proposed."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ class LogitWatch:
         """Record whether ``logits`` [B, R, V] holds NaN or +inf in a row that was read: row ``rows[b, i]`` where
         ``read[b, i]`` (both [B, M]; without ``rows``, row i itself). -inf is a legitimate logit: a model may
         mask tokens with it."""
-        bad = ~(logits < float("inf")).all(-1)          # [B, R]: NaN compares false, so one pass finds both
+        bad = ~(logits.amax(-1) < float("inf"))         # [B, R]: the max is NaN or +inf iff the row holds one
         if rows is not None:
             bad = bad.gather(1, rows)
         hit = (bad & read).any()
@@ -36,5 +38,6 @@ class LogitWatch:
         bad = [label for label, flag in zip(labels, flags) if flag]
         if bad:
             raise FloatingPointError(
-                f"{' and '.join(bad)} produced NaN or +inf logits in a row being ranked, so the candidates there "
-                "have no scores. Check the weights, and the dtype: float16 activations can overflow.")
+                f"{' and '.join(bad)} produced NaN or +inf logits for a beam or tree node it scored, so the "
+                "candidates below it have no scores. Check the weights, and the dtype: float16 activations can "
+                "overflow.")

@@ -207,8 +207,9 @@ class SpecBeamDecoder:
     K, so its logits round differently. With a float32 (or float64) target the lists are identical and the
     scores agree within 1e-5; with a bfloat16 or float16 target near-ties can rank differently (on Beauty,
     bfloat16, K = 10: about a quarter of the lists, as for beam search itself between batch sizes). The draft's
-    precision does not matter. NaN or +inf logits (target or draft) in a row being ranked raise a
-    FloatingPointError at the end of ``generate``, naming the model.
+    precision does not matter. NaN or +inf logits (target or draft) for a beam or a live tree node raise a
+    FloatingPointError at the end of ``generate``, naming the model (every live node the target scores is
+    checked, so a model broken at a prefix the draft proposed is refused even where beam search never gets there).
 
     Args:
         target, draft: Hugging Face causal LMs on the same device sharing the trie's tokens (their embedding
@@ -434,16 +435,17 @@ class SpecBeamDecoder:
         for j in range(1, G + 1):
             N, row_widths = self._level_widths(t, g, j)
             live_j = prev_live & (g_dev >= j).unsqueeze(1)
-            watch.check("the draft model", prev_logits, live_j)
             if self._sampling:
                 # beam: all nodes of the previous level (level 1: the K beams); anchored: its first K
                 # rows with a narrower width (row_widths) keep their first draws only
                 width = prev_logits.shape[1] if self.draft_policy == "beam" else K
+                watch.check("the draft model", prev_logits[:, :width], live_j[:, :width])
                 lvl_scores, parent, token, node = _truncate(self._sample_level(
                     prev_logits, prev_scores, prev_nodes, live_j, trie, width, N), row_widths)
                 level = _Level(parent=parent, token=token, node=node, live=parent >= 0,
                                parent_logits=prev_logits[:, :width], parent_scores=prev_scores[:, :width])
             else:
+                watch.check("the draft model", prev_logits, live_j)
                 # rows with a narrower width (row_widths) keep their first, best nodes only
                 lvl_scores, parent, token, node = _truncate(self._draft_level(
                     prev_logits, prev_scores, prev_nodes, live_j, trie, width, N), row_widths)

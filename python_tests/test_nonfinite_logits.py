@@ -55,7 +55,7 @@ def test_target_nan_or_posinf_is_a_clear_error(bad):
         for decoder in decoders(target, draft, trie):
             label = "the model" if isinstance(decoder, BeamSearchDecoder) else "the target model"
             with pytest.raises(FloatingPointError,
-                               match=f"^{label} produced NaN or \\+inf logits in a row being ranked"):
+                               match=f"^{label} produced NaN or \\+inf logits for a beam or tree node it scored"):
                 decoder.generate(prompts)
     finally:
         handle.remove()
@@ -72,6 +72,29 @@ def test_draft_nan_is_a_clear_error():
                 decoder.generate(prompts)
     finally:
         handle.remove()
+
+
+def test_nan_below_a_kept_beam_is_caught_in_every_decoder():
+    """NaN only in the rows fed a level-1 token that beam search keeps (prompts never hold trie tokens): beam search
+    reads that row at its second step, and the speculative decoder reads it too, as a drafted node of round one.
+    Poisoning the draft the same way (gamma 2: it drafts level 2 from that node) is caught as the draft's."""
+    trie, _ = trie_and_prompts()
+    prompts = [[20, 31, 40, 22, 50], [33, 17, 60], [45, 52, 18, 29, 61, 38, 44]]
+    assert not set(sum(prompts, [])) & set(trie.child_tokens.tolist())
+    target, draft = tiny_model(seed=1), tiny_model(seed=2)
+    kept = int(BeamSearchDecoder(target, trie, 5).generate(prompts).sequences[0, 0, 0])
+    after_kept = lambda ids, logits: (ids == kept).unsqueeze(-1).expand(logits.shape)  # noqa: E731
+    for poisoned, label, chosen in ((target, "the model", decoders(target, draft, trie)[:1]),
+                                    (target, "the target model", decoders(target, draft, trie)[1:]),
+                                    (draft, "the draft model", decoders(target, draft, trie)[1:])):
+        handle, written = poison_logits(poisoned, float("nan"), after_kept)
+        try:
+            for decoder in chosen:
+                with pytest.raises(FloatingPointError, match=f"^{label} produced NaN"):
+                    decoder.generate(prompts)
+        finally:
+            handle.remove()
+        assert written[0] > 0
 
 
 def test_neg_inf_logits_are_legitimate():

@@ -215,6 +215,34 @@ def test_exact_verification_has_the_exact_law_with_widths_by_depth(policy):
     assert accepted[0] > 1000 and sum(v for k, v in accepted.items() if k >= 1) > 1000
 
 
+@pytest.mark.parametrize("policy", ["anchored", "beam"])
+def test_exact_law_when_rows_of_a_batch_draft_one_level_at_different_widths(policy):
+    """Depth 4, gamma 1, widths (2, 4, 2): a batch's rows reach depth 1 or 2 after round one, so round two drafts
+    one level at depth 2 (4 nodes) for some rows and at depth 3 (2 nodes) for others; the narrow rows keep their
+    first draws. The K-sets still follow the law of target-only beam sampling."""
+    trie, K, T = grid_trie([3, 3, 3, 3], 36, seed=2), 2, 1.0
+    V = 3 + 12
+    target, draft = tiny_lm("llama", V, seed=14), tiny_lm("qwen2", V, seed=24, spread=4.0)
+    logp = node_log_probs(target, trie, PROMPT)
+    law = beam_sampling_law(trie, logp, K, T)
+    assert_has_power(law, beam_sampling_law(trie, logp, K, 1.2 * T))
+    dec = SpecBeamDecoder(target, draft, trie, K, (2, 4, 2), gamma=1, verification="exact", draft_policy=policy,
+                          temperature=T, seed=9)
+    cut, draft_levels = [0], dec._draft
+
+    def logged(state, dft, t, g, *args):
+        levels = draft_levels(state, dft, t, g, *args)
+        widths = [dec._widths[t_r] for t_r, g_r in zip(t, g) if g_r >= 1]
+        if len(set(widths)) > 1:
+            cut[0] += int((levels[0].live.sum(1) == min(widths)).sum())
+        return levels
+
+    dec._draft = logged
+    counts, _ = sample_sets(dec, N_SAMPLES)
+    assert_matches(counts, law)
+    assert cut[0] > 1000   # rows held to the narrower width of a mixed level
+
+
 def test_relaxed_verification_deviates_from_the_law():
     # The paper's rule with N = 2K > 1 is not distribution-preserving, even with the target as its own draft:
     # every drafted node passes and K of the N are kept uniformly, a flatter law than sequential sampling.
