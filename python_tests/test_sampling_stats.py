@@ -189,28 +189,18 @@ def test_target_only_beam_sampling_has_the_exact_law(depth):
     assert_matches(counts, law)
 
 
-@pytest.mark.parametrize("depth, policy", [(2, "anchored"), (3, "anchored"), (3, "beam")])
-def test_exact_verification_has_the_exact_law_with_an_unrelated_draft(depth, policy):
+@pytest.mark.parametrize("depth, policy, by_depth", [(2, "anchored", False), (3, "anchored", False),
+                                                     (3, "beam", False), (3, "anchored", True), (3, "beam", True)])
+def test_exact_verification_has_the_exact_law_with_an_unrelated_draft(depth, policy, by_depth):
     trie, K, T, target, draft, law = setup(depth)
-    # N = K + 1 drafted nodes per level: fewer than the candidates, so some target draws are not drafted.
-    dec = SpecBeamDecoder(target, draft, trie, K, K + 1, gamma=2, verification="exact", draft_policy=policy,
-                          temperature=T, seed=7)
+    # N = K + 1 drafted nodes per level: fewer than the candidates, so some target draws are not drafted. By depth,
+    # (K, K + 1): 2 of the 3 first codes at depth 1, 3 nodes at depth 2. (Rows of a batch drafting one level at
+    # different depths need a deeper trie: the next test.)
+    dec = SpecBeamDecoder(target, draft, trie, K, (K, K + 1) if by_depth else K + 1, gamma=2, verification="exact",
+                          draft_policy=policy, temperature=T, seed=8 if by_depth else 7)
     counts, stats = sample_sets(dec, N_SAMPLES)
     assert_matches(counts, law)
     # The draft is unrelated, so some levels fail (the residual paths run) and some pass (speculation helps).
-    accepted = Counter(n for s in stats for r in s.accepted_levels for n in r)
-    assert accepted[0] > 1000 and sum(v for k, v in accepted.items() if k >= 1) > 1000
-
-
-@pytest.mark.parametrize("policy", ["anchored", "beam"])
-def test_exact_verification_has_the_exact_law_with_widths_by_depth(policy):
-    """One width per trie depth, (K, K + 1): drafted levels hold 2 of the 3 first codes at depth 1 and 3 nodes at
-    depth 2. (Rows of a batch drafting one level at different depths need a deeper trie: test_spec_depth_widths.)"""
-    trie, K, T, target, draft, law = setup(3)
-    dec = SpecBeamDecoder(target, draft, trie, K, (K, K + 1), gamma=2, verification="exact", draft_policy=policy,
-                          temperature=T, seed=8)
-    counts, stats = sample_sets(dec, N_SAMPLES)
-    assert_matches(counts, law)
     accepted = Counter(n for s in stats for r in s.accepted_levels for n in r)
     assert accepted[0] > 1000 and sum(v for k, v in accepted.items() if k >= 1) > 1000
 
