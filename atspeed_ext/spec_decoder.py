@@ -130,15 +130,14 @@ def _depth_widths(draft_beams, K: int, trie: ItemTrie, verification: str) -> tup
     return widths, values[0] if is_int(draft_beams) else tuple(values)
 
 
-def _truncate(level: tuple, row_widths: list[int] | None) -> tuple:
+def _truncate(level: tuple, row_widths: torch.Tensor | None) -> tuple:
     """A beam step's ``(scores, parent, token, node)`` with row b cut to its first ``row_widths[b]`` entries
     (the rest become missing candidates: score -inf, -1 elsewhere); None keeps every entry. The entries are
     best first (beam step) or in draw order (beam sampling), so this is the narrower step."""
     if row_widths is None:
         return level
     scores, parent, token, node = level
-    cut = (torch.arange(parent.shape[1], device=parent.device)
-           >= torch.tensor(row_widths, device=parent.device).unsqueeze(1))
+    cut = torch.arange(parent.shape[1], device=parent.device) >= row_widths.unsqueeze(1)
     return (scores.masked_fill(cut, float("-inf")), parent.masked_fill(cut, -1), token.masked_fill(cut, -1),
             node.masked_fill(cut, -1))
 
@@ -154,6 +153,18 @@ def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def _remap(new_slot: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """Slot references after a compaction (ROOT / NOT_TREE / NOT_FED codes unchanged)."""
     return torch.where(slots >= 0, new_slot.gather(1, slots.clamp(min=0)), slots)
+
+
+@dataclass
+class _Round:
+    """One round's plan per state row: the depth reached ``t`` and the levels to draft ``g``, on the host and
+    on the device, and the drafted level's width at each trie depth on the device (None: one width for all)."""
+
+    t: list[int]
+    g: list[int]
+    t_dev: torch.Tensor
+    g_dev: torch.Tensor
+    widths_dev: torch.Tensor | None
 
 
 @dataclass
@@ -289,14 +300,18 @@ class SpecBeamDecoder:
         self._pad_token_id = model_pad_token_id(target)
 
     # ------------------------------------------------------------------ drafting
-    def _level_widths(self, t: list[int], g: list[int], j: int) -> tuple[int, list[int] | None]:
-        """The width of level j of a round (its widest row's) and, when the rows' widths differ, each row's
-        (rows at depth t drafting g levels; rows with g < j draft nothing there)."""
+    def _level_widths(self, rnd: _Round, j: int) -> tuple[int, torch.Tensor | None]:
+        """The width of level j of a round (its widest row's) and, when the rows' widths differ, each row's on
+        the device (rows with g < j draft nothing there: width 0). Planned on the host, built on the device: no
+        host-to-device copy (a sync on a GPU) per level."""
         if self._uniform_width is not None:
             return self._uniform_width, None
-        per_row = [self._widths[min(t_r + j, len(self._widths)) - 1] if g_r >= j else 0 for t_r, g_r in zip(t, g)]
-        width = max(per_row)
-        return width, None if min(w for w, g_r in zip(per_row, g) if g_r >= j) == width else per_row
+        last = len(self._widths)
+        per_row = [self._widths[min(t_r + j, last) - 1] for t_r, g_r in zip(rnd.t, rnd.g) if g_r >= j]
+        if min(per_row) == max(per_row):
+            return per_row[0], None
+        depth_width = rnd.widths_dev[(rnd.t_dev + j).clamp(max=last) - 1]
+        return max(per_row), torch.where(rnd.g_dev >= j, depth_width, 0)
 
     def _draft_level(self, logits, scores, nodes, live, trie, anchored_width, N):
         """One drafted level of width N from the previous level's nodes (``anchored_width`` = how many lead
@@ -357,20 +372,22 @@ class SpecBeamDecoder:
         first_round = True
         draft_stale = False  # the draft cache still holds the last round's dropped tree slots
         watch = LogitWatch()
+        widths_dev = None if self._uniform_width is not None else torch.tensor(self._widths, device=device)
         while active:
             rows = len(active)
             g = [min(self.gamma, depth - t[r] - 1) for r in range(rows)]
-            g_dev = torch.tensor(g, device=device)
+            g_dev, t_dev = torch.tensor([g, t], device=device)   # one copy per round
+            rnd = _Round(t=t, g=g, t_dev=t_dev, g_dev=g_dev, widths_dev=widths_dev)
             levels = None
             if self.skip_exhaustive_draft and all(t[r] + g[r] + 1 == depth for r in range(rows)):
-                levels = self._exhaustive_levels(state, t, g, g_dev, trie)
+                levels = self._exhaustive_levels(state, rnd, trie)
             skipped = levels is not None
             if not skipped:
                 with nvtx_range("atspeed/draft", device):
                     if draft_stale:  # compacted only now: a round without the draft never needs it
                         state.dft_anchor = _remap(dft.compact(state.live_slots(state.dft_anchor)), state.dft_anchor)
                         draft_stale = False
-                    levels = self._draft(state, dft, t, g, g_dev, first_round, ids, mask, trie, watch)
+                    levels = self._draft(state, dft, rnd, first_round, ids, mask, trie, watch)
             with nvtx_range("atspeed/target", device):
                 logits, beam_rows = self._score_tree(state, tgt, levels, first_round, ids, mask)
                 watch.check("the target model", logits, torch.cat([state.live] + [lvl.live for lvl in levels], 1),
@@ -415,12 +432,12 @@ class SpecBeamDecoder:
         return SpecBeamOutput(sequences=sequences, scores=out_scores, valid=out_nodes >= 0, item_ids=item_ids,
                               stats=stats)
 
-    def _draft(self, state: "_BeamState", dft: TreeKV, t: list[int], g: list[int], g_dev: torch.Tensor,
-               first_round: bool, ids: torch.Tensor, mask: torch.Tensor, trie: ItemTrie,
+    def _draft(self, state: "_BeamState", dft: TreeKV, rnd: _Round, first_round: bool, ids: torch.Tensor, mask: torch.Tensor, trie: ItemTrie,
                watch: LogitWatch) -> list[_Level]:
         """Draft G = max(g) levels from the current beams (rows at depths t): one batched draft call per level
         (level G is not fed). ``watch`` records NaN / +inf draft logits in the rows each level reads."""
-        G = max(g)
+        g_dev = rnd.g_dev
+        G = max(rnd.g)
         if G < 1:
             return []
         rows, K = state.scores.shape
@@ -433,7 +450,7 @@ class SpecBeamDecoder:
         prev_scores, prev_nodes, prev_live, prev_dslot, width = state.scores, state.nodes, state.live, state.dft_anchor, K
         levels = []
         for j in range(1, G + 1):
-            N, row_widths = self._level_widths(t, g, j)
+            N, row_widths = self._level_widths(rnd, j)
             live_j = prev_live & (g_dev >= j).unsqueeze(1)
             if self._sampling:
                 # beam: all nodes of the previous level (level 1: the K beams); anchored: its first K
@@ -462,8 +479,7 @@ class SpecBeamDecoder:
             prev_scores, prev_nodes, prev_live, width = lvl_scores, node, level.live, K
         return levels
 
-    def _exhaustive_levels(self, state: "_BeamState", t: list[int], g: list[int], g_dev: torch.Tensor,
-                           trie: ItemTrie) -> list[_Level] | None:
+    def _exhaustive_levels(self, state: "_BeamState", rnd: _Round, trie: ItemTrie) -> list[_Level] | None:
         """The round's levels when each can hold every trie child of the level above (at most the level's
         width per request): the beam step over uniform logits keeps all of them. None as soon as one level
         holds more."""
@@ -471,11 +487,11 @@ class SpecBeamDecoder:
         co, ct = trie.child_offsets, trie.child_tokens
         scores, nodes, live = state.scores, state.nodes, state.live
         levels = []
-        for j in range(1, max(g) + 1):
-            N, row_widths = self._level_widths(t, g, j)
-            live_j = live & (g_dev >= j).unsqueeze(1)
+        for j in range(1, max(rnd.g) + 1):
+            N, row_widths = self._level_widths(rnd, j)
+            live_j = live & (rnd.g_dev >= j).unsqueeze(1)
             children = torch.where(live_j, co[nodes + 1] - co[nodes], 0).sum(1)
-            limit = N if row_widths is None else torch.tensor(row_widths, device=children.device)
+            limit = N if row_widths is None else row_widths
             if bool((children > limit).any()):
                 return None
             uniform = torch.zeros(rows, nodes.shape[1], trie.vocab_size, dtype=torch.float32, device=nodes.device)

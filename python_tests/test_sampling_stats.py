@@ -220,9 +220,9 @@ def test_exact_law_when_rows_of_a_batch_draft_one_level_at_different_widths(poli
                           temperature=T, seed=9)
     cut, draft_levels = [0], dec._draft
 
-    def logged(state, dft, t, g, *args):
-        levels = draft_levels(state, dft, t, g, *args)
-        widths = [dec._widths[t_r] for t_r, g_r in zip(t, g) if g_r >= 1]
+    def logged(state, dft, rnd, *args):
+        levels = draft_levels(state, dft, rnd, *args)
+        widths = [dec._widths[t_r] for t_r, g_r in zip(rnd.t, rnd.g) if g_r >= 1]
         if len(set(widths)) > 1:
             cut[0] += int((levels[0].live.sum(1) == min(widths)).sum())
         return levels

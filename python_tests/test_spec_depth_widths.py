@@ -167,9 +167,9 @@ def test_sampling_with_widths_by_depth(verification, policy):
     assert dec.draft_beams == widths
     drafts, draft_levels = [], dec._draft
 
-    def logged(state, dft, t, g, *args):
-        levels = draft_levels(state, dft, t, g, *args)
-        drafts.append((list(t), list(g), [level.live.sum(1).tolist() for level in levels]))
+    def logged(state, dft, rnd, *args):
+        levels = draft_levels(state, dft, rnd, *args)
+        drafts.append((list(rnd.t), list(rnd.g), [level.live.sum(1).tolist() for level in levels]))
         return levels
 
     dec._draft = logged
