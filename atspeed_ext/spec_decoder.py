@@ -142,6 +142,22 @@ def _truncate(level: tuple, row_widths: torch.Tensor | None) -> tuple:
             node.masked_fill(cut, -1))
 
 
+def _all_children(nodes: torch.Tensor, counts: torch.Tensor, trie: ItemTrie, width: int):
+    """Every trie child of each row's nodes (``nodes``, ``counts`` [B, W]: how many children of each to list,
+    0 for dead ones) as a level of ``width`` (>= each row's total): ``(parent, token, node)`` [B, width], parent
+    by parent in token order, then -1. The order within a level does not matter to verification."""
+    ends = counts.cumsum(1)                                                    # [B, W]
+    slot = torch.arange(width, device=nodes.device).expand(nodes.shape[0], width).contiguous()
+    parent = torch.searchsorted(ends, slot, right=True)                        # the node whose range holds slot
+    valid = slot < ends[:, -1:]
+    parent = parent.clamp(max=nodes.shape[1] - 1)
+    rank = slot - (ends - counts).gather(1, parent)                            # the child's index among siblings
+    edge = trie.child_offsets[nodes.gather(1, parent).clamp(min=0)] + rank
+    edge = torch.where(valid, edge, 0)
+    token = torch.where(valid, trie.child_tokens[edge], -1)
+    return torch.where(valid, parent, -1), token, torch.where(valid, edge + 1, -1)
+
+
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``x[b, index[b, i]]`` for ``x`` [B, W] or [B, W, V]; negative indices read entry 0."""
     index = index.clamp(min=0)
@@ -481,21 +497,19 @@ class SpecBeamDecoder:
 
     def _exhaustive_levels(self, state: "_BeamState", rnd: _Round, trie: ItemTrie) -> list[_Level] | None:
         """The round's levels when each can hold every trie child of the level above (at most the level's
-        width per request): the beam step over uniform logits keeps all of them. None as soon as one level
-        holds more."""
-        rows = state.scores.shape[0]
-        co, ct = trie.child_offsets, trie.child_tokens
-        scores, nodes, live = state.scores, state.nodes, state.live
+        width per request): all of them, listed from the trie (no logits, no vocabulary-sized work). None as
+        soon as one level holds more."""
+        co = trie.child_offsets
+        nodes, live = state.nodes, state.live
         levels = []
         for j in range(1, max(rnd.g) + 1):
             N, row_widths = self._level_widths(rnd, j)
             live_j = live & (rnd.g_dev >= j).unsqueeze(1)
-            children = torch.where(live_j, co[nodes + 1] - co[nodes], 0).sum(1)
+            counts = torch.where(live_j, co[nodes + 1] - co[nodes], 0)
             limit = N if row_widths is None else row_widths
-            if bool((children > limit).any()):
+            if bool((counts.sum(1) > limit).any()):
                 return None
-            uniform = torch.zeros(rows, nodes.shape[1], trie.vocab_size, dtype=torch.float32, device=nodes.device)
-            scores, parent, token, nodes = _ops.trie_beam_step(uniform, scores, nodes, live_j, co, ct, N)
+            parent, token, nodes = _all_children(nodes, counts, trie, N)
             live = parent >= 0
             levels.append(_Level(parent=parent, token=token, node=nodes, live=live,
                                  draft_slot=torch.full_like(parent, NOT_FED)))

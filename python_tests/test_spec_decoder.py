@@ -127,6 +127,29 @@ def test_draft_in_another_precision_than_the_target():
         assert_stats_consistent(out, trie.depth, 3)
 
 
+def test_all_children_lists_every_child_of_the_live_nodes_once():
+    """The exhaustive levels' enumeration (no logits): every child of each live node, parent by parent in token
+    order, -1 beyond a row's total, against a brute-force walk of the trie; dead nodes (count 0) list nothing."""
+    from atspeed_ext.spec_decoder import _all_children
+    trie = ItemTrie(random_identifiers(300, 3, 7, seed=21), eos_token_id=VOCAB - 1)
+    offsets, tokens = trie.child_offsets.tolist(), trie.child_tokens.tolist()
+    gen = torch.Generator().manual_seed(21)
+    first, end = trie.level_offsets.tolist()[1:3]   # the nodes of depth 1
+    for trial in range(40):
+        B, W = 3, int(torch.randint(1, 6, (1,), generator=gen))
+        nodes = torch.randint(first, end, (B, W), generator=gen)
+        live = torch.rand(B, W, generator=gen) < 0.7
+        nodes = torch.where(live, nodes, -1 if trial % 2 else 0)   # dead beams hold -1 or a stale node
+        counts = torch.where(live, trie.child_offsets[nodes.clamp(min=0) + 1] - trie.child_offsets[nodes.clamp(min=0)], 0)
+        width = int(counts.sum(1).max()) + trial % 3
+        parent, token, node = _all_children(nodes, counts, trie, width)
+        for b in range(B):
+            expected = [(i, tokens[e], e + 1) for i in range(W) if live[b, i]
+                        for e in range(offsets[int(nodes[b, i])], offsets[int(nodes[b, i]) + 1])]
+            got = list(zip(parent[b].tolist(), token[b].tolist(), node[b].tolist()))
+            assert got == expected + [(-1, -1, -1)] * (width - len(expected))
+
+
 def test_exhaustive_last_round_needs_no_draft_call():
     # Five codes per level: a last level under K = 3 beams has at most 15 children <= N, so with gamma = 1
     # every request's last round (g = 1, or 0 when only the bonus is left) is built from the trie alone.
