@@ -184,6 +184,7 @@ class BeamSearchDecoder:
             live = parents >= 0
             if step == depth - 1:
                 break
+            del out, logits  # this step's logits, freed before the next model call
             # Tree attention: a new beam sees what its parent saw, plus its own slot (appended to the cache).
             parent_rows = parents.clamp(min=0).unsqueeze(-1).expand(-1, -1, visible.shape[-1])
             visible = torch.cat([visible.gather(1, parent_rows), own_slot], dim=-1)

@@ -88,10 +88,6 @@ class _Level:
     target_row: torch.Tensor | None = None   # row of the target logits of this node
     target_slot: torch.Tensor | None = None  # its slot in the target cache
     draft_slot: torch.Tensor | None = None   # its slot in the draft cache, or NOT_FED
-    # Sampling only: the draft's logits [B, W, V] and cumulative scores [B, W] at the W parents the level was
-    # sampled from (the verification pads them to the round's width), for the verification's q.
-    parent_logits: torch.Tensor | None = None
-    parent_scores: torch.Tensor | None = None
 
 
 def _depth_widths(draft_beams, K: int, trie: ItemTrie, verification: str) -> tuple[list[int], int | tuple]:
@@ -181,6 +177,11 @@ class _Round:
     t_dev: torch.Tensor
     g_dev: torch.Tensor
     widths_dev: torch.Tensor | None
+    # Sampling only, filled by the drafting: the draft's logits [B, G, W, V] and cumulative scores [B, G, W] at
+    # the parents each drafted level was sampled from (padded to the round's width W), for the verification's q.
+    # Written level by level into one buffer, so each level's logits are freed as soon as the next is drafted.
+    draft_logits: torch.Tensor | None = None
+    draft_scores: torch.Tensor | None = None
 
 
 @dataclass
@@ -409,8 +410,9 @@ class SpecBeamDecoder:
                 watch.check("the target model", logits, torch.cat([state.live] + [lvl.live for lvl in levels], 1),
                             rows=torch.cat([beam_rows] + [lvl.target_row for lvl in levels], 1))
             with nvtx_range("atspeed/verify", device):
-                accepted, new = self._verify(state, levels, logits, beam_rows, g_dev, trie)
+                accepted, new = self._verify(state, levels, logits, beam_rows, rnd, trie)
                 n_accepted = accepted.tolist()                    # the one host sync of the round
+            del logits, rnd  # the round's logits, freed before the next round's model calls
             state.advance(new)
             finished = []
             for r in range(rows):
@@ -473,16 +475,23 @@ class SpecBeamDecoder:
                 # rows with a narrower width (row_widths) keep their first draws only
                 width = prev_logits.shape[1] if self.draft_policy == "beam" else K
                 watch.check("the draft model", prev_logits[:, :width], live_j[:, :width])
+                if rnd.draft_logits is None:
+                    W = max([K] + [self._level_widths(rnd, i)[0] for i in range(1, G + 1)]) \
+                        if self.draft_policy == "beam" else K
+                    rnd.draft_logits = prev_logits.new_zeros(rows, G, W, prev_logits.shape[-1])
+                    rnd.draft_scores = prev_scores.new_full((rows, G, W), float("-inf"))
+                rnd.draft_logits[:, j - 1, :width] = prev_logits[:, :width]
+                rnd.draft_scores[:, j - 1, :width] = prev_scores[:, :width]
                 lvl_scores, parent, token, node = _truncate(self._sample_level(
                     prev_logits, prev_scores, prev_nodes, live_j, trie, width, N), row_widths)
-                level = _Level(parent=parent, token=token, node=node, live=parent >= 0,
-                               parent_logits=prev_logits[:, :width], parent_scores=prev_scores[:, :width])
+                level = _Level(parent=parent, token=token, node=node, live=parent >= 0)
             else:
                 watch.check("the draft model", prev_logits, live_j)
                 # rows with a narrower width (row_widths) keep their first, best nodes only
                 lvl_scores, parent, token, node = _truncate(self._draft_level(
                     prev_logits, prev_scores, prev_nodes, live_j, trie, width, N), row_widths)
                 level = _Level(parent=parent, token=token, node=node, live=parent >= 0)
+            prev_logits = None  # this level's parents' logits: freed before the next draft call
             if j < G:  # feed this level to the draft for the next one
                 first = dft.num_slots
                 prev_logits = dft.feed(torch.where(level.live, token, 0),
@@ -550,7 +559,7 @@ class SpecBeamDecoder:
         return logits, beam_rows
 
     def _verify(self, state: "_BeamState", levels: list[_Level], logits: torch.Tensor, beam_rows: torch.Tensor,
-                g_dev: torch.Tensor, trie: ItemTrie) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                rnd: _Round, trie: ItemTrie) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Strict verification of every level of every request on the device (the ``strict_verify`` op).
         Returns the accepted level count per request and the new beams with, for each, where its parent
         sits in the two caches."""
@@ -573,11 +582,11 @@ class SpecBeamDecoder:
             lvl = {"parent": empty, "token": empty, "target_row": empty}
         if self._sampling:
             accepted, scores, parents, tokens, nodes = self._sample_verify(state, levels, logits, beam_rows, lvl,
-                                                                           g_dev, trie)
+                                                                           rnd, trie)
         else:
             accepted, scores, parents, tokens, nodes = _ops.strict_verify(
                 logits, beam_rows, state.scores, state.nodes, state.live, lvl["parent"], lvl["token"],
-                lvl["target_row"], g_dev, trie.child_offsets, trie.child_tokens)
+                lvl["target_row"], rnd.g_dev, trie.child_offsets, trie.child_tokens)
 
         # Where each node of levels 0..G sits, one [rows, G + 1, N, 4] table read at (accepted, parent): its
         # target slot, its draft slot, its parent's draft slot and its token (level 0: the current beams, padded
@@ -597,17 +606,13 @@ class SpecBeamDecoder:
         return accepted, new
 
     def _sample_verify(self, state: "_BeamState", levels: list[_Level], logits: torch.Tensor,
-                       beam_rows: torch.Tensor, lvl: dict[str, torch.Tensor], g_dev: torch.Tensor, trie: ItemTrie):
+                       beam_rows: torch.Tensor, lvl: dict[str, torch.Tensor], rnd: _Round, trie: ItemTrie):
         """Relaxed or exact sampling verification of every level of every request (one op call)."""
         rows, K = state.scores.shape
         N, V = lvl["parent"].shape[2], logits.shape[-1]   # the round's widest level
         W = N if self.draft_policy == "beam" else K       # each level's draft parents, padded to W
         if levels:
-            pads = [W - level.parent_logits.shape[1] for level in levels]
-            d_logits = torch.stack([torch.nn.functional.pad(level.parent_logits, (0, 0, 0, pad))
-                                    for level, pad in zip(levels, pads)], 1)
-            d_scores = torch.stack([torch.nn.functional.pad(level.parent_scores, (0, pad), value=float("-inf"))
-                                    for level, pad in zip(levels, pads)], 1).contiguous()
+            d_logits, d_scores = rnd.draft_logits, rnd.draft_scores
         else:
             d_logits = logits.new_zeros(rows, 0, W, V)
             d_scores = state.scores.new_zeros(rows, 0, W)
@@ -616,7 +621,7 @@ class SpecBeamDecoder:
         u = self._uniforms((rows, len(levels) + 1, 2 * N + K), logits.device)
         op = _ops.exact_verify if self.verification == "exact" else _ops.relaxed_verify
         return op(logits, beam_rows, state.scores, state.nodes, state.live, lvl["parent"], lvl["token"],
-                  lvl["target_row"], g_dev, d_logits, d_scores, u, trie.child_offsets, trie.child_tokens,
+                  lvl["target_row"], rnd.g_dev, d_logits, d_scores, u, trie.child_offsets, trie.child_tokens,
                   self.temperature)
 
     def _feed_pending(self, kv: TreeKV, pending: torch.Tensor, anchor: torch.Tensor, live: torch.Tensor):
