@@ -20,8 +20,8 @@ __all__ = ["TreeKV", "ROOT", "NOT_TREE", "additive_mask", "prompt_attention"]
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A bool ``[B, Q, S]`` may-attend mask as the additive ``[B, 1, Q, S]`` mask Hugging Face models take
     (0 where allowed, the dtype's minimum elsewhere; every attention implementation accepts it)."""
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
-        ~allowed, torch.finfo(dtype).min).unsqueeze(1)
+    return torch.full(allowed.shape, torch.finfo(dtype).min, dtype=dtype, device=allowed.device).masked_fill_(
+        allowed, 0).unsqueeze(1)   # (no negated copy of the bool mask: it is [B, Q, S] too)
 
 
 def prompt_attention(prompt_visible: torch.Tensor) -> torch.Tensor:
@@ -31,7 +31,7 @@ def prompt_attention(prompt_visible: torch.Tensor) -> torch.Tensor:
     B, P = prompt_visible.shape
     causal = torch.ones(P, P, dtype=torch.bool, device=prompt_visible.device).tril()
     rows = causal.unsqueeze(0) & prompt_visible.unsqueeze(1)
-    return rows | torch.eye(P, dtype=torch.bool, device=prompt_visible.device).unsqueeze(0)
+    return rows.logical_or_(torch.eye(P, dtype=torch.bool, device=prompt_visible.device))
 
 
 def compact_all(tensors: list[torch.Tensor], keep: torch.Tensor) -> list[torch.Tensor]:
