@@ -3,7 +3,6 @@ memory is one call's logits, not two. With a real vocabulary the logits are most
 V = 32,000, B = 256, K = 50 beam search peaked at 3.2 GB with the previous step's logits kept, 1.6 GB without."""
 
 import pytest
-import torch
 from torch.multiprocessing.reductions import StorageWeakRef  # a weak reference to a storage
 
 from atspeed_ext import BeamSearchDecoder, ItemTrie, SpecBeamDecoder
