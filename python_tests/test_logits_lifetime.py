@@ -1,6 +1,7 @@
 """The decoders free every model call's logits before the next model call (of either model), so their peak
 memory is one call's logits, not two. With a real vocabulary the logits are most of a decode's memory: at
-V = 32,000, B = 256, K = 50 beam search peaked at 3.2 GB with the previous step's logits kept, 1.6 GB without."""
+V = 32,000, B = 256, K = 50 beam search peaked 3.3 GB above the models with the previous step's logits kept, 1.7 GB
+without (benchmarks/results/peak_memory_cpu*.md)."""
 
 import pytest
 from torch.multiprocessing.reductions import StorageWeakRef  # a weak reference to a storage
