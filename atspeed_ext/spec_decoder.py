@@ -141,7 +141,9 @@ def _truncate(level: tuple, row_widths: torch.Tensor | None) -> tuple:
 def _all_children(nodes: torch.Tensor, counts: torch.Tensor, trie: ItemTrie, width: int):
     """Every trie child of each row's nodes (``nodes``, ``counts`` [B, W]: how many children of each to list,
     0 for dead ones) as a level of ``width`` (>= each row's total): ``(parent, token, node)`` [B, width], parent
-    by parent in token order, then -1. The order within a level does not matter to verification."""
+    by parent in token order, then -1. Verification selects the same nodes in any order, but the order sets
+    the nodes' target slots, and so the target's logits to the last bit: for beams sorted best first (as they
+    always are here) this is the order a beam step over uniform logits gives."""
     ends = counts.cumsum(1)                                                    # [B, W]
     slot = torch.arange(width, device=nodes.device).expand(nodes.shape[0], width).contiguous()
     parent = torch.searchsorted(ends, slot, right=True)                        # the node whose range holds slot
@@ -170,13 +172,16 @@ def _remap(new_slot: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
 @dataclass
 class _Round:
     """One round's plan per state row: the depth reached ``t`` and the levels to draft ``g``, on the host and
-    on the device, and the drafted level's width at each trie depth on the device (None: one width for all)."""
+    on the device; the drafted level's width at each trie depth on the device (None: one width for all); and
+    per drafted level j = 1 .. max(g), its width (its widest row's) and whether its rows' widths differ."""
 
     t: list[int]
     g: list[int]
     t_dev: torch.Tensor
     g_dev: torch.Tensor
     widths_dev: torch.Tensor | None
+    level_width: list[int]
+    mixed_widths: list[bool]
     # Sampling only, filled by the drafting: the draft's logits [B, G, W, V] and cumulative scores [B, G, W] at
     # the parents each drafted level was sampled from (padded to the round's width W), for the verification's q.
     # Written level by level into one buffer, so each level's logits are freed as soon as the next is drafted.
@@ -317,18 +322,25 @@ class SpecBeamDecoder:
         self._pad_token_id = model_pad_token_id(target)
 
     # ------------------------------------------------------------------ drafting
+    def _plan_round(self, t: list[int], g: list[int], widths_dev: torch.Tensor | None, device) -> _Round:
+        """The round's plan (rows at depths t drafting g levels; rows with g < j draft nothing at level j)."""
+        g_dev, t_dev = torch.tensor([g, t], device=device)   # one copy per round
+        last, level_width, mixed = len(self._widths), [], []
+        for j in range(1, max(g) + 1):
+            per_row = [self._widths[min(t_r + j, last) - 1] for t_r, g_r in zip(t, g) if g_r >= j]
+            level_width.append(max(per_row))
+            mixed.append(min(per_row) != max(per_row))
+        return _Round(t=t, g=g, t_dev=t_dev, g_dev=g_dev, widths_dev=widths_dev, level_width=level_width,
+                      mixed_widths=mixed)
+
     def _level_widths(self, rnd: _Round, j: int) -> tuple[int, torch.Tensor | None]:
-        """The width of level j of a round (its widest row's) and, when the rows' widths differ, each row's on
-        the device (rows with g < j draft nothing there: width 0). Planned on the host, built on the device: no
-        host-to-device copy (a sync on a GPU) per level."""
-        if self._uniform_width is not None:
-            return self._uniform_width, None
-        last = len(self._widths)
-        per_row = [self._widths[min(t_r + j, last) - 1] for t_r, g_r in zip(rnd.t, rnd.g) if g_r >= j]
-        if min(per_row) == max(per_row):
-            return per_row[0], None
-        depth_width = rnd.widths_dev[(rnd.t_dev + j).clamp(max=last) - 1]
-        return max(per_row), torch.where(rnd.g_dev >= j, depth_width, 0)
+        """The width of level j of a round and, when its rows' widths differ, each row's on the device (0 for
+        rows that draft nothing there): built there from the round's one copy, no host-to-device copy (a sync
+        on a GPU) per level."""
+        if not rnd.mixed_widths[j - 1]:
+            return rnd.level_width[j - 1], None
+        depth_width = rnd.widths_dev[(rnd.t_dev + j).clamp(max=len(self._widths)) - 1]
+        return rnd.level_width[j - 1], torch.where(rnd.g_dev >= j, depth_width, 0)
 
     def _draft_level(self, logits, scores, nodes, live, trie, anchored_width, N):
         """One drafted level of width N from the previous level's nodes (``anchored_width`` = how many lead
@@ -393,8 +405,7 @@ class SpecBeamDecoder:
         while active:
             rows = len(active)
             g = [min(self.gamma, depth - t[r] - 1) for r in range(rows)]
-            g_dev, t_dev = torch.tensor([g, t], device=device)   # one copy per round
-            rnd = _Round(t=t, g=g, t_dev=t_dev, g_dev=g_dev, widths_dev=widths_dev)
+            rnd = self._plan_round(t, g, widths_dev, device)
             levels = None
             if self.skip_exhaustive_draft and all(t[r] + g[r] + 1 == depth for r in range(rows)):
                 levels = self._exhaustive_levels(state, rnd, trie)
@@ -450,7 +461,8 @@ class SpecBeamDecoder:
         return SpecBeamOutput(sequences=sequences, scores=out_scores, valid=out_nodes >= 0, item_ids=item_ids,
                               stats=stats)
 
-    def _draft(self, state: "_BeamState", dft: TreeKV, rnd: _Round, first_round: bool, ids: torch.Tensor, mask: torch.Tensor, trie: ItemTrie,
+    def _draft(self, state: "_BeamState", dft: TreeKV, rnd: _Round, first_round: bool, ids: torch.Tensor,
+               mask: torch.Tensor, trie: ItemTrie,
                watch: LogitWatch) -> list[_Level]:
         """Draft G = max(g) levels from the current beams (rows at depths t): one batched draft call per level
         (level G is not fed). ``watch`` records NaN / +inf draft logits in the rows each level reads."""
@@ -476,8 +488,7 @@ class SpecBeamDecoder:
                 width = prev_logits.shape[1] if self.draft_policy == "beam" else K
                 watch.check("the draft model", prev_logits[:, :width], live_j[:, :width])
                 if rnd.draft_logits is None:
-                    W = max([K] + [self._level_widths(rnd, i)[0] for i in range(1, G + 1)]) \
-                        if self.draft_policy == "beam" else K
+                    W = max([K] + rnd.level_width) if self.draft_policy == "beam" else K   # as _verify pads
                     rnd.draft_logits = prev_logits.new_zeros(rows, G, W, prev_logits.shape[-1])
                     rnd.draft_scores = prev_scores.new_full((rows, G, W), float("-inf"))
                 rnd.draft_logits[:, j - 1, :width] = prev_logits[:, :width]
@@ -613,6 +624,9 @@ class SpecBeamDecoder:
         W = N if self.draft_policy == "beam" else K       # each level's draft parents, padded to W
         if levels:
             d_logits, d_scores = rnd.draft_logits, rnd.draft_scores
+            if d_logits.shape[2] != W:
+                raise RuntimeError(f"internal error: the draft's parent logits were padded to {d_logits.shape[2]} "
+                                   f"rows per level, the verification pads to {W}")
         else:
             d_logits = logits.new_zeros(rows, 0, W, V)
             d_scores = state.scores.new_zeros(rows, 0, W)

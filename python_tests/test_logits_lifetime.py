@@ -61,7 +61,8 @@ def test_beam_search_frees_each_steps_logits(do_sample):
 @pytest.mark.parametrize("verification,policy", [("strict", "beam"), ("strict", "anchored"), ("relaxed", "beam"),
                                                  ("relaxed", "anchored"), ("exact", "beam"), ("exact", "anchored")])
 @pytest.mark.parametrize("widths,gamma", [(8, 1), (8, 3), ((6, 9, 7), 2)])
-def test_speculation_frees_each_calls_logits(verification, policy, widths, gamma):
+@pytest.mark.parametrize("skip", [False, True])
+def test_speculation_frees_each_calls_logits(verification, policy, widths, gamma, skip):
     """Target and draft: no call runs while an earlier call's logits (of either model) are still held, in every
     verification mode and drafting policy, whatever the round's levels (the sampling modes keep the draft's
     logits for their verification in a buffer of their own)."""
@@ -71,7 +72,7 @@ def test_speculation_frees_each_calls_logits(verification, policy, widths, gamma
     prompts = random_prompts([6, 2, 9, 4], VOCAB, seed=2)
     kwargs = {} if verification == "strict" else {"seed": 0}
     spec = SpecBeamDecoder(target, draft, trie, 3, widths, gamma, verification=verification, draft_policy=policy,
-                           skip_exhaustive_draft=False, **kwargs)
+                           skip_exhaustive_draft=skip, **kwargs)
     watch = decode(spec, [target, draft], prompts)
     assert watch.calls_of[id(target)] >= 2 and watch.calls_of[id(draft)] >= 2   # rounds, each drafted
     assert watch.held_at_a_call == []
