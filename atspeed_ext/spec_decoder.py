@@ -314,7 +314,6 @@ class SpecBeamDecoder:
         self.num_beams, self.gamma = num_beams, gamma
         self.draft_beams = draft_beams  # an int, or a tuple of widths by depth
         self._widths = widths  # the drafted level's width at each trie depth 1 .. depth - 1
-        self._uniform_width = widths[0] if len(set(widths)) == 1 else None
         self.verification, self.draft_policy = verification, draft_policy
         self._sampling = verification != "strict"
         self.skip_exhaustive_draft = skip_exhaustive_draft and not self._sampling
@@ -401,7 +400,8 @@ class SpecBeamDecoder:
         first_round = True
         draft_stale = False  # the draft cache still holds the last round's dropped tree slots
         watch = LogitWatch()
-        widths_dev = None if self._uniform_width is not None else torch.tensor(self._widths, device=device)
+        # (read only where a level's rows have different widths, so never with one width for all depths)
+        widths_dev = torch.tensor(self._widths, device=device) if len(set(self._widths)) > 1 else None
         while active:
             rows = len(active)
             g = [min(self.gamma, depth - t[r] - 1) for r in range(rows)]
