@@ -86,7 +86,8 @@ def check_tree_attention(model: torch.nn.Module, name: str = "model") -> None:
     ``alibi``) and for recurrent or linear-attention state, which would read the beams as one sequence (Mamba,
     Jamba, LFM2, Qwen3-Next, Falcon-H1, ...); caches with extra per-token state (sparse-attention indexers) are
     not compacted. Such models are recognised by a forward without ``position_ids``, an ``alibi`` setting, or a
-    cache (as transformers builds it for the config) with layers other than plain or sliding-window attention."""
+    cache (as transformers builds it for the config) with layers other than plain or sliding-window attention.
+    Attention implementations that ignore a 4-D mask (flash attention, paged attention) are refused too."""
     module = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: the model's own signature
     kind = type(module).__name__
     if "position_ids" not in inspect.signature(module.forward).parameters:
@@ -97,6 +98,12 @@ def check_tree_attention(model: torch.nn.Module, name: str = "model") -> None:
         raise ValueError(f"{name} ({kind}) uses attn_implementation='flex_attention', which crashes the process on "
                          "the CPU when given the 4-D attention masks of tree attention (transformers 5.24, torch "
                          "2.14); load it with attn_implementation='sdpa' or 'eager'")
+    impl = str(getattr(config, "_attn_implementation", None) or "")
+    if "flash" in impl or "paged" in impl:
+        raise ValueError(f"{name} ({kind}) uses attn_implementation={impl!r}, which takes no 4-D attention mask (flash "
+                         "kernels see padding at most; paged attention needs its own cache), so every beam would see "
+                         "the others: tree attention needs per-token masks; load it with attn_implementation='sdpa' "
+                         "or 'eager'")
     if getattr(config, "alibi", False) or getattr(getattr(config, "attn_config", None), "alibi", False):
         raise ValueError(f"{name} ({kind}) uses ALiBi, whose biases come from cache-slot distances: the decoders' tree "
                          "attention needs rotary or learned positions")

@@ -337,6 +337,12 @@ def test_train_draft_bad_inputs(setup, tmp_path):
     with pytest.raises(ValueError, match="made by another target"):
         train_draft(model, other, tok, data, tmp_path / "y", TrainConfig(epochs=1), AlignConfig(objective="seqkd"),
                     teacher=TeacherData(tmp_path / "t", levels))
+    flash = build_model("tiny-1x64", tok.vocab_size)
+    flash.config._attn_implementation = "flash_attention_2"  # takes no 4-D mask: refused before any training
+    for draft, target, name in ((flash, model, "draft"), (model, flash, "target")):
+        with pytest.raises(ValueError, match=f"{name} .*attn_implementation='flash_attention_2'"):
+            train_draft(draft, target, tok, data, tmp_path / "flash", TrainConfig(epochs=1), AlignConfig(objective="ce"))
+        assert not (tmp_path / "flash").exists()
     with pytest.raises(ValueError, match="history_dropout applies to train_next_item only"):
         train_draft(model, model, tok, data, tmp_path, TrainConfig(epochs=1, history_dropout=0.2), AlignConfig())
     with pytest.raises(ValueError, match="train_on_valid applies to train_next_item only"):

@@ -2,6 +2,7 @@
 by torch.compile, models left in training mode (dropout warns), attention implementations that crash on the CPU
 (refused), and callers that themselves run under inference mode (the outputs stay ordinary tensors)."""
 
+import re
 import warnings
 
 import pytest
@@ -92,6 +93,22 @@ def test_flex_attention_is_refused_on_the_cpu():
         BeamSearchDecoder(model, trie, 3)
     with pytest.raises(ValueError, match="draft .*flex_attention"):
         SpecBeamDecoder(tiny_model(seed=1), model, trie, 3, 6, 1)
+
+
+@pytest.mark.parametrize("impl", ["flash_attention_2", "flash_attention_3", "kernels-community/flash-attn3",
+                                  "paged|eager"])
+def test_attention_without_4d_masks_is_refused(impl):
+    """Flash and paged attention take no per-token mask: a decode would let each beam see the others. The
+    check reads the config alone, so the kernels need not be installed."""
+    trie, _ = trie_and_prompts(4)
+    model = tiny_model(seed=1)
+    model.config._attn_implementation = impl
+    with pytest.raises(ValueError, match=rf"target .*attn_implementation='{re.escape(impl)}'.*'sdpa' or 'eager'"):
+        SpecBeamDecoder(model, tiny_model(seed=2), trie, 3, 6, 1)
+    with pytest.raises(ValueError, match=rf"draft .*attn_implementation='{re.escape(impl)}'"):
+        SpecBeamDecoder(tiny_model(seed=2), model, trie, 3, 6, 1)
+    with pytest.raises(ValueError, match=rf"attn_implementation='{re.escape(impl)}'"):
+        BeamSearchDecoder(model, trie, 3)
 
 
 def test_outputs_are_ordinary_tensors_under_the_callers_inference_mode():

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .._checks import check_field_types
+from .._inputs import check_tree_attention
 from ..data import RecData
 from ..decoder import BeamSearchDecoder
 from ..models import hash_model
@@ -80,6 +81,8 @@ def train_draft(draft, target, tokenizer, data: RecData, out_dir: str | Path, cf
     if cfg.train_on_valid:
         raise ValueError("train_on_valid applies to train_next_item only: draft alignment validates on the "
                          "validation prompts (use train_on_valid=False)")
+    for model, name in ((draft, "draft"), (target, "target")):  # before training, not at the first validation:
+        check_tree_attention(model, name)  # the forcing rows and the validation decodes use 4-D tree masks
     trie = tokenizer.trie()
     levels = LevelView(trie, tokenizer.item_token_ids)
     examples = data.train_examples()
