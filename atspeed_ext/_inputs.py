@@ -101,9 +101,9 @@ def check_tree_attention(model: torch.nn.Module, name: str = "model") -> None:
     impl = str(getattr(config, "_attn_implementation", None) or "")
     if "flash" in impl or "paged" in impl:
         raise ValueError(f"{name} ({kind}) uses attn_implementation={impl!r}, which takes no 4-D attention mask (flash "
-                         "kernels see padding at most; paged attention needs its own cache), so every beam would see "
-                         "the others: tree attention needs per-token masks; load it with attn_implementation='sdpa' "
-                         "or 'eager'")
+                         "kernels take padding at most; paged attention needs its own cache), and tree attention "
+                         "needs one (each beam sees its prompt and its own ancestors only); load it with "
+                         "attn_implementation='sdpa' or 'eager'")
     if getattr(config, "alibi", False) or getattr(getattr(config, "attn_config", None), "alibi", False):
         raise ValueError(f"{name} ({kind}) uses ALiBi, whose biases come from cache-slot distances: the decoders' tree "
                          "attention needs rotary or learned positions")

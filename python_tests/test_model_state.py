@@ -98,8 +98,8 @@ def test_flex_attention_is_refused_on_the_cpu():
 @pytest.mark.parametrize("impl", ["flash_attention_2", "flash_attention_3", "kernels-community/flash-attn3",
                                   "paged|eager"])
 def test_attention_without_4d_masks_is_refused(impl):
-    """Flash and paged attention take no per-token mask: a decode would let each beam see the others. The
-    check reads the config alone, so the kernels need not be installed."""
+    """Flash and paged attention take no 4-D mask, which tree attention needs. The check reads the config
+    alone, so the kernels need not be installed."""
     trie, _ = trie_and_prompts(4)
     model = tiny_model(seed=1)
     model.config._attn_implementation = impl
