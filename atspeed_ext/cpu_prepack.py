@@ -47,6 +47,8 @@ class PackedLinear(torch.nn.Module):
                                         or (self.bias is not None and self.bias.requires_grad)):
             raise RuntimeError("a layer packed by prepack_for_cpu is for inference only (no gradient flows through "
                                "it): run it under torch.no_grad() or torch.inference_mode()")
+        if torch.compiler.is_compiling():  # Inductor cannot lower a packed weight that is a module attribute; it
+            return torch.nn.functional.linear(x, self.weight, self.bias)  # packs weights itself (with freezing)
         if self._packed is None:  # copied, pickled, loaded or moved since it was packed
             self._pack()
         bias = None if self.bias is None else self.bias.detach()

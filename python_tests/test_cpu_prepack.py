@@ -1,6 +1,6 @@
 """prepack_for_cpu: the packed bfloat16 model gives the unpacked model's logits, both decoders stay identical on
-it, it follows in-place weight changes and survives copies and pickles, and misuse (float32, GPU, training,
-a later dtype change) is a clear error."""
+it, it follows in-place weight changes, survives copies and pickles and runs under torch.compile, and misuse
+(float32, GPU, training, a later dtype change) is a clear error."""
 
 import copy
 
@@ -37,6 +37,23 @@ def test_packed_model_gives_the_same_logits(family):
     with torch.inference_mode():
         want, got = model(input_ids=ids).logits.float(), packed(input_ids=ids).logits.float()
     # The same oneDNN arithmetic up to its blocking: within bfloat16 rounding (8 bits of mantissa) of the scale.
+    torch.testing.assert_close(got, want, atol=2e-2 * float(want.abs().max()), rtol=0)
+
+
+def test_packed_model_runs_under_torch_compile():
+    """Inductor cannot lower oneDNN's packed weight held as a module attribute ("weight must be a graph
+    constant"): under torch.compile a packed layer is a plain linear, which Inductor packs itself."""
+    model = bf16_model("qwen2", seed=3, layers=1)  # (Qwen2: biased q/k/v layers too)
+    packed = copy.deepcopy(model)
+    prepack_for_cpu(packed)
+    ids = torch.randint(3, VOCAB, (2, 7), generator=torch.Generator().manual_seed(3))
+    try:
+        with torch.inference_mode():
+            want = model(input_ids=ids).logits.float()
+            got = torch.compile(packed)(input_ids=ids).logits.float()
+    finally:
+        torch._dynamo.reset()
+    # Inductor fuses the norms and rotary embeddings: bfloat16 rounding of the scale, as above.
     torch.testing.assert_close(got, want, atol=2e-2 * float(want.abs().max()), rtol=0)
 
 
