@@ -15,11 +15,13 @@ BeamSearchDecoder against itself at another batch size (the rounding noise floor
 draft its own precision (default: ``--dtype``): the output does not depend on the draft's rounding, and on a CPU a
 tiny draft runs faster in float32 (no conversions around its norms and rotary embeddings). ``--prepack`` packs
 the bfloat16 models' linear layers for oneDNN once (``atspeed_ext.prepack_for_cpu``; CPU only): every decoder,
-HF ``generate`` included, runs the same packed models.
+HF ``generate`` included, runs the same packed models. ``--compile`` runs our decoders' models through
+``torch.compile`` (dynamic shapes, Inductor freezing, which folds and packs the weights); HF ``generate`` runs
+them uncompiled. The first decodes compile, so with it each decoder first decodes every batch once untimed.
 
     python benchmarks/bench_spec_beauty.py --target DIR --draft DIR [--data ../shared/data/beauty]
         [--beams 1 5 10 20] [--gammas 1 2 3] [--requests 48] [--batches 1 16] [--device cpu] [--dtype float32]
-        [--draft-dtype float32] [--prepack]
+        [--draft-dtype float32] [--prepack] [--compile]
 
 Without --target / --draft the models are trained first by the README's final recipes (``TARGET_RECIPE``,
 ``DRAFT_RECIPE``: the dropout recipe then the recency fine-tune on the validation items, the draft's plain
@@ -99,6 +101,9 @@ def main(argv=None):
                    help="weights and compute of the draft (default: --dtype)")
     p.add_argument("--prepack", action="store_true",
                    help="pack the bfloat16 models' linear layers once for oneDNN (prepack_for_cpu; CPU only)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the target and draft for our decoders (dynamic shapes, Inductor freezing); "
+                        "HF generate runs them uncompiled")
     p.add_argument("--name", type=common.results_name, default=None, help="results file name (default spec_beauty_<device>)")
     args = p.parse_args(argv)
     if args.prepack and args.dtype != "bfloat16":  # checked before any model loads (or trains)
@@ -123,6 +128,12 @@ def main(argv=None):
                 prepack_for_cpu(model)
         except ValueError as exc:
             p.error(f"--prepack: {exc}")
+    hf_target = target  # HF generate runs the model as loaded (and packed), never compiled
+    if args.compile:
+        import torch._inductor.config as inductor_config  # (as a name: a bare import would make torch local)
+
+        inductor_config.freezing = True  # weights as constants: folded and packed for oneDNN
+        target, draft = (torch.compile(m, dynamic=True) for m in (target, draft))
     trie = tokenizer.trie().to(device)
     too_long = [w for w in args.draft_beams if isinstance(w, tuple) and len(w) > trie.depth - 1]
     if too_long:  # before any decoding (widths below a K are skipped at that K, with a note)
@@ -136,8 +147,10 @@ def main(argv=None):
     for K in args.beams:
         for B in args.batches:
             batches = [prompts[i:i + B] for i in range(0, len(prompts), B)]
+            warm_up = batches if args.compile else batches[:1]  # compiled: every shape compiles before timing
             base = BeamSearchDecoder(target, trie, K)
-            base.generate(batches[0])  # warm-up
+            for batch in warm_up:
+                base.generate(batch)
             base_ms, base_outs = common.median_run(base.generate, batches, args.reps)
             if K in first_batch_outs:  # BeamSearchDecoder against itself at another batch size
                 noise_floor[f"K={K}, batch {B} vs {args.batches[0]}"] = same_lists(base_outs, first_batch_outs[K])
@@ -153,7 +166,7 @@ def main(argv=None):
             hf_ms = None
             if not args.no_hf:
                 padded = [common.left_pad(b, tokenizer.pad_token_id, device) for b in batches]
-                hf = lambda x: hf_constrained_beam_search(target, trie, x[0], x[1], K)  # noqa: E731
+                hf = lambda x: hf_constrained_beam_search(hf_target, trie, x[0], x[1], K)  # noqa: E731
                 hf(padded[0])  # warm-up, as for the other decoders
                 hf_ms, hf_outs = common.median_run(hf, padded, args.reps)
                 same = identical(hf_outs)
@@ -173,7 +186,8 @@ def main(argv=None):
                     for policy in args.policies:
                         spec = SpecBeamDecoder(target, draft, trie, K, N, gamma, draft_policy=policy,
                                                skip_exhaustive_draft=not args.no_skip_exhaustive)
-                        spec.generate(batches[0])  # warm-up
+                        for batch in warm_up:
+                            spec.generate(batch)
                         ms, vs_beam, outs, paired_ms = common.paired_runs(base.generate, spec.generate, batches,
                                                                           args.reps)
                         same = identical(outs)
@@ -194,7 +208,7 @@ def main(argv=None):
               "data": f"{args.data}: first {len(prompts)} test prompts",
               "target": args.target or "target-8x512 (trained by this script)",
               "draft": args.draft or "draft-1x128, cross-entropy (trained by this script)",
-              "dtype": args.dtype, "draft_dtype": args.draft_dtype, "prepack": args.prepack,
+              "dtype": args.dtype, "draft_dtype": args.draft_dtype, "prepack": args.prepack, "compile": args.compile,
               "skip_exhaustive_draft": not args.no_skip_exhaustive,
               "note": "accepted = mean accepted levels per round; target_calls, draft_calls (draft forwards) per "
                       "request; vs_beam / vs_hf = speedup of this row over BeamSearchDecoder / HF generate at the "
