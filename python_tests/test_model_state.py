@@ -1,6 +1,6 @@
 """The decoders read the model as it is at each call: embeddings resized after a decoder was built, models wrapped
 by torch.compile, models left in training mode (dropout warns), attention implementations that crash on the CPU
-(refused), and callers that themselves run under inference mode (the outputs stay ordinary tensors)."""
+or take no 4-D mask (refused), and callers that themselves run under inference mode (the outputs stay ordinary tensors)."""
 
 import re
 import warnings
