@@ -40,6 +40,7 @@ def test_packed_model_gives_the_same_logits(family):
     torch.testing.assert_close(got, want, atol=2e-2 * float(want.abs().max()), rtol=0)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # Inductor's own
 def test_packed_model_runs_under_torch_compile():
     """Inductor cannot lower oneDNN's packed weight held as a module attribute ("weight must be a graph
     constant"): under torch.compile a packed layer is a plain linear, which Inductor packs itself."""
