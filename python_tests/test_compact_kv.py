@@ -40,11 +40,19 @@ def test_keeps_the_listed_slots_in_order():
 
 
 def test_non_contiguous_caches():
+    """Read in place through the strides (a compiled model's prefill leaves [B, S, H, D] memory order; sliced,
+    offset and broadcast heads too) or, where a slot's values are not contiguous, copied first."""
     caches, keep = make_case(2, 3, 12, 8, 6, 2, seed=1)
-    nc = [c.transpose(1, 2).contiguous().transpose(1, 2) for c in caches]
-    assert not nc[0].is_contiguous()
-    for g, w in zip(_ops.compact_kv(nc, keep), reference.compact_kv(caches, keep)):
-        assert torch.equal(g, w)
+    wide = torch.randn(2, 3, 12, 16, generator=torch.Generator().manual_seed(2))
+    layouts = {"[B, S, H, D] order": [c.transpose(1, 2).contiguous().transpose(1, 2) for c in caches],
+               "strided values": [c.transpose(2, 3).contiguous().transpose(2, 3) for c in caches],
+               "offset slice": [wide[..., 8:], wide[..., :8]],
+               "broadcast head": [c[:, :1].expand(2, 3, 12, 8) for c in caches]}
+    for name, nc in layouts.items():
+        assert not nc[0].is_contiguous(), name
+        want = reference.compact_kv([c.contiguous() for c in nc], keep)
+        for g, w in zip(_ops.compact_kv(nc, keep), want):
+            assert g.is_contiguous() and torch.equal(g, w), name
 
 
 def test_bad_arguments_raise():
