@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -60,10 +59,14 @@ class Calls:
         else:
             self.kv.prefill(self.ids, self.mask)
 
+    def drop_tree(self) -> None:
+        """Back to the prompt alone (no anchors: every tree slot goes)."""
+        self.kv.compact(torch.full((1, 1), ROOT))
+
     def feed(self, n: int) -> None:
         """One call scoring n new tree nodes hanging off the prompt, then back to the prompt alone."""
         self.kv.feed(self.tokens(n), torch.full((1, n), ROOT))
-        self.kv.compact(torch.full((1, 1), ROOT))
+        self.drop_tree()
 
     def beam_search(self, K: int) -> None:
         self.prefill()
@@ -72,14 +75,8 @@ class Calls:
 
     def speculative(self, K: int, N: int) -> None:
         self.prefill(N)
-        self.kv.compact(torch.full((1, 1), ROOT))
+        self.drop_tree()
         self.feed(K + N)
-
-
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
 
 
 def main(argv=None) -> None:
@@ -108,8 +105,8 @@ def main(argv=None) -> None:
                 feed_n = common.median_ms(lambda: calls.feed(N), args.reps, warmup=2)
                 ratios = []
                 for _ in range(args.reps):
-                    base = timed(lambda: calls.beam_search(K))
-                    ratios.append(base / timed(lambda: calls.speculative(K, N)))
+                    base = common.median_ms(lambda: calls.beam_search(K), 1, warmup=0)  # one timed call each
+                    ratios.append(base / common.median_ms(lambda: calls.speculative(K, N), 1, warmup=0))
                 rows.append({"size": f"{layers}x{hidden}", "params_M": round(params, 1), "K": K, "N": N,
                              "feed_K_ms": feed_k, "feed_N_ms": feed_n, "feed_N_over_K": feed_n / feed_k,
                              "bound": statistics.median(ratios)})
